@@ -1,0 +1,95 @@
+"""The `imagenet-transfer` command: one typer app; each command parses and calls one library function.
+
+    imagenet-transfer taxonomy levels --method bottom-up
+    imagenet-transfer subset build --preset e3-127 --out subsets/e3-127
+
+MLproject entry points call these same commands (`entrypoints/*.py`), so every parameter is declared
+once, here. Bad input (`UserError`) prints one message and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imagenet_transfer.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+taxonomy_app = typer.Typer(no_args_is_help=True, help="Inspect and export WordNet label sets (E2, E3, E6, E7).")
+catalog_app = typer.Typer(no_args_is_help=True, help="Scan a pre-training source into a catalog table.")
+subset_app = typer.Typer(no_args_is_help=True, help="Build pre-training subsets (E1-E7) from a catalog.")
+app.add_typer(taxonomy_app, name="taxonomy")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(subset_app, name="subset")
+
+Method = Annotated[str, typer.Option(help="bottom-up (E2) or top-down (E3)")]
+
+
+# -- taxonomy -------------------------------------------------------------------------------------
+@taxonomy_app.command("levels")
+def taxonomy_levels(method: Method = "bottom-up") -> None:
+    """List the class counts K of the label sets METHOD produces, finest first."""
+    from imagenet_transfer.taxonomy import load_taxonomy
+
+    for k in load_taxonomy().levels(method):
+        print(k)
+
+
+@taxonomy_app.command("labels")
+def taxonomy_labels(method: Method = "bottom-up", classes: Annotated[int, typer.Option(help="K, see `levels`")] = 127) -> None:
+    """Print `fine_wnid<TAB>label_wnid<TAB>label_name` for every ILSVRC class, sorted by wnid."""
+    from imagenet_transfer.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    labels = tax.labels(method, classes)
+    sys.stdout.writelines(f"{w}\t{labels[w]}\t{tax.name(labels[w])}\n" for w in sorted(labels))
+
+
+@taxonomy_app.command("pascal-removed")
+def taxonomy_pascal_removed() -> None:
+    """Print the 771 ILSVRC classes that are not below any PASCAL VOC synset (E6), sorted."""
+    from imagenet_transfer.taxonomy import load_taxonomy
+
+    sys.stdout.writelines(f"{w}\n" for w in load_taxonomy().pascal_removed())
+
+
+@taxonomy_app.command("split")
+def taxonomy_split(
+    method: Annotated[str, typer.Option(help="random or minimal (E7)")] = "minimal",
+    seed: int = 0,
+) -> None:
+    """Print `wnid<TAB>half` (A or B) for the 1000 ILSVRC classes, sorted by wnid."""
+    from imagenet_transfer.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    a, _ = tax.split(tax.classes, method, seed)
+    half_a = set(a)
+    sys.stdout.writelines(f"{w}\t{'A' if w in half_a else 'B'}\n" for w in tax.classes)
+
+
+# -- catalog --------------------------------------------------------------------------------------
+@catalog_app.command("scan")
+def catalog_scan(
+    source: Annotated[Path, typer.Argument(help="source folder (ImageNet layout or flat <wnid>_*.JPEG)")],
+    out: Annotated[Optional[Path], typer.Option(help="also write the catalog to this .parquet")] = None,
+    refresh: Annotated[bool, typer.Option(help="re-scan even when the cached catalog is current")] = False,
+) -> None:
+    """Scan SOURCE once (cached; re-scanned only when it changed) and print images per split."""
+    from imagenet_transfer.catalog import describe, load_catalog, write_catalog
+
+    catalog = load_catalog(source, refresh=refresh)
+    if out is not None:
+        write_catalog(catalog, out, {"source": str(source)})
+    print(describe(catalog).to_string())
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry: run the app (usage errors exit 2), turning bad input into exit code 2."""
+    try:
+        app(args)
+    except UserError as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        raise SystemExit(2) from None
