@@ -9,6 +9,7 @@ Layouts (`imagenet-transfer catalog scan DIR` tells which one it found):
              (val/ILSVRC2012_val_NNNNNNNN.JPEG) with the devkit's ILSVRC2012_validation_ground_truth.txt
              and map_clsloc.txt in the source, its val/, devkit/data/ or meta/ folder
   flat       <wnid>_*.JPEG directly in the folder (split "train"), e.g. a sample of one image per class
+  builtin:demo  a listing shaped like ILSVRC-2012 at 1/16 scale, with no image files (`demo_catalog`)
 Paths are stored absolute. Only folder listings are read: no image is opened or stat'ed.
 """
 
@@ -41,6 +42,8 @@ LAYOUT_HELP = (
 
 def load_catalog(source: str | Path, *, refresh: bool = False) -> pd.DataFrame:
     """The catalog of `source`: a Parquet catalog read as is, or a scanned (and cached) folder."""
+    if str(source) == DEMO:
+        return demo_catalog()
     source = Path(source).expanduser()
     if source.suffix == ".parquet":
         return read_catalog(source)
@@ -193,3 +196,26 @@ def _scan_flat(root: Path) -> pd.DataFrame:
 def _frame(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame[list(COLUMNS)].astype({"path": str, "wnid": "category", "split": "category"})
     return frame.reset_index(drop=True)
+
+
+# -- the built-in demo catalog ----------------------------------------------------------------------
+DEMO = "builtin:demo"
+
+
+def demo_catalog(seed: int = 0) -> pd.DataFrame:
+    """A listing (no image files) shaped like ILSVRC-2012 at 1/16 scale: all 1000 classes with
+    45-81 train images each (ImageNet: 732-1300) and 3 val images. Subsets can be built and
+    inspected on it without any data; it is what `subset` uses when no source is given."""
+    import numpy as np
+
+    from imagenet_transfer.taxonomy import load_taxonomy
+
+    rng = np.random.default_rng(seed)
+    paths, wnids, splits = [], [], []
+    for wnid in load_taxonomy().classes:
+        n_train = int(rng.integers(45, 82))
+        paths += [f"demo/train/{wnid}/{wnid}_{i}.JPEG" for i in range(n_train)]
+        paths += [f"demo/val/{wnid}/{wnid}_val_{i}.JPEG" for i in range(3)]
+        wnids += [wnid] * (n_train + 3)
+        splits += ["train"] * n_train + ["val"] * 3
+    return _frame(pd.DataFrame({"path": paths, "wnid": wnids, "split": splits}))

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from imagenet_transfer.catalog import DEMO as DEFAULT_SOURCE
 from imagenet_transfer.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -84,6 +85,62 @@ def catalog_scan(
     if out is not None:
         write_catalog(catalog, out, {"source": str(source)})
     print(describe(catalog).to_string())
+
+
+# -- subset ---------------------------------------------------------------------------------------
+@subset_app.command("build")
+def subset_build(
+    preset: Annotated[Optional[str], typer.Option(help="preset name, see `subset presets`")] = None,
+    spec: Annotated[Optional[Path], typer.Option(help="YAML subset spec (instead of --preset)")] = None,
+    catalog: Annotated[Optional[Path], typer.Option(help="catalog .parquet with columns path, wnid[, split]")] = None,
+    source: Annotated[Optional[str], typer.Option(help=f"source folder to scan (default: {DEFAULT_SOURCE})")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default: in the cache, by digest)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="override the spec's seed")] = None,
+) -> None:
+    """Write a subset (manifest.parquet, classes.tsv, counts.tsv, spec.yaml) and log it to MLflow."""
+    from imagenet_transfer.subsets import load_spec, make_subset
+
+    if catalog is not None and source is not None:
+        raise UserError("--catalog and --source contradict each other: give one")
+    subset_spec = load_spec(preset, spec).with_seed(seed)
+    subset, folder = make_subset(subset_spec, catalog or source or DEFAULT_SOURCE, out)
+    summary = subset.summary()
+    print(f"subset {summary['name']} ({summary['digest']}): {summary['num_labels']} labels over "
+          f"{summary['num_fine_classes']} classes, {summary['train_images']} train / {summary['val_images']} val images")
+    print(folder)
+
+
+@subset_app.command("presets")
+def subset_presets() -> None:
+    """List the preset patterns and the paper's presets."""
+    from imagenet_transfer.subsets import PAPER_PRESETS, PRESET_PATTERNS
+
+    for pattern, what in PRESET_PATTERNS.items():
+        print(f"{pattern:32s} {what}")
+    print("\npaper presets: " + " ".join(PAPER_PRESETS))
+
+
+@subset_app.command("show")
+def subset_show(
+    preset: Annotated[Optional[str], typer.Option(help="preset name")] = None,
+    spec: Annotated[Optional[Path], typer.Option(help="YAML subset spec")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="override the spec's seed")] = None,
+) -> None:
+    """Print the spec (YAML) a preset stands for, and its digest."""
+    from imagenet_transfer.subsets import load_spec
+
+    subset_spec = load_spec(preset, spec).with_seed(seed)
+    print(subset_spec.to_yaml().rstrip())
+    print(f"# digest: {subset_spec.digest}")
+
+
+def run_entrypoint(command: list[str], argv: list[str]) -> None:
+    """Run `command` with MLproject-style `--name value` pairs, dropping empty (unset) values."""
+    args = list(command)
+    for i in range(0, len(argv) - 1, 2):
+        if argv[i + 1] != "":
+            args += [argv[i], argv[i + 1]]
+    main(args)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,0 +1,27 @@
+# The README's commands. `make run` creates .venv (first time: ~2-3 min, mostly torch) and runs the
+# main job; `make test` runs the test suite. Both export the project's tracking URI, because
+# `mlflow run` otherwise creates its run in its own default store.
+VENV ?= .venv
+PYTHON ?= python3
+PRESET ?= e3-127
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup run test bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+run: setup
+	mlflow run . -e subset --env-manager local --experiment-name imagenet-transfer -P preset=$(PRESET)
+
+test: setup
+	python -m pytest -q
+
+bench: setup
+	python bench/subsets.py

@@ -1,0 +1,376 @@
+"""Subsets: which images of a catalog a pre-training uses, and with which labels (E1-E7).
+
+Input: a catalog (`catalog.load_catalog`) and a `SubsetSpec` (a preset name or a YAML file).
+Output: a folder written atomically, read by `pretrain` through its path (or the subset run's artifacts):
+    manifest.parquet   path, wnid, label, label_wnid, split   (train: the selection; val: every
+                       validation image of the selected classes, relabelled the same way)
+    classes.tsv        label, label_wnid, name, fine_classes, train_images, val_images
+    counts.tsv         wnid, label_wnid, train_images, val_images   (one row per fine class)
+    spec.yaml          the spec;  subset.json   digests, counts, source
+
+    spec = preset("e1-500")                          # or SubsetSpec.from_yaml(text)
+    subset = build_subset(catalog, spec)             # pure: a Subset of tables
+    write_subset(subset, Path("subsets/e1-500"))
+
+Selection is deterministic for a seed and independent of the catalog's row order: within a class,
+images are ranked by a seeded hash of their file name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+
+from imagenet_transfer.errors import UserError
+from imagenet_transfer.paths import cache_dir
+from imagenet_transfer.taxonomy import METHODS, SPLITS, Taxonomy, load_taxonomy
+
+CLASS_RULES = ("all", "pascal-removed", "random", "half")
+LABEL_RULES = ("fine",) + METHODS
+HALVES = ("a", "b", "ab")
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """One pre-training data variant. Fields left at their defaults mean "as in ImageNet"."""
+
+    name: str = "full"
+    classes: str = "all"  # all | pascal-removed (E6) | random (E5: `num_classes`) | half (E7)
+    num_classes: int | None = None  # classes=random: how many, chosen with `seed`
+    split: str | None = None  # classes=half: random | minimal
+    half: str | None = None  # classes=half: a | b | ab (A+B)
+    images_per_class: int | None = None  # E1: N train images per class (None: all)
+    budget: int | None = None  # E5: total train images, spread evenly over the classes
+    labels: str = "fine"  # fine | bottom-up (E2) | top-down (E3)
+    label_classes: int | None = None  # K of the bottom-up/top-down label set (its size on all 1000 classes)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def fail(why: str) -> None:
+            raise UserError(f"subset spec {self.name!r}: {why}")
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = {"name": str, "classes": str, "labels": str, "seed": int}.get(field.name)
+            if expected is None and field.name in ("num_classes", "images_per_class", "budget", "label_classes"):
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                    fail(f"{field.name} must be a positive integer, got {value!r}")
+            elif expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+                fail(f"{field.name} must be {expected.__name__}, got {value!r}")
+        _choose("classes", self.classes, CLASS_RULES, self.name)
+        _choose("labels", self.labels, LABEL_RULES, self.name)
+        if (self.classes == "random") != (self.num_classes is not None):
+            fail("num_classes goes with classes: random, and classes: random needs num_classes")
+        if self.classes == "half":
+            _choose("split", self.split, SPLITS, self.name)
+            _choose("half", self.half, HALVES, self.name)
+        elif self.split is not None or self.half is not None:
+            fail("split and half go with classes: half")
+        if self.budget is not None and self.images_per_class is not None:
+            fail("budget and images_per_class contradict each other: give one (budget / classes = images per class)")
+        if self.budget is not None and self.num_classes is not None and self.budget < self.num_classes:
+            fail(f"a budget of {self.budget} images cannot give each of {self.num_classes} classes an image")
+        if (self.labels == "fine") != (self.label_classes is None):
+            fail("label_classes (K) goes with labels: bottom-up or top-down, which need it")
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the content (not the name): equal specs select the same images from a catalog."""
+        content = {k: v for k, v in self.params().items() if k != "name"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump({k: v for k, v in self.params().items() if v is not None}, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "spec") -> SubsetSpec:
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected a mapping of subset spec fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "spec") -> SubsetSpec:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"{source}: not valid YAML ({err})") from None
+        return cls.from_dict(data, source)
+
+    def with_seed(self, seed: int | None) -> SubsetSpec:
+        return self if seed is None else dataclasses.replace(self, seed=seed)
+
+
+def _choose(field: str, value: Any, valid: tuple[str, ...], name: str) -> None:
+    if value not in valid:
+        raise UserError(f"subset spec {name!r}: {field} must be one of {', '.join(valid)}, got {value!r}")
+
+
+# -- presets --------------------------------------------------------------------------------------
+PRESET_PATTERNS = {
+    "full": "every class, every image, fine labels",
+    "e1-<N>": "E1: N train images per class (paper: 500, 250, 125, 50)",
+    "e2-<K>": "E2: bottom-up WordNet merge to K classes (paper: 918, 753, 486, 79, 9)",
+    "e3-<K>": "E3: top-down WordNet clustering to K classes (127, 10, 2)",
+    "e5-budget-<B>-classes-<C>": "E5: a budget of B train images over C random classes",
+    "e6-pascal-removed": "E6: drop every class below a PASCAL VOC synset (771 of 1000 kept)",
+    "e7-<random|minimal>-<a|b|ab>": "E7: half A, half B or A+B of a random or a minimal class split",
+}
+PAPER_PRESETS = (
+    ["full", "e1-500", "e1-250", "e1-125", "e1-50"]
+    + [f"e2-{k}" for k in (918, 753, 486, 79, 9)]
+    + ["e3-127", "e6-pascal-removed"]
+    + [f"e7-{s}-{h}" for s in SPLITS for h in HALVES]
+)
+
+
+def preset(name: str, taxonomy: Taxonomy | None = None) -> SubsetSpec:
+    """The spec a preset name stands for (see PRESET_PATTERNS); unknown names list the valid ones."""
+    if name == "full":
+        return SubsetSpec(name=name)
+    if name == "e6-pascal-removed":
+        return SubsetSpec(name=name, classes="pascal-removed")
+    if m := re.fullmatch(r"e1-(\d+)", name):
+        return SubsetSpec(name=name, images_per_class=int(m[1]))
+    if m := re.fullmatch(r"e([23])-(\d+)", name):
+        method = "bottom-up" if m[1] == "2" else "top-down"
+        (taxonomy or load_taxonomy()).labels(method, int(m[2]))  # raises, listing the valid K
+        return SubsetSpec(name=name, labels=method, label_classes=int(m[2]))
+    if m := re.fullmatch(r"e5-budget-(\d+)-classes-(\d+)", name):
+        return SubsetSpec(name=name, classes="random", budget=int(m[1]), num_classes=int(m[2]))
+    if m := re.fullmatch(r"e7-(random|minimal)-(a|b|ab)", name):
+        return SubsetSpec(name=name, classes="half", split=m[1], half=m[2])
+    patterns = "; ".join(f"{p} ({what})" for p, what in PRESET_PATTERNS.items())
+    raise UserError(f"unknown preset {name!r}; valid presets: {patterns}")
+
+
+def load_spec(preset_name: str | None = None, spec_file: Path | None = None) -> SubsetSpec:
+    """A spec from exactly one of a preset name and a YAML file."""
+    if (preset_name is None) == (spec_file is None):
+        raise UserError("give exactly one of --preset NAME and --spec FILE")
+    if preset_name is not None:
+        return preset(preset_name)
+    try:
+        text = Path(spec_file).read_text()
+    except OSError as err:
+        raise UserError(f"spec file {spec_file} cannot be read ({err.strerror}); expected a YAML subset spec") from None
+    return SubsetSpec.from_yaml(text, source=str(spec_file))
+
+
+# -- building -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Subset:
+    spec: SubsetSpec
+    manifest: pd.DataFrame  # path, wnid, label, label_wnid, split
+    classes: pd.DataFrame  # one row per label
+    counts: pd.DataFrame  # one row per fine class
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest's content (paths, labels, splits): the data a pre-training sees."""
+        hashed = pd.util.hash_pandas_object(self.manifest[["path", "label", "split"]], index=False)
+        return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+
+    def summary(self) -> dict[str, Any]:
+        train = self.manifest["split"] == "train"
+        return {
+            "name": self.spec.name,
+            "spec_digest": self.spec.digest,
+            "digest": self.digest,
+            "num_labels": len(self.classes),
+            "num_fine_classes": len(self.counts),
+            "train_images": int(train.sum()),
+            "val_images": int((~train).sum()),
+        }
+
+
+def select_classes(spec: SubsetSpec, available: list[str], taxonomy: Taxonomy) -> list[str]:
+    """The fine classes of `available` (the catalog's train classes) that `spec` keeps."""
+    if spec.classes == "all":
+        return sorted(available)
+    if spec.classes == "pascal-removed":
+        kept = set(taxonomy.pascal_removed())
+        return sorted(w for w in available if w in kept)
+    if spec.classes == "random":
+        if spec.num_classes > len(available):
+            raise UserError(
+                f"subset spec {spec.name!r} asks for {spec.num_classes} classes but the catalog has {len(available)}"
+            )
+        return taxonomy.random_classes(available, spec.num_classes, spec.seed)
+    half_a, half_b = taxonomy.split(available, spec.split, spec.seed)
+    return sorted({"a": half_a, "b": half_b, "ab": half_a + half_b}[spec.half])
+
+
+def build_subset(catalog: pd.DataFrame, spec: SubsetSpec, taxonomy: Taxonomy | None = None) -> Subset:
+    """Select and relabel the images of `catalog` that `spec` describes."""
+    taxonomy = taxonomy or load_taxonomy()
+    wnids = catalog["wnid"].astype("category")
+    taxonomy.check_wnids(wnids.cat.categories, what="wnid(s) in the catalog")
+    is_train = (catalog["split"] == "train").to_numpy()
+    available = sorted(wnids[is_train].unique().tolist())
+    if not available:
+        raise UserError("the catalog has no train images; expected rows with split == 'train'")
+    chosen = select_classes(spec, available, taxonomy)
+    if not chosen:
+        raise UserError(f"subset spec {spec.name!r} keeps none of the catalog's {len(available)} classes")
+
+    in_chosen = wnids.isin(chosen).to_numpy()
+    train = catalog[is_train & in_chosen]
+    quota = _quota(spec, train["wnid"], chosen)
+    if quota is not None:
+        train = train.iloc[_take_per_class(train, quota, spec.seed)]
+    val = catalog[~is_train & in_chosen & (catalog["split"] == "val").to_numpy()]
+
+    label_of = taxonomy.labels(spec.labels, spec.label_classes) if spec.labels != "fine" else {}
+    label_wnids = sorted({label_of.get(w, w) for w in chosen})
+    label_index = {w: i for i, w in enumerate(label_wnids)}
+    fine_to_label = pd.Series({w: label_of.get(w, w) for w in chosen})
+
+    manifest = pd.concat([train, val], ignore_index=True)[["path", "wnid", "split"]]
+    manifest["wnid"] = manifest["wnid"].astype(str)
+    manifest["split"] = manifest["split"].astype(str)
+    manifest["label_wnid"] = manifest["wnid"].map(fine_to_label)
+    manifest["label"] = manifest["label_wnid"].map(label_index).astype("int64")
+    manifest = manifest.sort_values(["split", "label", "wnid", "path"], kind="stable", ignore_index=True)
+    manifest = manifest[["path", "wnid", "label", "label_wnid", "split"]]
+
+    per_split = manifest.groupby(["wnid", "split"]).size().unstack("split").reindex(columns=["train", "val"])
+    counts = (
+        per_split.reindex(chosen).fillna(0).astype("int64")
+        .rename(columns={"train": "train_images", "val": "val_images"})
+        .rename_axis("wnid").reset_index()
+    )  # fmt: skip
+    counts.insert(1, "label_wnid", counts["wnid"].map(fine_to_label))
+    classes = counts.groupby("label_wnid").agg(
+        fine_classes=("wnid", "size"), train_images=("train_images", "sum"), val_images=("val_images", "sum")
+    )
+    classes = classes.reindex(label_wnids).reset_index()
+    classes.insert(0, "label", range(len(classes)))
+    classes.insert(2, "name", classes["label_wnid"].map(taxonomy.name))
+    return Subset(spec, manifest, classes, counts)
+
+
+def _quota(spec: SubsetSpec, train_wnids: pd.Series, chosen: list[str]) -> dict[str, int] | None:
+    """Train images to keep per class, or None for all; checks every class has enough."""
+    if spec.images_per_class is not None:
+        quota = dict.fromkeys(chosen, spec.images_per_class)
+    elif spec.budget is not None:
+        if spec.budget < len(chosen):
+            raise UserError(f"subset spec {spec.name!r}: a budget of {spec.budget} cannot cover {len(chosen)} classes")
+        base, extra = divmod(spec.budget, len(chosen))
+        order = np.random.default_rng(spec.seed).permutation(len(chosen))
+        quota = {chosen[i]: base + (rank < extra) for rank, i in enumerate(order)}
+    else:
+        return None
+    have = train_wnids.astype(str).value_counts()
+    short = sorted((w, int(have.get(w, 0)), q) for w, q in quota.items() if have.get(w, 0) < q)
+    if short:
+        listed = ", ".join(f"{w} ({n} < {q})" for w, n, q in short[:8])
+        more = f" and {len(short) - 8} more" if len(short) > 8 else ""
+        raise UserError(
+            f"subset spec {spec.name!r} needs more train images than {len(short)} class(es) have: {listed}{more}"
+        )
+    return quota
+
+
+def _take_per_class(train: pd.DataFrame, quota: dict[str, int], seed: int) -> np.ndarray:
+    """Row positions of the first `quota[wnid]` images of each class in a seeded hash order."""
+    names = train["path"].str.rsplit("/", n=1).str[-1]
+    key = pd.util.hash_pandas_object(names, index=False, hash_key=f"{seed:016d}"[-16:]).to_numpy()
+    codes = train["wnid"].astype(str).astype("category")
+    order = np.lexsort((key, codes.cat.codes.to_numpy()))
+    sorted_codes = codes.cat.codes.to_numpy()[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    limit = codes.cat.categories.map(quota).to_numpy(dtype=np.int64)[sorted_codes]
+    return np.sort(order[rank < limit])
+
+
+# -- writing --------------------------------------------------------------------------------------
+def write_subset(subset: Subset, out: Path, source: str = "") -> Path:
+    """Write the subset folder atomically: a temporary sibling folder renamed into place."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; expected a folder for the subset")
+    if out.is_dir() and any(out.iterdir()) and not (out / "subset.json").exists():
+        raise UserError(f"--out {out} is a non-empty folder that holds no subset; expected a new or subset folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise UserError(f"--out {out} cannot be written ({err.strerror}); expected a writable folder") from None
+    try:
+        subset.manifest.to_parquet(tmp / "manifest.parquet", index=False)
+        subset.classes.to_csv(tmp / "classes.tsv", sep="\t", index=False)
+        subset.counts.to_csv(tmp / "counts.tsv", sep="\t", index=False)
+        (tmp / "spec.yaml").write_text(subset.spec.to_yaml())
+        (tmp / "subset.json").write_text(json.dumps({**subset.summary(), "source": source}, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """The manifest of a subset folder (or a manifest.parquet), checked against its class list."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    manifest_path = folder / "manifest.parquet" if path.is_dir() else path
+    try:
+        manifest = pd.read_parquet(manifest_path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"manifest {manifest_path} cannot be read ({err}); expected a subset folder or manifest.parquet") from None
+    missing = sorted({"path", "wnid", "label", "label_wnid", "split"} - set(manifest.columns))
+    if missing:
+        raise UserError(f"manifest {manifest_path} lacks column(s) {', '.join(missing)}")
+    return manifest
+
+
+def make_subset(spec: SubsetSpec, source: str | Path, out: Path | None = None) -> tuple[Subset, Path]:
+    """Build `spec` from `source`, write it (default: content-addressed in the cache) and log a run.
+
+    Everything that can fail on bad input happens before the MLflow run starts; the run records
+    the spec as params, the digests as tags, the manifest as a dataset input and the folder as
+    artifacts under `subset/`.
+    """
+    from imagenet_transfer import tracking
+    from imagenet_transfer.catalog import load_catalog
+
+    subset = build_subset(load_catalog(source), spec)
+    out = Path(out) if out is not None else cache_dir() / "subsets" / f"{spec.name}-{subset.digest}"
+    summary = subset.summary()
+    tags = {"subset_name": spec.name, "subset_digest": subset.digest, "spec_digest": spec.digest}
+    with tracking.start_run("subset", params={"subset": spec.params()}, tags=tags, run_name=f"subset-{spec.name}"):
+        write_subset(subset, out, source=str(source))
+        tracking.log_dataset(
+            subset.manifest, name=spec.name, source=str(out), digest=subset.digest, context="subset",
+            tags={"spec_digest": spec.digest},
+        )  # fmt: skip
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int)})
+        mlflow.log_artifacts(str(out), artifact_path="subset")
+    return subset, out
