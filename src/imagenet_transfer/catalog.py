@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.paths import cache_dir
 
-COLUMNS = ("path", "wnid", "split")
+COLUMNS = ("path", "wnid", "split", "name_hash")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 WNID = re.compile(r"n\d{8}")
 FLAT_NAME = re.compile(r"(n\d{8})_")
@@ -89,15 +90,18 @@ def read_catalog(path: Path) -> pd.DataFrame:
     frame = table.to_pandas()
     if "split" not in frame:
         frame["split"] = "train"
-    bad = frame.loc[~frame["wnid"].astype(str).str.fullmatch(WNID.pattern), "wnid"]
-    if len(bad):
-        raise UserError(f"catalog {path} has {len(bad)} row(s) whose wnid is not like n01440764, e.g. {bad.iloc[0]!r}")
-    return _frame(frame)
+    if "name_hash" in frame and frame["name_hash"].dtype != np.uint64:
+        frame = frame.drop(columns="name_hash")
+    frame = _frame(frame)
+    bad = [w for w in frame["wnid"].cat.categories if not WNID.fullmatch(str(w))]
+    if bad:
+        raise UserError(f"catalog {path} has {len(bad)} wnid(s) not like n01440764, e.g. {bad[0]!r}")
+    return frame
 
 
 def write_catalog(catalog: pd.DataFrame, path: Path, metadata: dict | None = None) -> Path:
     """Write atomically (temporary file + rename), with `metadata` in the Parquet schema."""
-    table = pa.Table.from_pandas(catalog[list(COLUMNS)], preserve_index=False)
+    table = pa.Table.from_pandas(_frame(catalog), preserve_index=False)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"imagenet_transfer": json.dumps(metadata).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +144,7 @@ def _scan_foldered(folder: Path, split: str) -> pd.DataFrame:
         raise UserError(f"{folder} holds folder(s) not named by wnid: {', '.join(strays[:5])}; {LAYOUT_HELP}")
     for wnid, class_dir in class_dirs:
         with os.scandir(class_dir) as entries:
-            names = [e.name for e in entries if _is_image(e.name)]
+            names = sorted(e.name for e in entries if _is_image(e.name))
         paths += [f"{class_dir}/{n}" for n in names]
         wnids += [wnid] * len(names)
     return pd.DataFrame({"path": paths, "wnid": wnids, "split": split})
@@ -193,8 +197,61 @@ def _scan_flat(root: Path) -> pd.DataFrame:
     return _frame(pd.DataFrame(rows, columns=["path", "wnid"]).assign(split="train"))
 
 
+def name_hashes(catalog: pd.DataFrame) -> np.ndarray:
+    """The `name_hash` column of a catalog, computed when the table lacks it."""
+    if "name_hash" in catalog:
+        return catalog["name_hash"].to_numpy(dtype=np.uint64)
+    return hash_file_names(catalog["path"])
+
+
+def hash_file_names(paths: pd.Series) -> np.ndarray:
+    """A 64-bit hash of each path's file name (the part after the last '/').
+
+    Subsets rank images by it (seeded), so a selection does not depend on where the data is mounted
+    or on row order. Computed on the Arrow buffers, 8 bytes of every name per numpy pass: an
+    ImageNet-sized catalog hashes in a fraction of a second; catalogs store it as `name_hash`.
+    """
+    array = pa.array(paths, type=pa.large_string())
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    return np.concatenate([_hash_chunk(chunk) for chunk in chunks] or [np.zeros(0, np.uint64)])
+
+
+def _hash_chunk(chunk: pa.LargeStringArray) -> np.ndarray:
+    if chunk.null_count:
+        raise UserError("the catalog has rows without a path; expected a file path on every row")
+    if len(chunk) == 0:
+        return np.zeros(0, np.uint64)
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+    data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
+    lows, ends = offsets[:-1], offsets[1:]
+    starts, todo, back = lows.copy(), np.arange(len(ends)), 1
+    while len(todo):  # find the last '/' of every path, scanning back one byte per pass
+        pos = ends[todo] - back
+        inside = pos >= lows[todo]
+        slash = inside & (data[np.maximum(pos, 0)] == ord("/"))
+        starts[todo[slash]] = pos[slash] + 1
+        todo, back = todo[inside & ~slash], back + 1
+    lengths = ends - starts
+    if len(data) < 8:
+        data = np.concatenate([data, np.zeros(8 - len(data), np.uint8)])
+    windows = np.lib.stride_tricks.as_strided(data, shape=(len(data) - 7, 8), strides=(1, 1))
+    hashes = lengths.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(0, int(lengths.max()), 8):
+            at = starts + k
+            clamped = np.minimum(at, len(data) - 8)  # the last bytes of the buffer: read earlier, shift
+            word = windows[clamped].view("<u8").ravel() >> ((at - clamped).astype(np.uint64) * np.uint64(8))
+            left = np.clip(lengths - k, 0, 8).astype(np.uint64)
+            mask = np.where(left >= 8, ~np.uint64(0), (np.uint64(1) << (left * np.uint64(8))) - np.uint64(1))
+            hashes = (hashes ^ (word & mask)) * np.uint64(0x100000001B3)
+    return hashes
+
+
 def _frame(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame[list(COLUMNS)].astype({"path": str, "wnid": "category", "split": "category"})
+    if "name_hash" not in frame:
+        frame = frame.assign(name_hash=hash_file_names(frame["path"]))
+    types = {"path": str, "wnid": "category", "split": "category", "name_hash": "uint64"}
+    frame = frame[list(COLUMNS)].astype({c: t for c, t in types.items() if str(frame[c].dtype) != t})
     return frame.reset_index(drop=True)
 
 
@@ -206,8 +263,6 @@ def demo_catalog(seed: int = 0) -> pd.DataFrame:
     """A listing (no image files) shaped like ILSVRC-2012 at 1/16 scale: all 1000 classes with
     45-81 train images each (ImageNet: 732-1300) and 3 val images. Subsets can be built and
     inspected on it without any data; it is what `subset` uses when no source is given."""
-    import numpy as np
-
     from imagenet_transfer.taxonomy import load_taxonomy
 
     rng = np.random.default_rng(seed)

@@ -12,8 +12,8 @@ Output: a folder written atomically, read by `pretrain` through its path (or the
     subset = build_subset(catalog, spec)             # pure: a Subset of tables
     write_subset(subset, Path("subsets/e1-500"))
 
-Selection is deterministic for a seed and independent of the catalog's row order: within a class,
-images are ranked by a seeded hash of their file name.
+Selection is deterministic for a seed and independent of the catalog's row order and of where the
+data is mounted: within a class, images are ranked by a seeded hash of their file name.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from imagenet_transfer.catalog import name_hashes
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.paths import cache_dir
 from imagenet_transfer.taxonomy import METHODS, SPLITS, Taxonomy, load_taxonomy
@@ -183,12 +184,7 @@ class Subset:
     manifest: pd.DataFrame  # path, wnid, label, label_wnid, split
     classes: pd.DataFrame  # one row per label
     counts: pd.DataFrame  # one row per fine class
-
-    @property
-    def digest(self) -> str:
-        """sha256 of the manifest's content (paths, labels, splits): the data a pre-training sees."""
-        hashed = pd.util.hash_pandas_object(self.manifest[["path", "label", "split"]], index=False)
-        return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+    digest: str  # sha256 of (file name, label, split) over the manifest: the data a pre-training sees
 
     def summary(self) -> dict[str, Any]:
         train = self.manifest["split"] == "train"
@@ -221,68 +217,99 @@ def select_classes(spec: SubsetSpec, available: list[str], taxonomy: Taxonomy) -
 
 
 def build_subset(catalog: pd.DataFrame, spec: SubsetSpec, taxonomy: Taxonomy | None = None) -> Subset:
-    """Select and relabel the images of `catalog` that `spec` describes."""
+    """Select and relabel the images of `catalog` that `spec` describes.
+
+    Vectorised over class codes: an ImageNet-sized catalog (1.28M rows) builds in about a second.
+    """
     taxonomy = taxonomy or load_taxonomy()
-    wnids = catalog["wnid"].astype("category")
-    taxonomy.check_wnids(wnids.cat.categories, what="wnid(s) in the catalog")
-    is_train = (catalog["split"] == "train").to_numpy()
-    available = sorted(wnids[is_train].unique().tolist())
+    wnid = catalog["wnid"].astype("category")
+    fine = list(wnid.cat.categories.astype(str))
+    taxonomy.check_wnids(fine, what="wnid(s) in the catalog")
+    if len(fine) >= 1024:
+        raise UserError(f"the catalog has {len(fine)} classes; expected at most the 1000 ILSVRC-2012 classes")
+    codes = wnid.cat.codes.to_numpy()
+    split = catalog["split"] if isinstance(catalog["split"].dtype, pd.CategoricalDtype) else catalog["split"].astype("category")
+    split_codes = split.cat.codes.to_numpy()
+    train_code = _code_of(split, "train")
+    val_code = _code_of(split, "val")
+    is_train = split_codes == train_code
+    available = [fine[c] for c in np.unique(codes[is_train])]
     if not available:
         raise UserError("the catalog has no train images; expected rows with split == 'train'")
     chosen = select_classes(spec, available, taxonomy)
     if not chosen:
         raise UserError(f"subset spec {spec.name!r} keeps none of the catalog's {len(available)} classes")
 
-    in_chosen = wnids.isin(chosen).to_numpy()
-    train = catalog[is_train & in_chosen]
-    quota = _quota(spec, train["wnid"], chosen)
-    if quota is not None:
-        train = train.iloc[_take_per_class(train, quota, spec.seed)]
-    val = catalog[~is_train & in_chosen & (catalog["split"] == "val").to_numpy()]
+    chosen_mask = np.isin(np.array(fine), chosen)
+    rows = np.flatnonzero(chosen_mask[codes] & ((split_codes == train_code) | (split_codes == val_code)))
+    names = name_hashes(catalog)[rows]
+    row_codes, row_train = codes[rows].astype(np.int64), split_codes[rows] == train_code
 
     label_of = taxonomy.labels(spec.labels, spec.label_classes) if spec.labels != "fine" else {}
     label_wnids = sorted({label_of.get(w, w) for w in chosen})
     label_index = {w: i for i, w in enumerate(label_wnids)}
-    fine_to_label = pd.Series({w: label_of.get(w, w) for w in chosen})
+    label_by_code = np.array([label_index.get(label_of.get(w, w), 0) for w in fine], dtype=np.int64)
+    row_labels = label_by_code[row_codes]
+    # one sort: train first, then label, class, and a seeded hash of the file name (43 bits)
+    sort_key = (
+        (~row_train).astype(np.uint64) << np.uint64(63)
+        | row_labels.astype(np.uint64) << np.uint64(53)
+        | row_codes.astype(np.uint64) << np.uint64(43)
+        | _mix(names, spec.seed) >> np.uint64(21)
+    )
+    order = np.argsort(sort_key, kind="stable")
+    rows, names, row_codes, row_labels, row_train = (a[order] for a in (rows, names, row_codes, row_labels, row_train))
+    quota = _quota(spec, np.bincount(row_codes[row_train], minlength=len(fine)), fine, chosen)
+    if quota is not None:  # keep the first quota[class] train images of each class in hash order
+        starts = np.r_[0, np.flatnonzero(np.diff(row_codes)) + 1]
+        rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        keep = ~row_train | (rank < quota[row_codes])
+        rows, names, row_codes, row_labels, row_train = (a[keep] for a in (rows, names, row_codes, row_labels, row_train))
 
-    manifest = pd.concat([train, val], ignore_index=True)[["path", "wnid", "split"]]
-    manifest["wnid"] = manifest["wnid"].astype(str)
-    manifest["split"] = manifest["split"].astype(str)
-    manifest["label_wnid"] = manifest["wnid"].map(fine_to_label)
-    manifest["label"] = manifest["label_wnid"].map(label_index).astype("int64")
-    manifest = manifest.sort_values(["split", "label", "wnid", "path"], kind="stable", ignore_index=True)
-    manifest = manifest[["path", "wnid", "label", "label_wnid", "split"]]
+    manifest = pd.DataFrame({
+        "path": catalog["path"].take(rows).reset_index(drop=True),
+        "wnid": pd.Categorical.from_codes(row_codes, categories=fine),
+        "label": row_labels,
+        "label_wnid": pd.Categorical.from_codes(row_labels, categories=label_wnids),
+        "split": pd.Categorical.from_codes((~row_train).astype(np.int8), categories=["train", "val"]),
+    })  # fmt: skip
+    digest = hashlib.sha256(
+        np.stack([names, row_labels.astype(np.uint64), row_train.astype(np.uint64)]).tobytes()
+    ).hexdigest()[:16]
 
-    per_split = manifest.groupby(["wnid", "split"]).size().unstack("split").reindex(columns=["train", "val"])
-    counts = (
-        per_split.reindex(chosen).fillna(0).astype("int64")
-        .rename(columns={"train": "train_images", "val": "val_images"})
-        .rename_axis("wnid").reset_index()
-    )  # fmt: skip
-    counts.insert(1, "label_wnid", counts["wnid"].map(fine_to_label))
+    counts = pd.DataFrame({
+        "wnid": chosen,
+        "label_wnid": [label_of.get(w, w) for w in chosen],
+        "train_images": np.bincount(row_codes[row_train], minlength=len(fine))[chosen_mask],
+        "val_images": np.bincount(row_codes[~row_train], minlength=len(fine))[chosen_mask],
+    })  # fmt: skip
     classes = counts.groupby("label_wnid").agg(
         fine_classes=("wnid", "size"), train_images=("train_images", "sum"), val_images=("val_images", "sum")
     )
     classes = classes.reindex(label_wnids).reset_index()
     classes.insert(0, "label", range(len(classes)))
     classes.insert(2, "name", classes["label_wnid"].map(taxonomy.name))
-    return Subset(spec, manifest, classes, counts)
+    return Subset(spec, manifest, classes, counts, digest)
 
 
-def _quota(spec: SubsetSpec, train_wnids: pd.Series, chosen: list[str]) -> dict[str, int] | None:
-    """Train images to keep per class, or None for all; checks every class has enough."""
-    if spec.images_per_class is not None:
-        quota = dict.fromkeys(chosen, spec.images_per_class)
-    elif spec.budget is not None:
+def _code_of(column: pd.Series, value: str) -> int:
+    categories = list(column.cat.categories)
+    return categories.index(value) if value in categories else -2
+
+
+def _quota(spec: SubsetSpec, have: np.ndarray, fine: list[str], chosen: list[str]) -> np.ndarray | None:
+    """Train images to keep per class code (None: all), checking that every class has enough."""
+    if spec.images_per_class is None and spec.budget is None:
+        return None
+    want = dict.fromkeys(chosen, spec.images_per_class)
+    if spec.budget is not None:
         if spec.budget < len(chosen):
             raise UserError(f"subset spec {spec.name!r}: a budget of {spec.budget} cannot cover {len(chosen)} classes")
         base, extra = divmod(spec.budget, len(chosen))
         order = np.random.default_rng(spec.seed).permutation(len(chosen))
-        quota = {chosen[i]: base + (rank < extra) for rank, i in enumerate(order)}
-    else:
-        return None
-    have = train_wnids.astype(str).value_counts()
-    short = sorted((w, int(have.get(w, 0)), q) for w, q in quota.items() if have.get(w, 0) < q)
+        want = {chosen[i]: base + int(rank < extra) for rank, i in enumerate(order)}
+    quota = np.array([want.get(w, 0) for w in fine], dtype=np.int64)
+    short = [(w, int(have[i]), int(quota[i])) for i, w in enumerate(fine) if have[i] < quota[i]]
     if short:
         listed = ", ".join(f"{w} ({n} < {q})" for w, n, q in short[:8])
         more = f" and {len(short) - 8} more" if len(short) > 8 else ""
@@ -292,17 +319,13 @@ def _quota(spec: SubsetSpec, train_wnids: pd.Series, chosen: list[str]) -> dict[
     return quota
 
 
-def _take_per_class(train: pd.DataFrame, quota: dict[str, int], seed: int) -> np.ndarray:
-    """Row positions of the first `quota[wnid]` images of each class in a seeded hash order."""
-    names = train["path"].str.rsplit("/", n=1).str[-1]
-    key = pd.util.hash_pandas_object(names, index=False, hash_key=f"{seed:016d}"[-16:]).to_numpy()
-    codes = train["wnid"].astype(str).astype("category")
-    order = np.lexsort((key, codes.cat.codes.to_numpy()))
-    sorted_codes = codes.cat.codes.to_numpy()[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
-    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    limit = codes.cat.categories.map(quota).to_numpy(dtype=np.int64)[sorted_codes]
-    return np.sort(order[rank < limit])
+def _mix(values: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of values and seed: a seeded, well-spread sort key."""
+    with np.errstate(over="ignore"):
+        z = values + np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 # -- writing --------------------------------------------------------------------------------------
