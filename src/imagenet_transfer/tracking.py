@@ -1,7 +1,8 @@
 """The one place that knows the project's MLflow conventions.
 
 - Tracking URI: `MLFLOW_TRACKING_URI` when set (a team server, or the URI `mlflow run` hands over),
-  else `sqlite:///<cwd>/mlruns/mlflow.db` with artifacts under `<cwd>/mlruns/artifacts`.
+  else `sqlite:///<cwd>/mlruns/mlflow.db`, with artifacts in `<cwd>/mlruns/<experiment id>/` (MLflow's
+  default artifact root beside a SQLite store started in that folder).
 - Experiment: `MLFLOW_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_ID` when set, else `imagenet-transfer`.
 - Every run carries the tag `stage` (subset, pretrain, transfer, ...) and its config as params;
   `start_run` resumes the run `mlflow run` created (`MLFLOW_RUN_ID`) and always ends the run:
@@ -36,23 +37,15 @@ def configure() -> str:
     return uri
 
 
-def _local_artifact_root() -> str | None:
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    return None
-
-
 def experiment_id(name: str | None = None) -> str:
-    """The id of the experiment runs go to, created (artifacts beside a local store) if needed."""
+    """The id of the experiment runs go to, created if needed."""
     if name is None and os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    root = _local_artifact_root()
-    return mlflow.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    return mlflow.create_experiment(name)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
