@@ -45,3 +45,13 @@ def cli(*args: str) -> int:
     except SystemExit as exit_:
         return exit_.code or 0
     return 0
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The tiny embedded world, generated once per test session."""
+    from imagenet_transfer.synthetic import generate
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGENET_TRANSFER_CACHE", str(tmp_path_factory.mktemp("world-cache")))
+        return generate(tmp_path_factory.mktemp("world") / "tiny", size="tiny", seed=0, progress=False)

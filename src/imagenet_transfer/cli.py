@@ -103,7 +103,7 @@ def subset_build(
     if catalog is not None and source is not None:
         raise UserError("--catalog and --source contradict each other: give one")
     subset_spec = load_spec(preset, spec).with_seed(seed)
-    subset, folder = make_subset(subset_spec, catalog or source or DEFAULT_SOURCE, out)
+    subset, folder, _ = make_subset(subset_spec, catalog or source or DEFAULT_SOURCE, out)
     summary = subset.summary()
     print(f"subset {summary['name']} ({summary['digest']}): {summary['num_labels']} labels over "
           f"{summary['num_fine_classes']} classes, {summary['train_images']} train / {summary['val_images']} val images")
@@ -132,6 +132,71 @@ def subset_show(
     subset_spec = load_spec(preset, spec).with_seed(seed)
     print(subset_spec.to_yaml().rstrip())
     print(f"# digest: {subset_spec.digest}")
+
+
+# -- synthetic world ------------------------------------------------------------------------------
+@app.command("synth")
+def synth(
+    out: Annotated[Optional[Path], typer.Option(help="world folder (default: in the cache, by options)")] = None,
+    seed: int = 0,
+    size: Annotated[str, typer.Option(help="tiny, default or large")] = "default",
+    resolution: Annotated[Optional[int], typer.Option(help="image side in px (default: the size's)")] = None,
+    partitions: Annotated[Optional[int], typer.Option(help="SUN397 partitions (default: the size's)")] = None,
+) -> None:
+    """Generate the embedded synthetic world (ImageNet, VOC2007, VOC2012 action and SUN397 formats)."""
+    from imagenet_transfer.synthetic import generate, read_world
+
+    root = generate(out, seed=seed, size=size, resolution=resolution, partitions=partitions)
+    counts = read_world(root).get("counts", {})
+    print("\n".join(f"{k}: {v}" for k, v in counts.items() if not isinstance(v, dict)))
+    print(root)
+
+
+# -- pre-training ---------------------------------------------------------------------------------
+@app.command("pretrain")
+def pretrain(
+    ctx: typer.Context,
+    subset: Annotated[str, typer.Option(help="preset name, spec .yaml, subset folder or manifest.parquet")] = "full",
+    source: Annotated[str, typer.Option(help="source for presets/specs (default: the embedded world)")] = "",
+    arch: Annotated[str, typer.Option(help="caffe_alexnet, alexnet, resnet18, resnet50 or small")] = "small",
+    recipe: Annotated[str, typer.Option(help="world, paper, paper-epochs or smoke")] = "world",
+    resolution: Optional[int] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="epochs or iterations (default: the recipe's)")] = None,
+    epochs: Optional[int] = None,
+    iterations: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    lr: Optional[float] = None,
+    momentum: Optional[float] = None,
+    weight_decay: Optional[float] = None,
+    decay: Annotated[Optional[str], typer.Option(help="cosine or step")] = None,
+    step_fraction: Optional[float] = None,
+    warmup_fraction: Optional[float] = None,
+    dropout: Optional[float] = None,
+    seed: int = 0,
+    workers: Optional[int] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    gpus: Annotated[int, typer.Option(help="GPUs to train on with DDP (torchrun)")] = 1,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model")] = False,
+    coarse_level: Annotated[str, typer.Option(help="label set of val_top1_coarse")] = "top-down-127",
+    checkpoint_dir: str = "",
+    checkpoint_minutes: float = 5.0,
+    max_skipped_fraction: float = 0.001,
+    model_name: Annotated[str, typer.Option(help="registered model name (default: <arch>-<subset>)")] = "",
+    register: Annotated[bool, typer.Option("--register/--no-register")] = True,
+    config: Annotated[Optional[Path], typer.Option(help="YAML of these options (CLI options override it)")] = None,
+) -> None:
+    """Pre-train a backbone on a subset, checkpointing and resuming, and register it in MLflow."""
+    options = {k: v for k, v in locals().items() if k not in ("config", "ctx")}
+    from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+
+    if config is not None:
+        given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+        settings = PretrainConfig.from_file(config, **given)
+    else:
+        settings = PretrainConfig(**options)
+    summary = run_pretrain(settings)
+    shown = {k: v for k, v in summary.items() if k.startswith("val_") or k in ("model_uri", "run_id")}
+    print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in shown.items()))
 
 
 def run_entrypoint(command: list[str], argv: list[str]) -> None:

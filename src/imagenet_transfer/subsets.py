@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from imagenet_transfer.catalog import name_hashes
+from imagenet_transfer.catalog import hash_file_names, name_hashes
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.paths import cache_dir
 from imagenet_transfer.taxonomy import METHODS, SPLITS, Taxonomy, load_taxonomy
@@ -273,9 +273,7 @@ def build_subset(catalog: pd.DataFrame, spec: SubsetSpec, taxonomy: Taxonomy | N
         "label_wnid": pd.Categorical.from_codes(row_labels, categories=label_wnids),
         "split": pd.Categorical.from_codes((~row_train).astype(np.int8), categories=["train", "val"]),
     })  # fmt: skip
-    digest = hashlib.sha256(
-        np.stack([names, row_labels.astype(np.uint64), row_train.astype(np.uint64)]).tobytes()
-    ).hexdigest()[:16]
+    digest = _digest(names, row_labels, row_train)
 
     counts = pd.DataFrame({
         "wnid": chosen,
@@ -290,6 +288,17 @@ def build_subset(catalog: pd.DataFrame, spec: SubsetSpec, taxonomy: Taxonomy | N
     classes.insert(0, "label", range(len(classes)))
     classes.insert(2, "name", classes["label_wnid"].map(taxonomy.name))
     return Subset(spec, manifest, classes, counts, digest)
+
+
+def _digest(names: np.ndarray, labels: np.ndarray, is_train: np.ndarray) -> str:
+    rows = np.stack([names.astype(np.uint64), labels.astype(np.uint64), is_train.astype(np.uint64)])
+    return hashlib.sha256(rows.tobytes()).hexdigest()[:16]
+
+
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """The digest `build_subset` gives the same rows (file names, labels, splits, in manifest order)."""
+    names = hash_file_names(manifest["path"])
+    return _digest(names, manifest["label"].to_numpy(), (manifest["split"] == "train").to_numpy())
 
 
 def _code_of(column: pd.Series, value: str) -> int:
@@ -371,15 +380,28 @@ def read_manifest(path: Path) -> pd.DataFrame:
     missing = sorted({"path", "wnid", "label", "label_wnid", "split"} - set(manifest.columns))
     if missing:
         raise UserError(f"manifest {manifest_path} lacks column(s) {', '.join(missing)}")
+    classes_path = manifest_path.parent / "classes.tsv"
+    if classes_path.exists():
+        classes = pd.read_csv(classes_path, sep="\t")
+        pairs = manifest[["label", "label_wnid"]].drop_duplicates().astype({"label_wnid": str})
+        listed = dict(zip(classes["label"], classes["label_wnid"].astype(str)))
+        wrong = [(int(l), w) for l, w in zip(pairs["label"], pairs["label_wnid"]) if listed.get(int(l)) != w]
+        if wrong:
+            raise UserError(
+                f"manifest {manifest_path} labels do not match its class list {classes_path}: "
+                f"{', '.join(f'label {l} = {w}' for l, w in wrong[:5])}; expected the label/label_wnid pairs of classes.tsv"
+            )
     return manifest
 
 
-def make_subset(spec: SubsetSpec, source: str | Path, out: Path | None = None) -> tuple[Subset, Path]:
+def make_subset(
+    spec: SubsetSpec, source: str | Path, out: Path | None = None, *, adopt_env_run: bool = True
+) -> tuple[Subset, Path, str]:
     """Build `spec` from `source`, write it (default: content-addressed in the cache) and log a run.
 
     Everything that can fail on bad input happens before the MLflow run starts; the run records
     the spec as params, the digests as tags, the manifest as a dataset input and the folder as
-    artifacts under `subset/`.
+    artifacts under `subset/`. Returns the subset, its folder and the run id.
     """
     from imagenet_transfer import tracking
     from imagenet_transfer.catalog import load_catalog
@@ -388,7 +410,9 @@ def make_subset(spec: SubsetSpec, source: str | Path, out: Path | None = None) -
     out = Path(out) if out is not None else cache_dir() / "subsets" / f"{spec.name}-{subset.digest}"
     summary = subset.summary()
     tags = {"subset_name": spec.name, "subset_digest": subset.digest, "spec_digest": spec.digest}
-    with tracking.start_run("subset", params={"subset": spec.params()}, tags=tags, run_name=f"subset-{spec.name}"):
+    with tracking.start_run(
+        "subset", params={"subset": spec.params()}, tags=tags, run_name=f"subset-{spec.name}", adopt_env_run=adopt_env_run
+    ) as run:
         write_subset(subset, out, source=str(source))
         tracking.log_dataset(
             subset.manifest, name=spec.name, source=str(out), digest=subset.digest, context="subset",
@@ -396,4 +420,4 @@ def make_subset(spec: SubsetSpec, source: str | Path, out: Path | None = None) -
         )  # fmt: skip
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int)})
         mlflow.log_artifacts(str(out), artifact_path="subset")
-    return subset, out
+    return subset, out, run.info.run_id

@@ -1,8 +1,8 @@
 """The one place that knows the project's MLflow conventions.
 
 - Tracking URI: `MLFLOW_TRACKING_URI` when set (a team server, or the URI `mlflow run` hands over),
-  else `sqlite:///<cwd>/mlruns/mlflow.db`, with artifacts in `<cwd>/mlruns/<experiment id>/` (MLflow's
-  default artifact root beside a SQLite store started in that folder).
+  else `sqlite:///<cwd>/mlruns/mlflow.db`. Experiments the project creates in a local SQLite store keep
+  their artifacts beside it (`mlruns/artifacts/<experiment>/`).
 - Experiment: `MLFLOW_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_ID` when set, else `imagenet-transfer`.
 - Every run carries the tag `stage` (subset, pretrain, transfer, ...) and its config as params;
   `start_run` resumes the run `mlflow run` created (`MLFLOW_RUN_ID`) and always ends the run:
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import RunStatus
+
+from imagenet_transfer.errors import UserError
 
 DEFAULT_EXPERIMENT = "imagenet-transfer"
 MAX_PARAM_LENGTH = 6000
@@ -45,7 +48,10 @@ def experiment_id(name: str | None = None) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return mlflow.create_experiment(name)
+    uri = mlflow.get_tracking_uri()
+    local = uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).parent
+    location = (local / "artifacts" / name).resolve().as_uri() if local else None  # beside a local store
+    return mlflow.create_experiment(name, artifact_location=location)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -66,15 +72,27 @@ def start_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     run_name: str | None = None,
-    nested: bool = False,
+    *,
+    run_id: str | None = None,
+    adopt_env_run: bool = True,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or resume, under `mlflow run`) a run of `stage`, and end it with an honest status."""
+    """Start a run of `stage` (or resume `run_id`, or the run `mlflow run` made) and end it honestly.
+
+    `adopt_env_run=False` starts a run of its own even under `mlflow run` (e.g. a subset that a
+    pre-training builds before its own run).
+    """
     configure()
-    run_id = None if nested else os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        run = mlflow.start_run(run_id=run_id)
-    else:
-        run = mlflow.start_run(experiment_id=experiment_id(), run_name=run_name, nested=nested)
+    env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow.start_run would otherwise always take it
+    try:
+        run_id = run_id or (env_run if adopt_env_run else None)
+        if run_id:
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics or None)
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id(), run_name=run_name, log_system_metrics=system_metrics or None)
+    finally:
+        if env_run is not None:
+            os.environ["MLFLOW_RUN_ID"] = env_run
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         mlflow.set_tags({"stage": stage, **(tags or {})})
@@ -104,3 +122,64 @@ def log_dataset(
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest, targets="label")
         mlflow.log_input(dataset, context=context, tags=dict(tags or {}))
+
+
+# -- backbones in the model registry ---------------------------------------------------------------
+BACKBONE_ALIAS = "current"  # MLflow reserves "latest"; `models:/NAME@latest` is read as `models:/NAME/latest`
+BACKBONE_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def log_backbone(model, info: Mapping[str, Any], *, name: str | None, tags: Mapping[str, str]) -> str | None:
+    """Log `model` as the MLflow model `backbone` of the active run, with its weights as `state_dict.pt`
+    and `info` (what `models.rebuild` needs, plus the data it saw) as `backbone.json`; register it as
+    `name` (a new version, tagged, alias `current`) unless `name` is None. Returns the version.
+    `info["backbone"]` is what `models.rebuild` needs; the rest records the data the backbone saw."""
+    import tempfile
+
+    import mlflow.pytorch
+    import torch
+
+    model = model.cpu().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, meta = Path(tmp) / "state_dict.pt", Path(tmp) / "backbone.json"
+        torch.save(model.state_dict(), weights)
+        meta.write_text(json.dumps(dict(info), indent=2) + "\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logged = mlflow.pytorch.log_model(
+                model, name="backbone", serialization_format="pickle", pip_requirements=BACKBONE_REQUIREMENTS,
+                extra_files=[str(weights), str(meta)], tags=dict(tags),
+            )  # fmt: skip
+    if name is None:
+        return None
+    version = mlflow.register_model(logged.model_uri, name, tags=dict(tags))
+    mlflow.MlflowClient().set_registered_model_alias(name, BACKBONE_ALIAS, version.version)
+    return str(version.version)
+
+
+def backbone_files(uri: str) -> tuple[dict[str, Any], Path]:
+    """Download a logged backbone (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/NAME/latest`,
+    `models:/m-ID`) and return its `backbone.json` content and the path of `state_dict.pt`."""
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    if uri.endswith("@latest"):
+        uri = uri.removesuffix("@latest") + "/latest"
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as err:
+        raise UserError(f"backbone {uri} cannot be found ({err.message}); expected models:/NAME@ALIAS or models:/NAME/VERSION") from None
+    found = {p.name: p for p in root.rglob("*") if p.name in ("backbone.json", "state_dict.pt")}
+    if len(found) != 2:
+        raise UserError(f"backbone {uri} has no state_dict.pt/backbone.json; expected a model logged by pretrain")
+    return json.loads(found["backbone.json"].read_text()), found["state_dict.pt"]
+
+
+def load_backbone(uri: str):
+    """The backbone module of `uri` (see `backbone_files`), rebuilt from its weights (weights_only)."""
+    import torch
+
+    from imagenet_transfer.models import rebuild
+
+    info, weights = backbone_files(uri)
+    return rebuild(info["backbone"], torch.load(weights, map_location="cpu", weights_only=True))

@@ -1,0 +1,460 @@
+"""Pre-training: train a backbone on a subset, checkpoint it, and register it in the model registry.
+
+    mlflow run . -e pretrain --env-manager local                 # the embedded world, ~2-3 min on 2 cores
+    imagenet-transfer pretrain --subset e1-500 --source /data/imagenet --arch caffe_alexnet --recipe paper --gpus 8
+
+Input: a subset: a preset name or a spec file (built from `source`; default: the embedded world, generated
+on first use), a subset folder or a `manifest.parquet`.
+Output: an MLflow run (tag stage=pretrain) with the resolved config as params, per-epoch metrics (train_loss,
+lr, images_per_s, val_top1, val_top5, val_top1_coarse), the subset as a dataset input, the backbone as an
+MLflow model (`backbone/`, with `state_dict.pt` + `backbone.json` as extra files, loadable with
+`torch.load(..., weights_only=True)`), and a registered model version `<arch>-<subset name>` with the alias
+`current` (`models:/small-full@current`). Pre-training computes no transfer metric: benchmarks read the model.
+
+Checkpoints go to `checkpoint_dir` (default: the cache, keyed by the config and the subset digest) at every
+epoch end and every `checkpoint_minutes`; running the same command again resumes the same MLflow run from
+the last checkpoint, and a finished one returns its model version without training again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from imagenet_transfer import tracking
+from imagenet_transfer.errors import UserError
+from imagenet_transfer.paths import cache_dir
+
+# The recipes: named tables of training hyper-parameters; CLI options override single values.
+RECIPES: dict[str, dict[str, Any]] = {
+    # PAPER.md: Caffe's reference schedule, 450k iterations of 256, lr /10 every 100k
+    "paper": dict(schedule="iterations", iterations=450_000, epochs=None, batch_size=256, lr=0.01, momentum=0.9,
+                  weight_decay=5e-4, decay="step", step_fraction=100 / 450, warmup_fraction=0.0, dropout=None),
+    # the same shape as a fixed number of epochs (90 ≈ 450k × 256 / 1.28M; lr /10 every 20 epochs)
+    "paper-epochs": dict(schedule="epochs", epochs=90, iterations=None, batch_size=256, lr=0.01, momentum=0.9,
+                         weight_decay=5e-4, decay="step", step_fraction=20 / 90, warmup_fraction=0.0, dropout=None),
+    # the embedded world on 2 CPU cores: small batch, higher lr, cosine decay, lighter dropout
+    "world": dict(schedule="iterations", iterations=600, epochs=None, batch_size=64, lr=0.03, momentum=0.9,
+                  weight_decay=5e-4, decay="cosine", step_fraction=None, warmup_fraction=0.02, dropout=0.3),
+    # a few steps, for tests and smoke runs
+    "smoke": dict(schedule="iterations", iterations=4, epochs=None, batch_size=16, lr=0.02, momentum=0.9,
+                  weight_decay=5e-4, decay="cosine", step_fraction=None, warmup_fraction=0.0, dropout=0.3),
+}  # fmt: skip
+SCHEDULES = ("epochs", "iterations")
+DECAYS = ("cosine", "step")
+COARSE_LEVELS = ("top-down-127", "top-down-10", "bottom-up-79", "bottom-up-9")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Every knob of a pre-training. None means "the recipe's value" (or the architecture's default)."""
+
+    subset: str = "full"  # preset name, spec .yaml, subset folder or manifest.parquet
+    source: str = ""  # where presets/specs take images from; "" = the embedded world
+    arch: str = "small"
+    resolution: int | None = None
+    recipe: str = "world"
+    schedule: str | None = None  # epochs | iterations
+    epochs: int | None = None
+    iterations: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    decay: str | None = None  # cosine | step
+    step_fraction: float | None = None  # step decay: lr x0.1 every this fraction of the run
+    warmup_fraction: float | None = None
+    dropout: float | None = None
+    seed: int = 0
+    workers: int | None = None
+    device: str = "auto"  # auto | cpu | cuda
+    gpus: int = 1
+    compile: bool = False
+    coarse_level: str = "top-down-127"
+    checkpoint_dir: str = ""
+    checkpoint_minutes: float = 5.0
+    max_skipped_fraction: float = 0.001
+    model_name: str = ""
+    register: bool = True
+
+    # fields that do not change what is trained (excluded from the checkpoint key)
+    OPERATIONAL = ("workers", "device", "gpus", "checkpoint_dir", "checkpoint_minutes", "register", "model_name")
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: Any) -> PretrainConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"config file {path} cannot be read ({err}); expected YAML of pretrain options") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def resolve(self) -> PretrainConfig:
+        """Apply the recipe and the architecture's defaults, and check every value."""
+        from imagenet_transfer.models import architecture, check_resolution, default_resolution
+
+        if self.recipe not in RECIPES:
+            raise UserError(f"unknown recipe {self.recipe!r}; expected one of: {', '.join(RECIPES)}")
+        architecture(self.arch)  # raises, listing the architectures
+        values = {k: v for k, v in dataclasses.asdict(self).items()}
+        for key, value in RECIPES[self.recipe].items():
+            if values[key] is None:
+                values[key] = value
+        if values["schedule"] == "epochs" and self.epochs is None and self.iterations is not None:
+            values["schedule"] = "iterations"  # --iterations alone switches a recipe to an iteration budget
+        if values["schedule"] == "iterations" and self.iterations is None and self.epochs is not None:
+            values["schedule"] = "epochs"
+        values["resolution"] = check_resolution(self.arch, self.resolution or default_resolution(self.arch))
+        config = PretrainConfig(**values)
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise UserError(f"pretrain option {what}")
+
+        need(self.schedule in SCHEDULES, f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        need(self.decay in DECAYS, f"decay={self.decay!r}: expected one of {', '.join(DECAYS)}")
+        budget = self.epochs if self.schedule == "epochs" else self.iterations
+        need(isinstance(budget, int) and budget >= 1, f"{self.schedule}={budget!r}: expected a positive integer")
+        need(self.batch_size >= 1, f"batch_size={self.batch_size}: expected >= 1")
+        need(self.lr > 0 and self.momentum >= 0 and self.weight_decay >= 0, "lr/momentum/weight_decay: expected lr > 0, others >= 0")
+        need(self.decay != "step" or (self.step_fraction or 0) > 0, "step_fraction: expected > 0 with decay=step")
+        need(0 <= (self.warmup_fraction or 0) < 1, f"warmup_fraction={self.warmup_fraction}: expected 0 <= f < 1")
+        need(self.dropout is None or 0 <= self.dropout < 1, f"dropout={self.dropout}: expected 0 <= p < 1")
+        need(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: expected auto, cpu or cuda")
+        need(self.gpus >= 1, f"gpus={self.gpus}: expected >= 1")
+        need(self.coarse_level in COARSE_LEVELS, f"coarse_level={self.coarse_level!r}: expected one of {', '.join(COARSE_LEVELS)}")
+        need(self.checkpoint_minutes >= 0, f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0")
+        need(0 <= self.max_skipped_fraction <= 1, f"max_skipped_fraction={self.max_skipped_fraction}: expected 0..1")
+
+    def key(self, subset_digest: str) -> str:
+        """Identity of the training (config minus operational fields, plus the data): names checkpoints."""
+        content = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.OPERATIONAL}
+        content["subset_digest"] = subset_digest
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ResolvedSubset:
+    manifest: pd.DataFrame
+    name: str
+    digest: str
+    spec_yaml: str
+    spec_digest: str
+    location: str
+    run_id: str | None
+
+
+def resolve_subset(subset: str, source: str, seed: int | None = None) -> ResolvedSubset:
+    """A subset folder or manifest as is; a preset or spec file built (and logged) from `source`."""
+    from imagenet_transfer.subsets import load_spec, make_subset, manifest_digest, read_manifest
+
+    path = Path(subset).expanduser()
+    if path.suffix == ".parquet" or (path.is_dir() and (path / "manifest.parquet").exists()):
+        manifest = read_manifest(path)
+        folder = path if path.is_dir() else path.parent
+        info = json.loads((folder / "subset.json").read_text()) if (folder / "subset.json").exists() else {}
+        spec_yaml = (folder / "spec.yaml").read_text() if (folder / "spec.yaml").exists() else ""
+        return ResolvedSubset(
+            manifest, info.get("name", folder.name), info.get("digest") or manifest_digest(manifest), spec_yaml,
+            info.get("spec_digest", ""), str(path), None,
+        )  # fmt: skip
+    is_file = path.suffix in (".yaml", ".yml")
+    spec = load_spec(None if is_file else subset, path if is_file else None)
+    built, folder, run_id = make_subset(spec, source or default_source(), adopt_env_run=False)
+    return ResolvedSubset(built.manifest, spec.name, built.digest, spec.to_yaml(), spec.digest, str(folder), run_id)
+
+
+def default_source() -> str:
+    """The embedded world's pre-training source, generated on first use (about a minute)."""
+    from imagenet_transfer.synthetic import generate
+
+    return str(generate() / "imagenet")
+
+
+def coarse_labels(manifest: pd.DataFrame, level: str) -> torch.Tensor:
+    """Coarse label of each subset label: the majority `level` label of its fine classes."""
+    from imagenet_transfer.taxonomy import load_taxonomy
+
+    method, k = level.rsplit("-", 1)
+    coarse_of_fine = load_taxonomy().labels(method, int(k))
+    pairs = manifest[["label", "wnid"]].drop_duplicates()
+    pairs = pairs.assign(coarse=pairs["wnid"].astype(str).map(coarse_of_fine))
+    majority = pairs.groupby("label")["coarse"].agg(lambda c: c.value_counts().index[0])
+    codes = {w: i for i, w in enumerate(sorted(set(majority)))}
+    return torch.tensor([codes[majority[label]] for label in range(int(manifest["label"].max()) + 1)])
+
+
+def lr_lambda(config: PretrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier after `step` steps: linear warm-up, then cosine or step decay."""
+    warmup = int(total_steps * (config.warmup_fraction or 0))
+    step_every = max(1, round(total_steps * (config.step_fraction or 1)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.decay == "cosine":
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 0.1 ** (step // step_every)
+
+    return factor
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def checkpoint_folder(config: PretrainConfig, subset_digest: str) -> Path:
+    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else cache_dir() / "checkpoints"
+    folder = folder / f"{config.arch}-{config.key(subset_digest)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"checkpoint_dir {folder} is not writable ({err.strerror}); expected a writable folder") from None
+    return folder
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    """Write `checkpoint.pt` atomically (temporary file + rename)."""
+    tmp = folder / f".checkpoint.pt.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / "checkpoint.pt")
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    path = folder / "checkpoint.pt"
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def run_pretrain(config: PretrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train `config` (resuming its checkpoint if any) and register the backbone; returns a summary.
+
+    `on_step(global_step)` is called after every optimiser step (used to interrupt runs in tests).
+    """
+    config = config.resolve()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.gpus > 1 and world_size == 1:
+        return _launch_torchrun(config)
+    rank = int(os.environ.get("RANK", "0"))
+    device = _device(config, rank, world_size)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    subset = resolve_subset(config.subset, config.source) if rank == 0 else None
+    if world_size > 1:  # every rank trains on rank 0's subset
+        holder = [subset]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        subset = holder[0]
+    folder = checkpoint_folder(config, subset.digest)
+    state = load_checkpoint(folder)
+    done = folder / "done.json"
+    if done.exists() and rank == 0:
+        summary = json.loads(done.read_text())
+        print(f"already trained: {summary['model_uri']} (run {summary['run_id']}); nothing to do")
+        return summary
+
+    is_main = rank == 0
+    params = {k: v for k, v in dataclasses.asdict(config).items()}
+    run_context = (
+        tracking.start_run(
+            "pretrain", params=params, run_name=f"pretrain-{config.arch}-{subset.name}",
+            run_id=state["run_id"] if state else None, system_metrics=True,
+            tags={"arch": config.arch, "subset_name": subset.name, "subset_digest": subset.digest,
+                  "spec_digest": subset.spec_digest, "schedule": config.schedule, "checkpoint_dir": str(folder),
+                  **({"subset_run_id": subset.run_id} if subset.run_id else {})},
+        )  # fmt: skip
+        if is_main
+        else _no_run()
+    )
+    with run_context as run:
+        if is_main:
+            if state:
+                _note_resume(run.info.run_id)
+            tracking.log_dataset(
+                subset.manifest, name=subset.name, source=subset.location, digest=subset.digest, context="pretrain",
+                tags={"spec_digest": subset.spec_digest},
+            )  # fmt: skip
+        model, summary = _train(config, subset, device, folder, state, run.info.run_id if is_main else "", rank,
+                                world_size, is_main, on_step)  # fmt: skip
+        if is_main:
+            summary.update(_log_backbone(config, subset, model, folder))
+            summary["run_id"] = run.info.run_id
+            done.write_text(json.dumps(summary, indent=2))
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _train(config, subset, device, folder, state, run_id, rank, world_size, is_main, on_step):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from imagenet_transfer.data import default_workers, make_loader
+    from imagenet_transfer.engine import evaluate, train_steps
+    from imagenet_transfer.models import build_backbone
+
+    manifest = subset.manifest
+    num_classes = int(manifest["label"].max()) + 1
+    torch.manual_seed(config.seed)
+    model = build_backbone(config.arch, num_classes, resolution=config.resolution, dropout=config.dropout)
+    cuda = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    workers = default_workers() if config.workers is None else config.workers
+    loader_args = dict(arch=config.arch, resolution=config.resolution, workers=workers, device=device,
+                       rank=rank, world_size=world_size, channels_last=cuda)  # fmt: skip
+    train_loader = make_loader(manifest, "train", batch_size=config.batch_size, train=True, seed=config.seed,
+                               **loader_args)  # fmt: skip
+    has_val = bool((manifest["split"] == "val").any())
+    val_loader = make_loader(manifest, "val", batch_size=max(config.batch_size, 128), train=False, **loader_args) if has_val and is_main else None
+    per_epoch = len(train_loader)
+    total = config.iterations if config.schedule == "iterations" else config.epochs * per_epoch
+    epochs = math.ceil(total / per_epoch)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
+    step, epoch, batch = 0, 0, 0
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, batch = state["step"], state["epoch"], state["batch"]
+    net = torch.compile(model) if config.compile else model
+    if world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
+    coarse = coarse_labels(manifest, config.coarse_level)
+    if is_main:
+        derived = {"derived.num_classes": num_classes, "derived.batches_per_epoch": per_epoch,
+                   "derived.total_iterations": total, "derived.epochs": epochs, "derived.workers": workers,
+                   "derived.device": str(device), "derived.world_size": world_size,
+                   "derived.global_batch_size": config.batch_size * world_size,
+                   "derived.train_images": int((manifest["split"] == "train").sum())}  # fmt: skip
+        tracking.log_params(derived)
+
+    last_save = time.monotonic()
+
+    def checkpoint(next_epoch: int, next_batch: int) -> None:
+        nonlocal last_save
+        if is_main:
+            save_checkpoint(folder, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "epoch": next_epoch, "batch": next_batch,
+                "run_id": run_id, "config": dataclasses.asdict(config), "subset_digest": subset.digest,
+            })  # fmt: skip
+        last_save = time.monotonic()
+
+    metrics: dict[str, float] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[status]}"))  # fmt: skip
+    with Progress(*columns, disable=not is_main) as progress:
+        task = progress.add_task(f"pretrain {config.arch} on {subset.name}", total=total, completed=step, status="")
+        while step < total:
+            train_loader.set_epoch(epoch, batch)
+
+            def after_step(images: int, loss: float) -> None:
+                nonlocal step, batch
+                step, batch = step + 1, batch + 1
+                progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
+                if on_step is not None:
+                    on_step(step)
+                if config.checkpoint_minutes == 0 or time.monotonic() - last_save > 60 * config.checkpoint_minutes:
+                    checkpoint(epoch, batch)
+
+            stats = train_steps(net, train_loader, optimizer, scheduler, device=device, max_steps=total - step,
+                                seed=config.seed, first_step=step, on_step=after_step)  # fmt: skip
+            skipped = train_loader.check_skipped(config.max_skipped_fraction)
+            epoch, batch = epoch + 1, 0
+            metrics = {"train_loss": stats.loss, "lr": scheduler.get_last_lr()[0],
+                       "images_per_s": stats.images_per_second * world_size, "epoch": epoch,
+                       "skipped_images": skipped}  # fmt: skip
+            if val_loader is not None:
+                metrics.update(evaluate(model, val_loader, device=device, coarse_of_label=coarse))
+            if is_main:
+                mlflow.log_metrics(metrics, step=step)
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("val_top"))
+                progress.console.print(f"epoch {epoch}: loss {stats.loss:.3f}, {stats.images_per_second:.0f} img/s, {shown}")
+                if train_loader.skipped:
+                    mlflow.log_text("\n".join(f"{p}\t{why}" for p, why in train_loader.skipped.items()), "skipped_images.tsv")
+            checkpoint(epoch, 0)
+    return model, {"step": step, **metrics}
+
+
+def _log_backbone(config: PretrainConfig, subset: ResolvedSubset, model: torch.nn.Module, folder: Path) -> dict:
+    name = config.model_name or f"{config.arch}-{subset.name}"
+    info = {"backbone": model.config(), "subset_name": subset.name, "subset_digest": subset.digest, "spec_digest": subset.spec_digest}
+    version = tracking.log_backbone(
+        model, info, name=name if config.register else None,
+        tags={"arch": config.arch, "subset_name": subset.name, "subset_digest": subset.digest,
+              "spec_digest": subset.spec_digest, "spec": subset.spec_yaml, "seed": str(config.seed),
+              "recipe": config.recipe},
+    )  # fmt: skip
+    uri = f"models:/{name}/{version}" if version else f"runs:/{mlflow.active_run().info.run_id}/backbone"
+    return {"model_name": name if version else "", "model_version": version or "", "model_uri": uri}
+
+
+def _device(config: PretrainConfig, rank: int, world_size: int) -> torch.device:
+    available = torch.cuda.device_count()
+    if config.device == "cuda" and not available:
+        raise UserError("device=cuda but no CUDA device is visible; expected device=auto or cpu here")
+    if config.gpus > max(available, 1) or (config.gpus > 1 and not available):
+        raise UserError(f"gpus={config.gpus} but {available} CUDA device(s) exist; expected gpus <= {max(available, 1)}")
+    if config.device == "cpu" or not available:
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def _launch_torchrun(config: PretrainConfig) -> dict[str, Any]:
+    """Re-run this pre-training under torchrun with one process per GPU (DDP)."""
+    _device(config, 0, 1)  # refuses more GPUs than exist
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.gpus}",
+                   "-m", "imagenet_transfer.cli", "pretrain", "--config", str(path)]  # fmt: skip
+        done = subprocess.run(command)
+    if done.returncode:
+        raise SystemExit(done.returncode)
+    folder = checkpoint_folder(config, resolve_subset(config.subset, config.source).digest)
+    return json.loads((folder / "done.json").read_text())
+
+
+def _note_resume(run_id: str) -> None:
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer and outer != run_id:  # `mlflow run` made a new run; training continues in the original one
+        mlflow.MlflowClient().set_tag(outer, "continued_in_run", run_id)
+    mlflow.set_tag("resumed", "true")
+
+
+class _no_run:
+    """The run context of non-main DDP ranks: no MLflow calls."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

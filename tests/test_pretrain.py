@@ -1,0 +1,149 @@
+"""Pre-training on the tiny world: MLflow records, registry round trip, resume after a kill, bad input."""
+
+import json
+import shutil
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from conftest import cli
+from imagenet_transfer.errors import UserError
+from imagenet_transfer.pretrain import PretrainConfig, load_checkpoint, lr_lambda, run_pretrain
+from imagenet_transfer.tracking import backbone_files, load_backbone
+
+
+def config(tiny_world, tmp_path, **overrides):
+    base = dict(source=str(tiny_world / "imagenet"), recipe="smoke", workers=0, device="cpu",
+                checkpoint_dir=str(tmp_path / "ckpt"), iterations=3, batch_size=8)  # fmt: skip
+    return PretrainConfig(**{**base, **overrides})
+
+
+def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path):
+    summary = run_pretrain(config(tiny_world, tmp_path, subset="e3-127", model_name="small-tiny-e3"))
+    run = mlflow.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pretrain"
+    assert run.data.params["arch"] == "small" and run.data.params["derived.total_iterations"] == "3"
+    assert {"train_loss", "lr", "images_per_s", "val_top1", "val_top5", "val_top1_coarse"} <= set(run.data.metrics)
+    assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["subset_digest"]
+    assert "subset_run_id" in run.data.tags  # the preset was built and logged as its own subset run
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("small-tiny-e3", "current")
+    assert str(version.version) == summary["model_version"] == "1"
+    assert version.tags["arch"] == "small" and version.tags["subset_digest"] == run.data.tags["subset_digest"]
+    assert "labels: top-down" in version.tags["spec"]
+
+    info, weights = backbone_files("models:/small-tiny-e3@current")
+    state = torch.load(weights, weights_only=True)
+    final = load_checkpoint(next((tmp_path / "ckpt").iterdir()))["model"]
+    assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)
+    assert info["backbone"]["arch"] == "small" and info["subset_name"] == "e3-127"
+    net = load_backbone("models:/small-tiny-e3@latest").eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(net(x), mlflow.pytorch.load_model("models:/small-tiny-e3/1").eval()(x))
+
+    again = run_pretrain(config(tiny_world, tmp_path, subset="e3-127", model_name="small-tiny-e3"))
+    assert again["run_id"] == summary["run_id"]  # finished: found, not trained again
+    assert len(client.search_model_versions("name = 'small-tiny-e3'")) == 1
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def test_a_killed_run_resumes_and_ends_identical_to_an_uninterrupted_one(tiny_world, tmp_path):
+    settings = dict(subset="full", iterations=7, checkpoint_minutes=0, register=False)
+    whole = run_pretrain(config(tiny_world, tmp_path / "a", **settings))
+
+    def stop_at_5(step):
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_pretrain(config(tiny_world, tmp_path / "b", **settings), on_step=stop_at_5)
+    folder = next((tmp_path / "b" / "ckpt").iterdir())
+    killed = load_checkpoint(folder)
+    assert killed["step"] == 4 and mlflow.get_run(killed["run_id"]).info.status == "KILLED"
+
+    resumed = run_pretrain(config(tiny_world, tmp_path / "b", **settings))
+    assert resumed["run_id"] == killed["run_id"] and resumed["step"] == 7
+    assert mlflow.get_run(resumed["run_id"]).data.tags["resumed"] == "true"
+    a = load_checkpoint(next((tmp_path / "a" / "ckpt").iterdir()))["model"]
+    b = load_checkpoint(folder)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rate_schedules():
+    step_cfg = PretrainConfig(recipe="paper").resolve()
+    f = lr_lambda(step_cfg, 450_000)
+    assert (f(0), f(99_999), f(100_000), f(449_999)) == (1.0, 1.0, pytest.approx(0.1), pytest.approx(1e-4))
+    cosine = lr_lambda(PretrainConfig(recipe="world", warmup_fraction=0.1).resolve(), 100)
+    assert cosine(0) == pytest.approx(0.1) and cosine(10) == pytest.approx(1.0) and cosine(100) == pytest.approx(0.0)
+    assert PretrainConfig(recipe="paper-epochs", iterations=10).resolve().schedule == "iterations"
+
+
+def test_a_corrupt_image_is_skipped_and_counted_up_to_a_threshold(tiny_world, tmp_path):
+    from imagenet_transfer.catalog import load_catalog
+    from imagenet_transfer.subsets import build_subset, preset, write_subset
+
+    source = tmp_path / "imagenet"
+    shutil.copytree(tiny_world / "imagenet", source)
+    victim = sorted((source / "train").rglob("*.JPEG"))[0]
+    victim.write_bytes(b"not a jpeg")
+    folder = write_subset(build_subset(load_catalog(source), preset("full")), tmp_path / "subset")
+    summary = run_pretrain(config(tiny_world, tmp_path, subset=str(folder), iterations=200, schedule="epochs",
+                                  epochs=1, register=False, max_skipped_fraction=0.01))  # fmt: skip
+    run = mlflow.get_run(summary["run_id"])
+    assert run.data.metrics["skipped_images"] == 1
+    assert str(victim) in mlflow.artifacts.load_text(f"runs:/{summary['run_id']}/skipped_images.tsv")
+
+    with pytest.raises(UserError, match="could not be read"):
+        run_pretrain(config(tiny_world, tmp_path / "strict", subset=str(folder), schedule="epochs", epochs=1,
+                            register=False, max_skipped_fraction=0.0))  # fmt: skip
+    failed = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FAILED'")
+    assert len(failed) >= 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(arch="vgg"), "unknown architecture 'vgg'"),
+        (dict(arch="caffe_alexnet", resolution=64), "caffe_alexnet"),
+        (dict(recipe="fast"), "unknown recipe 'fast'"),
+        (dict(gpus=4), "gpus=4 but 0 CUDA device"),
+        (dict(schedule="forever"), "schedule='forever'"),
+        (dict(subset="e1-100000"), "needs more train images"),
+    ],
+)
+def test_bad_options_fail_before_any_run(tiny_world, tmp_path, overrides, message):
+    before = len(mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pretrain'"))
+    with pytest.raises(UserError, match=message):
+        run_pretrain(config(tiny_world, tmp_path, **overrides))
+    after = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pretrain'")
+    assert len(after) == before
+
+
+def test_unwritable_checkpoint_dir_and_mismatched_manifest(tiny_world, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="not writable"):
+        run_pretrain(config(tiny_world, tmp_path, checkpoint_dir=str(blocker / "sub")))
+    from imagenet_transfer.catalog import load_catalog
+    from imagenet_transfer.subsets import build_subset, preset, write_subset
+
+    folder = write_subset(build_subset(load_catalog(tiny_world / "imagenet"), preset("e3-127")), tmp_path / "s")
+    manifest = pd.read_parquet(folder / "manifest.parquet")
+    manifest.loc[0, "label"] = manifest["label"].max()
+    manifest.to_parquet(folder / "manifest.parquet")
+    with pytest.raises(UserError, match="do not match its class list"):
+        run_pretrain(config(tiny_world, tmp_path, subset=str(folder)))
+
+
+def test_cli_exit_codes(tiny_world, tmp_path, capsys):
+    assert cli("pretrain", "--arch", "vgg", "--source", tiny_world / "imagenet") == 2
+    assert "unknown architecture" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text(json.dumps({"recipe": "smoke", "iterations": 2, "bogus": 1}))
+    assert cli("pretrain", "--config", tmp_path / "c.yaml") == 2
+    assert "unknown key(s) bogus" in capsys.readouterr().err
