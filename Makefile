@@ -3,7 +3,7 @@
 # `mlflow run` otherwise creates its run in its own default store.
 VENV ?= .venv
 PYTHON ?= python3
-PRESET ?= e3-127
+SUBSET ?= full
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	mlflow run . -e subset --env-manager local --experiment-name imagenet-transfer -P preset=$(PRESET)
+	mlflow run . -e pretrain --env-manager local --experiment-name imagenet-transfer -P subset=$(SUBSET)
 
 test: setup
 	python -m pytest -q
 
 bench: setup
 	python bench/subsets.py
+	python bench/synth.py
+	python bench/throughput.py

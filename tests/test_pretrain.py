@@ -40,6 +40,7 @@ def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path):
     final = load_checkpoint(next((tmp_path / "ckpt").iterdir()))["model"]
     assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)
     assert info["backbone"]["arch"] == "small" and info["subset_name"] == "e3-127"
+    assert len(info["label_wnids"]) == info["backbone"]["num_classes"] and info["label_wnids"] == sorted(info["label_wnids"])
     net = load_backbone("models:/small-tiny-e3@latest").eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(net(x), mlflow.pytorch.load_model("models:/small-tiny-e3/1").eval()(x))
@@ -147,3 +148,21 @@ def test_cli_exit_codes(tiny_world, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(json.dumps({"recipe": "smoke", "iterations": 2, "bogus": 1}))
     assert cli("pretrain", "--config", tmp_path / "c.yaml") == 2
     assert "unknown key(s) bogus" in capsys.readouterr().err
+
+
+def test_ddp_under_torchrun_on_cpu(tiny_world, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "imagenet_transfer.cli", "pretrain", "--source", str(tiny_world / "imagenet"),
+               "--recipe", "smoke", "--iterations", "3", "--batch-size", "8", "--device", "cpu", "--workers", "0",
+               "--checkpoint-dir", str(tmp_path / "ckpt"), "--model-name", "small-ddp"]  # fmt: skip
+    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (summary_file,) = (tmp_path / "ckpt").glob("*/done.json")
+    run = mlflow.get_run(json.loads(summary_file.read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["derived.world_size"] == "2"
+    assert run.data.params["derived.global_batch_size"] == "16"
+    assert mlflow.MlflowClient().get_model_version_by_alias("small-ddp", "current").version

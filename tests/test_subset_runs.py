@@ -19,7 +19,7 @@ def runs(stage="subset"):
 
 def test_build_writes_the_folder_and_records_the_run(tmp_path, capsys):
     before = len(runs())
-    assert cli("subset", "build", "--preset", "e1-30", "--seed", "4", "--out", tmp_path / "s") == 0
+    assert cli("subset", "build", "--preset", "e1-30", "--seed", "4", "--source", "builtin:demo", "--out", tmp_path / "s") == 0
     assert "1000 labels over 1000 classes, 30000 train" in capsys.readouterr().out
     after = runs()
     assert len(after) == before + 1
@@ -37,7 +37,7 @@ def test_build_writes_the_folder_and_records_the_run(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--preset", "e1-100"], "needs more train images than"),
+        (["--preset", "e1-100", "--source", "builtin:demo"], "needs more train images than"),
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--preset", "full", "--catalog", "c.parquet", "--source", "d"], "contradict"),
         (["--preset", "full", "--source", "/no/such/dir"], "does not exist"),
@@ -51,18 +51,19 @@ def test_bad_input_exits_2_without_a_run_or_files(tmp_path, capsys, args, messag
 
 
 def mlflow_run(tmp_path, *params):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_EXPERIMENT_NAME": "imagenet-transfer"}
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "subset", "--env-manager", "local"]
     command += [arg for p in params for arg in ("-P", p)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
 def test_mlproject_entry_point_runs_and_fails_cleanly(tmp_path):
     started = int(time.time() * 1000)
-    done = mlflow_run(tmp_path, "preset=e3-127", f"out={tmp_path / 'e3'}")
+    done = mlflow_run(tmp_path, "preset=e3-127", "source=builtin:demo", f"out={tmp_path / 'e3'}")
     assert done.returncode == 0, done.stderr
     assert pd.read_parquet(tmp_path / "e3" / "manifest.parquet")["label"].nunique() == 127
-    failed = mlflow_run(tmp_path, "preset=e1-5000")
+    failed = mlflow_run(tmp_path, "preset=e1-5000", "source=builtin:demo")
     assert failed.returncode != 0 and "needs more train images" in failed.stderr
     recent = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.start_time >= {started}")
     assert sorted(recent["status"]) == ["FAILED", "FINISHED"]

@@ -15,7 +15,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from imagenet_transfer.catalog import DEMO as DEFAULT_SOURCE
 from imagenet_transfer.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -25,6 +24,8 @@ subset_app = typer.Typer(no_args_is_help=True, help="Build pre-training subsets 
 app.add_typer(taxonomy_app, name="taxonomy")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(subset_app, name="subset")
+transfer_app = typer.Typer(no_args_is_help=True, help="Transfer benchmarks of a backbone (PASCAL-DET, PASCAL-ACT-CLS, SUN-CLS, E4 probes).")
+app.add_typer(transfer_app, name="transfer")
 
 Method = Annotated[str, typer.Option(help="bottom-up (E2) or top-down (E3)")]
 
@@ -93,7 +94,7 @@ def subset_build(
     preset: Annotated[Optional[str], typer.Option(help="preset name, see `subset presets`")] = None,
     spec: Annotated[Optional[Path], typer.Option(help="YAML subset spec (instead of --preset)")] = None,
     catalog: Annotated[Optional[Path], typer.Option(help="catalog .parquet with columns path, wnid[, split]")] = None,
-    source: Annotated[Optional[str], typer.Option(help=f"source folder to scan (default: {DEFAULT_SOURCE})")] = None,
+    source: Annotated[Optional[str], typer.Option(help="source folder to scan, or builtin:demo (default: the embedded world)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (default: in the cache, by digest)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="override the spec's seed")] = None,
 ) -> None:
@@ -103,7 +104,11 @@ def subset_build(
     if catalog is not None and source is not None:
         raise UserError("--catalog and --source contradict each other: give one")
     subset_spec = load_spec(preset, spec).with_seed(seed)
-    subset, folder, _ = make_subset(subset_spec, catalog or source or DEFAULT_SOURCE, out)
+    if catalog is None and source is None:
+        from imagenet_transfer.synthetic import default_source
+
+        source = default_source()
+    subset, folder, _ = make_subset(subset_spec, catalog or source, out)
     summary = subset.summary()
     print(f"subset {summary['name']} ({summary['digest']}): {summary['num_labels']} labels over "
           f"{summary['num_fine_classes']} classes, {summary['train_images']} train / {summary['val_images']} val images")
@@ -199,13 +204,65 @@ def pretrain(
     print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in shown.items()))
 
 
+# -- transfer -------------------------------------------------------------------------------------
+Backbone = Annotated[str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES]")]
+Settings = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE of the benchmark's config (repeatable)")]
+
+
+@transfer_app.command("run")
+def transfer_run(
+    benchmark: Annotated[str, typer.Argument(help="voc07_det, voc12_action, sun397 or probe")],
+    backbone: Backbone = "models:/small-full@current",
+    set_: Settings = None,
+    quick: Annotated[bool, typer.Option("--quick", help="a toy size of the benchmark (smoke test)")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Run one benchmark on one backbone and log it as an MLflow run (stage=transfer)."""
+    from imagenet_transfer.transfer.runner import make_config, run_benchmark
+
+    metrics = run_benchmark(benchmark, backbone, make_config(benchmark, set_, quick=quick), device=device)
+    print("\n".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
+
+
+@transfer_app.command("all")
+def transfer_all(
+    backbone: Backbone = "models:/small-full@current",
+    quick: Annotated[bool, typer.Option("--quick", help="a toy size of every benchmark")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Run every benchmark on one backbone (one MLflow run each)."""
+    from imagenet_transfer.transfer.runner import BENCHMARKS, make_config, run_benchmark
+
+    for name in BENCHMARKS:
+        metrics = run_benchmark(name, backbone, make_config(name, quick=quick), device=device)
+        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("voc07_ap_", "voc12_action_ap_"))))
+
+
 def run_entrypoint(command: list[str], argv: list[str]) -> None:
-    """Run `command` with MLproject-style `--name value` pairs, dropping empty (unset) values."""
+    """Run `command` with MLproject-style `--name value` pairs, dropping empty (unset) values.
+
+    `--set "a=1,b=2"` becomes `--set a=1 --set b=2`; `--quick true|false` becomes the flag or nothing.
+    """
     args = list(command)
     for i in range(0, len(argv) - 1, 2):
-        if argv[i + 1] != "":
-            args += [argv[i], argv[i + 1]]
+        name, value = argv[i], argv[i + 1]
+        if value == "":
+            continue
+        if name == "--set":
+            for item in _split_settings(value):
+                args += ["--set", item]
+        elif name == "--quick":
+            args += ["--quick"] if value.lower() in ("true", "1", "yes") else []
+        else:
+            args += [name, value]
     main(args)
+
+
+def _split_settings(text: str) -> list[str]:
+    """`a=1,b=x,y` -> ["a=1", "b=x,y"]: a comma starts a new setting only before `key=`."""
+    import re
+
+    return [part for part in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", text) if part]
 
 
 def main(args: list[str] | None = None) -> None:
@@ -215,3 +272,7 @@ def main(args: list[str] | None = None) -> None:
     except UserError as err:
         typer.secho(f"error: {err}", err=True, fg="red")
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -183,15 +183,10 @@ def resolve_subset(subset: str, source: str, seed: int | None = None) -> Resolve
         )  # fmt: skip
     is_file = path.suffix in (".yaml", ".yml")
     spec = load_spec(None if is_file else subset, path if is_file else None)
+    from imagenet_transfer.synthetic import default_source
+
     built, folder, run_id = make_subset(spec, source or default_source(), adopt_env_run=False)
     return ResolvedSubset(built.manifest, spec.name, built.digest, spec.to_yaml(), spec.digest, str(folder), run_id)
-
-
-def default_source() -> str:
-    """The embedded world's pre-training source, generated on first use (about a minute)."""
-    from imagenet_transfer.synthetic import generate
-
-    return str(generate() / "imagenet")
 
 
 def coarse_labels(manifest: pd.DataFrame, level: str) -> torch.Tensor:
@@ -272,9 +267,10 @@ def run_pretrain(config: PretrainConfig, on_step: Callable[[int], None] | None =
     folder = checkpoint_folder(config, subset.digest)
     state = load_checkpoint(folder)
     done = folder / "done.json"
-    if done.exists() and rank == 0:
+    if done.exists():  # every rank sees the same folder
         summary = json.loads(done.read_text())
-        print(f"already trained: {summary['model_uri']} (run {summary['run_id']}); nothing to do")
+        if rank == 0:
+            print(f"already trained: {summary['model_uri']} (run {summary['run_id']}); nothing to do")
         return summary
 
     is_main = rank == 0
@@ -404,7 +400,8 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
 
 def _log_backbone(config: PretrainConfig, subset: ResolvedSubset, model: torch.nn.Module, folder: Path) -> dict:
     name = config.model_name or f"{config.arch}-{subset.name}"
-    info = {"backbone": model.config(), "subset_name": subset.name, "subset_digest": subset.digest, "spec_digest": subset.spec_digest}
+    pairs = subset.manifest[["label", "label_wnid"]].drop_duplicates().sort_values("label")
+    info = {"backbone": model.config(), "label_wnids": pairs["label_wnid"].astype(str).tolist(), "subset_name": subset.name, "subset_digest": subset.digest, "spec_digest": subset.spec_digest}
     version = tracking.log_backbone(
         model, info, name=name if config.register else None,
         tags={"arch": config.arch, "subset_name": subset.name, "subset_digest": subset.digest,

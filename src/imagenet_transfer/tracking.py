@@ -177,9 +177,24 @@ def backbone_files(uri: str) -> tuple[dict[str, Any], Path]:
 
 def load_backbone(uri: str):
     """The backbone module of `uri` (see `backbone_files`), rebuilt from its weights (weights_only)."""
+    return load_backbone_with_info(uri)[0]
+
+
+def load_backbone_with_info(uri: str):
+    """The backbone of `uri` and its `backbone.json`, plus `model_name`/`model_version` when registered."""
     import torch
 
     from imagenet_transfer.models import rebuild
 
     info, weights = backbone_files(uri)
-    return rebuild(info["backbone"], torch.load(weights, map_location="cpu", weights_only=True))
+    net = rebuild(info["backbone"], torch.load(weights, map_location="cpu", weights_only=True))
+    if uri.startswith("models:/") and not uri.startswith("models:/m-"):
+        name = uri.removeprefix("models:/").split("@")[0].split("/")[0]
+        client = mlflow.MlflowClient()
+        if "@" in uri and not uri.endswith("@latest"):
+            version = client.get_model_version_by_alias(name, uri.split("@", 1)[1]).version
+        else:
+            tail = uri.rsplit("/", 1)[1] if uri.count("/") > 1 else "latest"
+            version = tail if tail.isdigit() else max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        info = {**info, "model_name": name, "model_version": str(version)}
+    return net, info

@@ -57,4 +57,9 @@ same readers and commands as real data.
 from imagenet_transfer.synthetic.plan import SIZES, WorldSize
 from imagenet_transfer.synthetic.world import default_world_dir, generate, read_world, verify_world
 
-__all__ = ["SIZES", "WorldSize", "default_world_dir", "generate", "read_world", "verify_world"]
+__all__ = ["SIZES", "WorldSize", "default_source", "default_world_dir", "generate", "read_world", "verify_world"]
+
+
+def default_source() -> str:
+    """The default world's pre-training source (`imagenet/`), generated on first use (about 30 s)."""
+    return str(generate() / "imagenet")

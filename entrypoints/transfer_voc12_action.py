@@ -1,0 +1,14 @@
+"""MLproject entry point `transfer_voc12_action`: the voc12_action benchmark of one backbone (see `imagenet-transfer transfer run voc12_action`).
+
+    mlflow run . -e transfer_voc12_action --env-manager local -P backbone=models:/small-full@current
+    mlflow run . -e transfer_voc12_action --env-manager local -P backbone=random:small -P quick=true
+Logs one MLflow run (stage=transfer, benchmark=voc12_action) tagged with the backbone's model version and the digest of
+its pre-training subset; `-P set="key=value,key=value"` changes the benchmark's config (e.g. data=PATH).
+"""
+
+import sys
+
+from imagenet_transfer.cli import run_entrypoint
+
+if __name__ == "__main__":
+    run_entrypoint(["transfer", "run", "voc12_action"], sys.argv[1:])

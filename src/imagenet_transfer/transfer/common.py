@@ -1,0 +1,54 @@
+"""What every transfer benchmark shares: the backbone it starts from, its default data, its result.
+
+    net, info = resolve_backbone("models:/small-full@current")   # or "random:small", "random:alexnet@224"
+    root = world_part("VOCdevkit/VOC2007")                       # the embedded world's copy, generated if absent
+    return Result(metrics={"voc07_map": 0.41}, figures={"pr_curves.png": fig}, tables={"ap": frame})
+
+A benchmark module (`voc07_det`, `voc12_action`, `sun397_cls`, `probe`) exposes a frozen `Config` and
+`run(backbone, info, config, *, device, progress) -> Result`; it knows nothing of MLflow. The runner
+(`transfer.runner`) opens the run, tags it with the backbone and its pre-training data, and logs the result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagenet_transfer.errors import UserError
+
+
+@dataclass
+class Result:
+    metrics: dict[str, float]
+    figures: dict[str, Any] = field(default_factory=dict)  # file name (.png) -> matplotlib Figure
+    tables: dict[str, Any] = field(default_factory=dict)  # file name (.csv) -> pandas DataFrame
+
+
+def resolve_backbone(spec: str, num_classes: int = 1000):
+    """The backbone `spec` names, and what is known of it.
+
+    `models:/NAME@ALIAS`, `models:/NAME/VERSION`: a registered pre-trained backbone (weights loaded with
+    weights_only); `random:ARCH` or `random:ARCH@RES`: the same architecture randomly initialised (the
+    no-pre-training baseline). `info` has `backbone` (the rebuild config), `uri`, and for registered ones
+    `subset_name`, `subset_digest`, `spec_digest`, `model_name`, `model_version`.
+    """
+    from imagenet_transfer.models import build_backbone, default_resolution
+
+    if m := re.fullmatch(r"random:([a-z0-9_]+)(?:@(\d+))?", spec):
+        net = build_backbone(m[1], num_classes, resolution=int(m[2]) if m[2] else default_resolution(m[1]))
+        return net, {"backbone": net.config(), "uri": spec, "subset_name": "none", "subset_digest": "", "spec_digest": ""}
+    if not spec.startswith("models:/"):
+        raise UserError(f"backbone {spec!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES]")
+    from imagenet_transfer.tracking import load_backbone_with_info
+
+    net, info = load_backbone_with_info(spec)
+    return net, {**info, "uri": spec}
+
+
+def world_part(relative: str) -> Path:
+    """A folder of the default embedded world (generated on first use, about 30 s)."""
+    from imagenet_transfer.synthetic import generate
+
+    return generate(progress=False) / relative

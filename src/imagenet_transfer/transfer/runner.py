@@ -1,0 +1,97 @@
+"""Run one transfer benchmark on one backbone as an MLflow run (stage=transfer).
+
+    imagenet-transfer transfer run voc07_det --backbone models:/small-full@current
+    imagenet-transfer transfer run sun397 --backbone random:small --set protocol=linear --set partitions=1,2
+    imagenet-transfer transfer all --backbone models:/small-full@current --quick
+
+Input: a backbone (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, or `random:ARCH[@RES]` for the
+no-pre-training baseline) and the benchmark's Config (defaults: the embedded world; `--set data=PATH` for
+real data). Output: a run tagged `benchmark`, `backbone`, `model_name`, `model_version`, `subset_name`,
+`subset_digest`, `spec_digest` — so the MLflow UI can put a transfer number next to the pre-training data
+that produced it — with the config as params, the metrics, figures (PNG) and tables (CSV) as artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from typing import Any
+
+import mlflow
+
+from imagenet_transfer import tracking
+from imagenet_transfer.errors import UserError
+
+BENCHMARKS = {
+    "voc07_det": "imagenet_transfer.transfer.voc07_det",
+    "voc12_action": "imagenet_transfer.transfer.voc12_action",
+    "sun397": "imagenet_transfer.transfer.sun397_cls",
+    "probe": "imagenet_transfer.transfer.probe",
+}
+
+
+def benchmark_module(name: str):
+    if name not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {name!r}; expected one of: {', '.join(BENCHMARKS)}")
+    return importlib.import_module(BENCHMARKS[name])
+
+
+def make_config(name: str, settings: list[str] | None = None, *, quick: bool = False):
+    """The benchmark's Config (its `quick()` variant if asked) with `key=value` settings applied."""
+    module = benchmark_module(name)
+    config = module.Config.quick() if quick else module.Config()
+    hints = typing.get_type_hints(type(config))
+    changes = {}
+    for item in settings or []:
+        key, sep, text = item.partition("=")
+        if not sep or key not in hints:
+            valid = ", ".join(f.name for f in dataclasses.fields(config))
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of: {valid}")
+        changes[key] = _parse(text, hints[key], f"--set {item}")
+    return dataclasses.replace(config, **changes)
+
+
+def _parse(text: str, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if text.lower() in ("", "none"):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if origin is tuple:
+            return tuple(_parse(part, args[0], where) for part in text.split(",") if part)
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return hint(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {text!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+
+
+def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> dict[str, float]:
+    """Resolve the backbone, run the benchmark in an MLflow run, log its result; return the metrics."""
+    import torch
+
+    from imagenet_transfer.transfer.common import resolve_backbone
+
+    module = benchmark_module(name)
+    net, info = resolve_backbone(backbone)
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    tags = {
+        "benchmark": name, "backbone": backbone, "backbone_arch": info["backbone"]["arch"],
+        "model_name": info.get("model_name", ""), "model_version": info.get("model_version", ""),
+        "subset_name": info.get("subset_name", ""), "subset_digest": info.get("subset_digest", ""),
+        "spec_digest": info.get("spec_digest", ""),
+    }  # fmt: skip
+    params = {"benchmark": name, "backbone": backbone, "device": str(target), "config": dataclasses.asdict(config)}
+    with tracking.start_run("transfer", params=params, tags=tags, run_name=f"{name}-{tags['model_name'] or backbone}"):
+        result = module.run(net, info, config, device=target)
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        for file_name, figure in result.figures.items():
+            mlflow.log_figure(figure, file_name)
+        for file_name, table in result.tables.items():
+            mlflow.log_text(table.to_csv(index=False), file_name)
+    return result.metrics
