@@ -30,14 +30,18 @@ def resolve_backbone(spec: str, num_classes: int = 1000):
     """The backbone `spec` names, and what is known of it.
 
     `models:/NAME@ALIAS`, `models:/NAME/VERSION`: a registered pre-trained backbone (weights loaded with
-    weights_only); `random:ARCH` or `random:ARCH@RES`: the same architecture randomly initialised (the
-    no-pre-training baseline). `info` has `backbone` (the rebuild config), `uri`, and for registered ones
+    weights_only); `random:ARCH` or `random:ARCH@RES`: the same architecture randomly initialised with seed 0
+    (the no-pre-training baseline, identical on every call). `info` has `backbone` (the rebuild config), `uri`, and for registered ones
     `subset_name`, `subset_digest`, `spec_digest`, `model_name`, `model_version`.
     """
     from imagenet_transfer.models import build_backbone, default_resolution
 
     if m := re.fullmatch(r"random:([a-z0-9_]+)(?:@(\d+))?", spec):
-        net = build_backbone(m[1], num_classes, resolution=int(m[2]) if m[2] else default_resolution(m[1]))
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # the same random weights every time: a reproducible baseline
+            torch.manual_seed(0)
+            net = build_backbone(m[1], num_classes, resolution=int(m[2]) if m[2] else default_resolution(m[1]))
         return net, {"backbone": net.config(), "uri": spec, "subset_name": "none", "subset_digest": "", "spec_digest": ""}
     if not spec.startswith("models:/"):
         raise UserError(f"backbone {spec!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES]")
