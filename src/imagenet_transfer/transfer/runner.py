@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import typing
 from typing import Any
 
@@ -89,7 +90,10 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
     params = {"benchmark": name, "backbone": backbone, "device": str(target), "config": dataclasses.asdict(config)}
     with tracking.start_run("transfer", params=params, tags=tags, run_name=f"{name}-{tags['model_name'] or backbone}"):
         result = module.run(net, info, config, device=target)
-        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        finite = {k: float(v) for k, v in result.metrics.items() if math.isfinite(float(v))}
+        mlflow.log_metrics(finite)  # an AP that is undefined (no positive) is left out, as from the means
+        if len(finite) < len(result.metrics):
+            mlflow.set_tag("undefined_metrics", ",".join(sorted(set(result.metrics) - set(finite))))
         for file_name, figure in result.figures.items():
             mlflow.log_figure(figure, file_name)
         for file_name, table in result.tables.items():
