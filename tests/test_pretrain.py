@@ -166,3 +166,9 @@ def test_ddp_under_torchrun_on_cpu(tiny_world, tmp_path):
     assert run.info.status == "FINISHED" and run.data.params["derived.world_size"] == "2"
     assert run.data.params["derived.global_batch_size"] == "16"
     assert mlflow.MlflowClient().get_model_version_by_alias("small-ddp", "current").version
+
+
+@pytest.mark.parametrize("path", sorted((__import__("conftest").REPO / "configs").glob("pretrain-*.yaml")), ids=lambda p: p.name)
+def test_shipped_pretrain_configs_resolve(path):
+    config = PretrainConfig.from_file(path).resolve()
+    assert config.schedule in ("epochs", "iterations") and config.lr > 0
