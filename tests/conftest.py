@@ -55,3 +55,14 @@ def tiny_world(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGENET_TRANSFER_CACHE", str(tmp_path_factory.mktemp("world-cache")))
         return generate(tmp_path_factory.mktemp("world") / "tiny", size="tiny", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run faster on one torch thread, and far faster than on two on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,13 +14,7 @@ from imagenet_transfer.transfer import probe
 CHIHUAHUA, DOG, MAMMAL = "n02085620", "n02084071", "n01861778"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from imagenet_transfer.transfer.linear import fit_linear, mean_per_class_accurac
 from imagenet_transfer.transfer.sun397 import find_sun397, read_class_names
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
