@@ -17,8 +17,22 @@ import torch
 from torch import Tensor, nn
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite: training stops instead of wasting the remaining budget."""
+
+
+def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler, where: str) -> float:
+    """One optimiser step on `loss` (stopping on a non-finite one, `where` says which); returns its value.
+
+    Shared by pre-training and every fine-tuning benchmark."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"{where}: loss is {value}; lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return value
 
 
 def autocast(device: torch.device):
@@ -70,13 +84,7 @@ def train_steps(
             torch.manual_seed(seed * 1_000_003 + first_step + stats.steps)
         with autocast(device):
             loss = criterion(model(images), targets)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"loss is {value} after {stats.steps} steps of this epoch; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        value = sgd_step(loss, optimizer, scheduler, f"pre-training step {first_step + stats.steps}")
         stats.loss_sum += value
         stats.steps += 1
         stats.images += len(targets)

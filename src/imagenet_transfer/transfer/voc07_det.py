@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from imagenet_transfer.engine import sgd_step
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import Result, world_part
 from imagenet_transfer.transfer.metrics import DetectionEvaluator, DetectionResult
@@ -352,16 +353,9 @@ def train(model, samples: Sequence[Sample], config: Config, *, device: torch.dev
             images.append(image)
             targets.append({k: v.to(device) for k, v in target.items()})
         loss_parts = model(images, targets)
-        loss = sum(loss_parts.values())
-        if not torch.isfinite(loss):
-            parts = ", ".join(f"{k} {v.item():.4g}" for k, v in loss_parts.items())
-            raise FloatingPointError(f"voc07_det: non-finite loss at iteration {step} ({parts}); "
-                                     f"try a lower lr (now {config.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+        parts = ", ".join(f"{k} {float(v):.4g}" for k, v in loss_parts.items())
+        losses.append(sgd_step(sum(loss_parts.values()), optimizer, scheduler,
+                               f"voc07_det iteration {step} ({parts}; lr {config.lr})"))
         progress.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.3f}")
     return losses
 

@@ -340,7 +340,7 @@ def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: st
         progress: bool = True) -> Result:
     """Fine-tune a copy of `backbone` on the train persons, score every val person once, return the metrics."""
     from imagenet_transfer.data import EpochSampler, normalisation_for, normalise
-    from imagenet_transfer.engine import NonFiniteLoss, autocast
+    from imagenet_transfer.engine import autocast, sgd_step
 
     if not isinstance(config, Config):
         raise UserError(f"voc12_action.run: config is a {type(config).__name__}; expected voc12_action.Config")
@@ -387,13 +387,7 @@ def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: st
                 images = normalise(images.to(device, non_blocking=True).flatten(0, 1), norm).unflatten(0, (-1, views))
                 with autocast(device):
                     loss = _loss(model(images).float(), labels.to(device), config.loss)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"voc12 action loss is {value} in epoch {epoch}; lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                value = sgd_step(loss, optimizer, scheduler, f"voc12 action, epoch {epoch}")
                 epoch_loss.append(value)
                 bar.update(task, advance=1,
                            description=f"voc12 action: epoch {epoch + 1}/{config.epochs} loss {value:.3f}")
