@@ -353,7 +353,7 @@ def train(model, samples: Sequence[Sample], config: Config, *, device: torch.dev
             images.append(image)
             targets.append({k: v.to(device) for k, v in target.items()})
         loss_parts = model(images, targets)
-        parts = ", ".join(f"{k} {float(v):.4g}" for k, v in loss_parts.items())
+        parts = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in loss_parts.items())
         losses.append(sgd_step(sum(loss_parts.values()), optimizer, scheduler,
                                f"voc07_det iteration {step} ({parts}; lr {config.lr})"))
         progress.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.3f}")
