@@ -255,10 +255,16 @@ def load_checkpoint(folder: Path) -> dict[str, Any] | None:
 
 
 # -- the run ----------------------------------------------------------------------------------------
-def run_pretrain(config: PretrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+def run_pretrain(
+    config: PretrainConfig,
+    on_step: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """Train `config` (resuming its checkpoint if any) and register the backbone; returns a summary.
 
-    `on_step(global_step)` is called after every optimiser step (used to interrupt runs in tests).
+    `on_step(global_step)` is called after every optimiser step (used to interrupt runs in tests);
+    `on_epoch(epoch, metrics)` after every epoch's validation and checkpoint, on the main process (a study
+    reports intermediate values there; an exception it raises ends the run).
     """
     config = config.resolve()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -305,7 +311,7 @@ def run_pretrain(config: PretrainConfig, on_step: Callable[[int], None] | None =
                 tags={"spec_digest": subset.spec_digest},
             )  # fmt: skip
         model, summary = _train(config, subset, device, folder, state, run.info.run_id if is_main else "", rank,
-                                world_size, is_main, on_step)  # fmt: skip
+                                world_size, is_main, on_step, on_epoch)  # fmt: skip
         if is_main:
             summary.update(_log_backbone(config, subset, model, folder))
             summary["run_id"] = run.info.run_id
@@ -315,7 +321,7 @@ def run_pretrain(config: PretrainConfig, on_step: Callable[[int], None] | None =
     return summary
 
 
-def _train(config, subset, device, folder, state, run_id, rank, world_size, is_main, on_step):
+def _train(config, subset, device, folder, state, run_id, rank, world_size, is_main, on_step, on_epoch):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from imagenet_transfer.data import default_workers, make_loader
@@ -405,6 +411,8 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
                 if train_loader.skipped:
                     mlflow.log_text("\n".join(f"{p}\t{why}" for p, why in train_loader.skipped.items()), "skipped_images.tsv")
             checkpoint(epoch, 0)
+            if on_epoch is not None and is_main:
+                on_epoch(epoch, metrics)
     return model, {"step": step, **metrics}
 
 

@@ -7,11 +7,14 @@
 - Every run carries the tag `stage` (subset, pretrain, transfer, ...) and its config as params;
   `start_run` resumes the run `mlflow run` created (`MLFLOW_RUN_ID`) and always ends the run:
   FINISHED, FAILED on an error, KILLED on Ctrl-C — never left RUNNING.
+- Drivers (a study trial, a grid step) wrap the stages they call in `nested_under(run_id, tags)`: every run
+  started inside becomes a child of that run (`mlflow.parentRunId`) and carries those tags.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import warnings
@@ -27,6 +30,7 @@ from imagenet_transfer.errors import UserError
 
 DEFAULT_EXPERIMENT = "imagenet-transfer"
 MAX_PARAM_LENGTH = 6000
+_PARENT: contextvars.ContextVar[tuple[str | None, dict[str, str]]] = contextvars.ContextVar("parent", default=(None, {}))
 
 
 def configure() -> str:
@@ -86,16 +90,21 @@ def start_run(
     env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow.start_run would otherwise always take it
     try:
         run_id = run_id or (env_run if adopt_env_run else None)
+        parent, inherited = _PARENT.get()
+        active = mlflow.active_run()  # a run started inside another one of this process is its child
+        nested = active is not None
+        parent = active.info.run_id if active else parent
         if run_id:
-            run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics or None)
+            run = mlflow.start_run(run_id=run_id, nested=nested, log_system_metrics=system_metrics or None)
         else:
-            run = mlflow.start_run(experiment_id=experiment_id(), run_name=run_name, log_system_metrics=system_metrics or None)
+            run = mlflow.start_run(experiment_id=experiment_id(), run_name=run_name, parent_run_id=parent,
+                                   nested=nested, log_system_metrics=system_metrics or None)  # fmt: skip
     finally:
         if env_run is not None:
             os.environ["MLFLOW_RUN_ID"] = env_run
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        mlflow.set_tags({"stage": stage, **(tags or {})})
+        mlflow.set_tags({**inherited, "stage": stage, **(tags or {})})
         if params:
             log_params(params)
         yield run
@@ -105,6 +114,18 @@ def start_run(
         raise
     finally:
         mlflow.end_run(status=status)
+
+
+@contextlib.contextmanager
+def nested_under(parent_run_id: str | None, tags: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Runs that `start_run` creates inside this block are children of `parent_run_id` and carry `tags`
+    (nested blocks add their tags to the outer ones). Resumed runs keep their parent."""
+    outer_parent, outer_tags = _PARENT.get()
+    token = _PARENT.set((parent_run_id or outer_parent, {**outer_tags, **dict(tags or {})}))
+    try:
+        yield
+    finally:
+        _PARENT.reset(token)
 
 
 def log_params(params: Mapping[str, Any]) -> None:
