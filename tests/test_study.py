@@ -17,8 +17,8 @@ from imagenet_transfer.study import StudyConfig, create_study, run_study
 
 def settings(tiny_world, tmp_path, **changes):
     base = dict(budget=240, n_trials=1, study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                objective=("sun397",), source=str(tiny_world / "imagenet"), recipe="smoke", iterations=4,
-                batch_size=16, workers=0, device="cpu", quick=True,
+                objective=("sun397",), source=str(tiny_world / "imagenet"), recipe="smoke", iterations=2,
+                batch_size=8, workers=0, device="cpu", quick=True,
                 benchmark_settings=(f"sun397.data={tiny_world}", "sun397.partitions=1"))  # fmt: skip
     return StudyConfig(**{**base, **changes})
 
@@ -154,3 +154,36 @@ def test_bad_input_exits_2_and_leaves_nothing_running(tiny_world, tmp_path, caps
     with pytest.raises(UserError, match="min_classes=2"):
         run_study(settings(tiny_world, tmp_path, min_classes=2))
     assert nothing_running()
+
+
+def test_a_journal_file_holds_a_study_that_workers_share(tiny_world, tmp_path, capsys):
+    journal = tmp_path / "study.journal"
+    config = settings(tiny_world, tmp_path, study_name="tiny-journal", storage=str(journal))
+    assert cli(*cli_args(config), "--create-only") == 0 and journal.stat().st_size > 0
+    assert cli(*cli_args(config), "--create-only") == 0  # a second worker loads it
+    study = optuna.load_study(study_name="tiny-journal", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))  # fmt: skip
+    assert '"num_classes": [10, 40, true]' in study.user_attrs["search_space"]
+    assert len(runs(stage="study", study_name="tiny-journal")) == 1  # one study run, resumed by the second
+    assert cli(*cli_args(settings(tiny_world, tmp_path, storage=str(tmp_path / "study.db")))) == 2
+    assert "expected an RDB URL" in capsys.readouterr().err
+
+
+def test_multi_objective_choice_and_plots(tmp_path):
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from imagenet_transfer import tracking
+    from imagenet_transfer.study import chosen_trial, log_plots
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    space = {"num_classes": IntDistribution(10, 40, log=True), "labels": CategoricalDistribution(["fine", "top-down-127"])}
+    for c, labels, values in [(10, "fine", (50, 10)), (20, "fine", (40, 30)), (40, "top-down-127", (10, 50)),
+                              (30, "top-down-127", (20, 20))]:  # fmt: skip
+        study.add_trial(optuna.create_trial(params={"num_classes": c, "labels": labels}, distributions=space, values=values))
+    assert chosen_trial(study).number == 1  # on the Pareto front, the best mean (35)
+    config = StudyConfig(budget=240, objective=("voc12_action", "sun397"), labels=("fine", "top-down-127"))
+    with tracking.start_run("study", run_name="plots") as run:
+        log_plots(study, config)
+    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="plots")}
+    assert {"plots/optimization_history_0.png", "plots/optimization_history_1.png", "plots/num_classes_vs_objective_0.png",
+            "plots/param_importances_1.png", "plots/contour_0.png"} <= logged, logged
