@@ -67,6 +67,7 @@ def test_validation_splits_are_carved_from_training_data_only(tiny_world):
     assert {p.image_id for p in scored_t} == test_ids  # the default still scores the benchmark's test split
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_path, one_thread):
     config = settings(tiny_world, tmp_path, heartbeat_interval=1, grace_period=2)
     first = run_study(config)  # trial 0
@@ -83,12 +84,17 @@ def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_
     dead = study.ask()
     dead.suggest_int("num_classes", 10, 40, log=True)  # the enqueued value, stored with the trial
     study._storage.record_heartbeat(dead._trial_id)
+    client = mlflow.MlflowClient()
+    orphan = client.create_run(mlflow.get_run(first["run_id"]).info.experiment_id, tags={"stage": "trial"}).info.run_id
+    dead.set_user_attr("mlflow_run_id", orphan)  # the dead worker's trial run, left RUNNING
     time.sleep(2.5)
     resumed = run_study(settings(tiny_world, tmp_path, n_trials=3, heartbeat_interval=1, grace_period=2))
     study = optuna.load_study(study_name="tiny", storage=config.storage)
     states = [t.state.name for t in study.trials]
     assert states[:3] == ["COMPLETE", "COMPLETE", "FAIL"] and states[3] == "COMPLETE" and len(states) == 4
     assert study.trials[3].params["num_classes"] == 12 and resumed["complete"] == 3
+    orphan_run = client.get_run(orphan)
+    assert orphan_run.info.status == "FAILED" and orphan_run.data.tags["worker_died"] == "true"
 
     (study_run,) = runs(stage="study", study_name="tiny")["run_id"]
     trials = runs(stage="trial", study_name="tiny").sort_values("tags.trial_number")

@@ -299,13 +299,15 @@ def make_pruner(text: str):
 
 
 def make_sampler(config: StudyConfig, finished: int):
-    """TPE or random, seeded by the study seed and the trials already there (so workers draw differently)."""
+    """TPE (constant liar, for parallel workers) or random, seeded by the study seed, the trials already finished
+    and the process, so that two workers started together do not draw the same points. The points drawn are
+    recorded with each trial; the subsets and pre-trainings they lead to are seeded by `seed` alone."""
     import optuna
 
-    seed = config.seed + finished
+    seed = int(hashlib.sha256(f"{config.seed}/{finished}/{os.getpid()}".encode()).hexdigest()[:8], 16)
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, config.n_trials))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, config.n_trials), constant_liar=True)
 
 
 def create_study(config: StudyConfig, pools: Pools | None = None):
@@ -405,6 +407,7 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
     from imagenet_transfer.subsets import SubsetSpec
     from imagenet_transfer.transfer.runner import run_benchmark
 
+    end_runs_of_dead_workers(trial.study)
     sampled = sample(trial, config, pools)
     c = sampled["num_classes"]
     images_per_class = config.budget / c
@@ -459,6 +462,33 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
             mlflow.log_metric("pretrain_val_top1", float(summary["val_top1"]))
         mlflow.set_tag("state", "COMPLETE")
     return values[0] if single else tuple(values)
+
+
+def end_runs_of_dead_workers(study) -> list[str]:
+    """End FAILED (tag `worker_died=true`) the MLflow runs still RUNNING of trials Optuna failed: their worker
+    stopped sending heartbeats (a trial that raised has ended its runs itself). Returns the run ids ended."""
+    from optuna.trial import TrialState
+
+    client, ended = mlflow.MlflowClient(), []
+    pending = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+               if t.user_attrs.get("mlflow_run_id") and t.user_attrs.get("mlflow_run_id") not in _ENDED]  # fmt: skip
+    while pending:
+        run_id = pending.pop()
+        _ENDED.add(run_id)
+        try:
+            run = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            continue  # another tracking store
+        children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+        pending += [c.info.run_id for c in children if c.info.run_id not in _ENDED]
+        if run.info.status == "RUNNING":
+            client.set_tag(run_id, "worker_died", "true")
+            client.set_terminated(run_id, "FAILED")
+            ended.append(run_id)
+    return ended
+
+
+_ENDED: set[str] = set()  # runs this process has already looked at
 
 
 def sample(trial, config: StudyConfig, pools: Pools) -> dict[str, Any]:
