@@ -193,3 +193,30 @@ def test_multi_objective_choice_and_plots(tmp_path):
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="plots")}
     assert {"plots/optimization_history_0.png", "plots/optimization_history_1.png", "plots/num_classes_vs_objective_0.png",
             "plots/param_importances_1.png", "plots/contour_0.png"} <= logged, logged
+
+
+def test_the_mlproject_entry_point_passes_every_parameter_to_the_command(tiny_world, tmp_path, capsys):
+    import re
+
+    import yaml
+
+    from imagenet_transfer.cli import app, run_entrypoint
+
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["budget_study"]
+    assert {"budget", "n_trials", "study_name", "storage", "objective"} <= set(entry["parameters"])
+    command = next(c for c in app.registered_commands if c.name == "budget-study")
+    import typer.main
+
+    options = {o for p in typer.main.get_command_from_info(command, pretty_exceptions_short=True,
+                                                           rich_markup_mode=None).params for o in p.opts}  # fmt: skip
+    assert set(re.findall(r"(--[a-z-]+) \{", entry["command"])) <= options
+    assert set(re.findall(r"\{(\w+)\}", entry["command"])) == set(entry["parameters"])
+    with pytest.raises(SystemExit) as exit_:  # MLproject-style arguments, empty ones dropped, --set split
+        run_entrypoint(["budget-study"], ["--budget", "5000", "--source", str(tiny_world / "imagenet"), "--min-classes", "",
+                                          "--set", f"sun397.data={tiny_world},sun397.partitions=1", "--quick", "true",
+                                          "--objective", "sun397", "--storage", f"sqlite:///{tmp_path / 'o.db'}"])  # fmt: skip
+    assert exit_.value.code == 2 and "budget=5000 is larger than" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the second setting was split off: its bad value is seen
+        run_entrypoint(["budget-study"], ["--budget", "240", "--objective", "sun397",
+                                          "--set", f"sun397.data={tiny_world},sun397.partitions=one"])  # fmt: skip
+    assert "'one' is not a valid int" in capsys.readouterr().err

@@ -308,7 +308,7 @@ def _split_settings(text: str) -> list[str]:
     """`a=1,b=x,y` -> ["a=1", "b=x,y"]: a comma starts a new setting only before `key=`."""
     import re
 
-    return [part for part in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", text) if part]
+    return [part for part in re.split(r",(?=[A-Za-z_][A-Za-z0-9_.]*=)", text) if part]
 
 
 def main(args: list[str] | None = None) -> None:
