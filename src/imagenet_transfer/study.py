@@ -427,13 +427,11 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
                           **label_spec(sampled["labels"]))  # fmt: skip
         spec_file = _write_spec(spec)
         single = len(config.objective) == 1
-        reported = []
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if not single or "val_top1" not in metrics:
                 return  # Optuna prunes single-objective studies only
             trial.report(metrics["val_top1"], epoch)
-            reported.append(epoch)
             if trial.should_prune():
                 mlflow.set_tags({"pruned": "true", "pruned_at_epoch": str(epoch)})  # the pre-training run
                 raise optuna.TrialPruned(f"val_top1 {metrics['val_top1']:.2f} after epoch {epoch}")
@@ -444,8 +442,9 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
         except optuna.TrialPruned:
             mlflow.set_tags({"pruned": "true", "state": "PRUNED"})
             raise
-        mlflow.set_tags({"model_uri": summary["model_uri"], "pretrain_run_id": summary.get("run_id", ""),
-                         "pretrain_reused": str(not reported and single).lower()})  # fmt: skip
+        parent = mlflow.get_run(summary["run_id"]).data.tags.get("mlflow.parentRunId")
+        mlflow.set_tags({"model_uri": summary["model_uri"], "pretrain_run_id": summary["run_id"],
+                         "pretrain_reused": str(parent != run.info.run_id).lower()})  # an earlier trial's pre-training
         trial.set_user_attr("model_uri", summary["model_uri"])
         values = []
         for bench, metric in zip(config.objective, config.metrics):
