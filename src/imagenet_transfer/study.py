@@ -1,6 +1,6 @@
 """Budget studies (E5 searched): for a fixed budget of B pre-training images, how should they be spent?
 
-    imagenet-transfer budget-study --budget 12000 --n-trials 3                       # embedded world, ~10 min
+    imagenet-transfer budget-study --budget 12000 --n-trials 3 --iterations 1000 --set voc12_action.epochs=10
     imagenet-transfer budget-study --budget 12000 --n-trials 20 --objective voc12_action,sun397 \\
         --labels fine,top-down-127 --class-rules random,pascal-removed --storage postgresql://lab/optuna
     mlflow run . -e budget_study --env-manager local -P budget=12000 -P n_trials=3
