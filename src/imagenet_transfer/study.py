@@ -326,16 +326,15 @@ def create_study(config: StudyConfig, pools: Pools | None = None):
     except KeyError:
         existing = None
     if existing is not None:
-        stored = existing.user_attrs.get("search_space")
-        if stored is not None and json.loads(stored) != json.loads(json.dumps(space)):
-            diff = {k: (json.loads(stored).get(k), v) for k, v in json.loads(json.dumps(space)).items()
-                    if json.loads(stored).get(k) != v}  # fmt: skip
+        stored, asked = json.loads(existing.user_attrs.get("search_space", "null")), json.loads(json.dumps(space))
+        if stored is not None and stored != asked:
+            diff = {k: (stored.get(k), v) for k, v in asked.items() if stored.get(k) != v}
             raise UserError(f"study {config.study_name!r} in {shown} exists with another search space "
                             f"(stored vs asked: {diff}); expected the same settings, or another --study-name")
         if [d.name.lower() for d in existing.directions] != directions:
             raise UserError(f"study {config.study_name!r} in {shown} has {len(existing.directions)} objective(s); "
                             f"asked for {len(directions)} ({','.join(config.objective)})")
-    finished = len(existing.get_trials(deepcopy=False, states=_DONE())) if existing is not None else 0
+    finished = len(existing.get_trials(deepcopy=False, states=_finished_states())) if existing is not None else 0
     study = optuna.create_study(storage=storage, study_name=config.study_name, directions=directions,
                                 sampler=make_sampler(config, finished), pruner=make_pruner(config.pruner),
                                 load_if_exists=True)  # fmt: skip
@@ -344,7 +343,7 @@ def create_study(config: StudyConfig, pools: Pools | None = None):
     return study, shown
 
 
-def _DONE():
+def _finished_states():
     from optuna.trial import TrialState
 
     return (TrialState.COMPLETE, TrialState.PRUNED)
@@ -371,14 +370,14 @@ def run_study(config: StudyConfig, *, create_only: bool = False) -> dict[str, An
         study.set_user_attr("mlflow_run_id", run_id)
         if create_only:
             return {"study_name": config.study_name, "storage": shown, "run_id": run_id, "trials": 0}
-        done = len(study.get_trials(deepcopy=False, states=_DONE()))
+        done = len(study.get_trials(deepcopy=False, states=_finished_states()))
         remaining = config.n_trials - done
         if remaining > 0:
             print(f"study {config.study_name} ({shown}): {done} finished trial(s), running up to {remaining} more")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(lambda trial: run_trial(trial, config, pools, run_id), n_trials=remaining,
-                               callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=_DONE())],
+                               callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=_finished_states())],
                                gc_after_trial=True)  # fmt: skip
         else:
             print(f"study {config.study_name} ({shown}) already holds {done} finished trial(s); nothing to run")
