@@ -586,7 +586,7 @@ def log_plots(study, config: StudyConfig) -> None:
         for target, label in targets:
             suffix = "" if target is None else f"_{label.split('_')[1]}"
             name = config.metrics[0] if target is None else config.metrics[int(label.split("_")[1])]
-            kwargs = {} if target is None else {"target": target, "target_name": name}
+            kwargs = {"target_name": f"{name} (val)", **({} if target is None else {"target": target})}
             plots = {f"optimization_history{suffix}": lambda: ovm.plot_optimization_history(study, **kwargs),
                      f"num_classes_vs_objective{suffix}": lambda: ovm.plot_slice(study, params=["num_classes"], **kwargs)}
             if len(searched) >= 2:
