@@ -238,6 +238,52 @@ def transfer_all(
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("voc07_ap_", "voc12_action_ap_"))))
 
 
+
+# -- budget study ---------------------------------------------------------------------------------
+@app.command("budget-study")
+def budget_study(
+    budget: Annotated[int, typer.Option(help="B: train images of every trial's pre-training subset")],
+    n_trials: Annotated[int, typer.Option(help="finished trials the study should hold (all workers together)")] = 3,
+    study_name: Annotated[str, typer.Option(help="Optuna study name (default budget-<B>); the same name joins/continues it")] = "",
+    storage: Annotated[str, typer.Option(help="Optuna RDB URL or a .log/.journal file (default sqlite beside the MLflow store)")] = "",
+    objective: Annotated[str, typer.Option(help="benchmark(s) maximised on their validation split: voc12_action, sun397 (comma-separated: multi-objective)")] = "voc12_action",
+    min_classes: Annotated[Optional[int], typer.Option(help="smallest C (default: the smallest whose B/C images every class has)")] = None,
+    max_classes: Annotated[Optional[int], typer.Option(help="largest C (default: every class of the source)")] = None,
+    log_classes: Annotated[bool, typer.Option("--log-classes/--linear-classes", help="sample C on a log scale")] = True,
+    labels: Annotated[str, typer.Option(help="label granularities searched, comma-separated: fine, bottom-up-K, top-down-K")] = "fine",
+    class_rules: Annotated[str, typer.Option(help="class-selection rules searched, comma-separated: random, pascal-removed")] = "random",
+    source: Annotated[str, typer.Option(help="pre-training source (default: the embedded world)")] = "",
+    arch: str = "small",
+    recipe: Annotated[str, typer.Option(help="pre-training recipe of every trial")] = "world",
+    iterations: Optional[int] = None,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="BENCHMARK.KEY=VALUE of a benchmark's config (repeatable)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="the benchmarks' toy size")] = False,
+    seed: int = 0,
+    sampler: Annotated[str, typer.Option(help="tpe or random")] = "tpe",
+    pruner: Annotated[str, typer.Option(help="median, hyperband, none or threshold:<val_top1 %>")] = "median",
+    heartbeat_interval: Annotated[int, typer.Option(help="RDB storages: seconds between heartbeats of a running trial")] = 60,
+    grace_period: Annotated[int, typer.Option(help="a trial without heartbeat this long is failed and retried")] = 180,
+    max_retry: int = 2,
+    workers: Optional[int] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    create_only: Annotated[bool, typer.Option("--create-only", help="create the study (before starting many workers) and stop")] = False,
+) -> None:
+    """Search how to spend a budget of B pre-training images (number of classes, labels, class rule) with Optuna."""
+    from imagenet_transfer.study import StudyConfig, run_study
+
+    config = StudyConfig(
+        budget=budget, n_trials=n_trials, study_name=study_name, storage=storage, objective=objective,
+        min_classes=min_classes, max_classes=max_classes, log_classes=log_classes, labels=labels,
+        class_rules=class_rules, source=source, arch=arch, recipe=recipe, iterations=iterations, epochs=epochs,
+        batch_size=batch_size, benchmark_settings=tuple(set_ or ()), quick=quick, seed=seed, sampler=sampler,
+        pruner=pruner, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
+        workers=workers, device=device,
+    )  # fmt: skip
+    summary = run_study(config, create_only=create_only)
+    print("\n".join(f"{k}: {v}" for k, v in summary.items()))
+
 def run_entrypoint(command: list[str], argv: list[str]) -> None:
     """Run `command` with MLproject-style `--name value` pairs, dropping empty (unset) values.
 
@@ -262,7 +308,7 @@ def _split_settings(text: str) -> list[str]:
     """`a=1,b=x,y` -> ["a=1", "b=x,y"]: a comma starts a new setting only before `key=`."""
     import re
 
-    return [part for part in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", text) if part]
+    return [part for part in re.split(r",(?=[A-Za-z_][A-Za-z0-9_.]*=)", text) if part]
 
 
 def main(args: list[str] | None = None) -> None:

@@ -7,7 +7,8 @@
 Input: a backbone (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, or `random:ARCH[@RES]` for the
 no-pre-training baseline) and the benchmark's Config (defaults: the embedded world; `--set data=PATH` for
 real data). Output: a run tagged `benchmark`, `backbone`, `model_name`, `model_version`, `subset_name`,
-`subset_digest`, `spec_digest` — so the MLflow UI can put a transfer number next to the pre-training data
+`subset_digest`, `spec_digest`, `evaluate_on` (test, or val: scored on data held out from the benchmark's
+training data, as a budget study does) — so the MLflow UI can put a transfer number next to the pre-training data
 that produced it — with the config as params, the metrics, figures (PNG) and tables (CSV) as artifacts.
 """
 
@@ -86,6 +87,7 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
         "model_name": info.get("model_name", ""), "model_version": info.get("model_version", ""),
         "subset_name": info.get("subset_name", ""), "subset_digest": info.get("subset_digest", ""),
         "spec_digest": info.get("spec_digest", ""),
+        "evaluate_on": getattr(config, "evaluate_on", "test"),  # val: scored on data held out from training
     }  # fmt: skip
     params = {"benchmark": name, "backbone": backbone, "device": str(target), "config": dataclasses.asdict(config)}
     with tracking.start_run("transfer", params=params, tags=tags, run_name=f"{name}-{tags['model_name'] or backbone}"):

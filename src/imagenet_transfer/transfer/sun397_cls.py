@@ -8,7 +8,9 @@ Input: a backbone and a SUN397 root (`SUN397/<letter>/<class>/*.jpg` with `Parti
 default: the embedded world). Each partition gives its Training_NN list (50 images per class on real data) and
 its Testing_NN list. A validation split is carved from each partition's training images (`val_fraction` of each
 class, seeded by `seed` and the partition); every choice below is made on it, and the test list is scored once
-for the chosen configuration.
+for the chosen configuration. With `evaluate_on="val"` (what a budget study optimises) the Testing lists are
+never read: `eval_fraction` of each class's training images is held out and scored instead, and the
+validation split for the choices is carved from the rest.
 
 Protocols:
   linear    frozen features (eval view, cached on disk: `transfer.features`) of each layer among pool5, fc6, fc7
@@ -23,7 +25,8 @@ Protocols:
             the validation accuracy is measured and the weights of the best epoch are the ones tested.
 
 Output (`Result`), accuracies are mean per-class accuracy in %:
-  sun397_acc                 test accuracy of the chosen configuration, mean over the partitions run
+  sun397_acc                 test accuracy of the chosen configuration, mean over the partitions run (with
+                             evaluate_on=val: accuracy on the held-out part of the training lists)
   sun397_acc_std             its standard deviation over the partitions (ddof=1; only with several partitions)
   sun397_val_acc             validation accuracy of the chosen configuration (mean over partitions)
   sun397_acc_<layer>         linear: test accuracy of each layer (mean over partitions), `_std` with several
@@ -61,6 +64,7 @@ from imagenet_transfer.transfer.sun397 import (SUN397Layout, class_of, find_sun3
 
 PROTOCOLS = ("linear", "finetune")
 VECTOR_LAYERS = ("pool5", "fc6", "fc7")
+EVALUATE_ON = ("test", "val")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class Config:
     partitions: tuple[int, ...] = (1, 2, 3)
     val_fraction: float = 0.2  # of each class's training images, for every choice (layer, L2, epoch)
     seed: int = 0
+    evaluate_on: str = "test"  # test: the Testing lists | val: a part of the training lists, held out and scored
+    eval_fraction: float = 0.25  # evaluate_on=val: of each class's training images, held out and scored
     max_missing_fraction: float = 0.001  # listed images absent on disk: tolerated (dropped) up to this fraction
     batch_size: int = 64  # feature extraction and evaluation
     workers: int = 0  # data-loading processes
@@ -105,6 +111,10 @@ class Config:
             fail(f"layers {bad}; expected some of {', '.join(VECTOR_LAYERS)} (or none for all the backbone has)")
         if not 0 < self.val_fraction < 1:
             fail(f"val_fraction {self.val_fraction}; expected a fraction strictly between 0 and 1")
+        if self.evaluate_on not in EVALUATE_ON:
+            fail(f"evaluate_on {self.evaluate_on!r}; expected one of {', '.join(EVALUATE_ON)}")
+        if not 0 < self.eval_fraction < 1:
+            fail(f"eval_fraction {self.eval_fraction}; expected a fraction strictly between 0 and 1")
         if not 0 <= self.max_missing_fraction <= 1:
             fail(f"max_missing_fraction {self.max_missing_fraction}; expected a fraction in [0, 1]")
         if not self.l2_grid or any(not l2 >= 0 for l2 in self.l2_grid):
@@ -135,15 +145,19 @@ class Partition:
 
 
 def load_partition(layout: SUN397Layout, number: int, classes: list[str], *, val_fraction: float, seed: int,
-                   max_missing_fraction: float) -> Partition:
+                   max_missing_fraction: float, evaluate_on: str = "test", eval_fraction: float = 0.25) -> Partition:
     """Partition `number` as one table: its training list split into train/val (per class, seeded), its test
-    list; UserError for an absent partition, an unknown class, or more missing images than tolerated."""
-    files = [layout.partitions / f"{kind}_{number:02d}.txt" for kind in ("Training", "Testing")]
+    list; UserError for an absent partition, an unknown class, or more missing images than tolerated.
+
+    `evaluate_on="val"`: the Testing list is not read; the role `test` (what is scored) holds `eval_fraction` of
+    each class's training images instead, carved before the validation split (seeded differently)."""
+    kinds = ("Training", "Testing") if evaluate_on == "test" else ("Training",)
+    files = [layout.partitions / f"{kind}_{number:02d}.txt" for kind in kinds]
     absent = [f.name for f in files if not f.is_file()]
     if absent:
         raise UserError(f"SUN397 partition {number}: {', '.join(absent)} not found in {layout.partitions}; "
                         f"available partitions: {', '.join(map(str, layout.partition_ids())) or 'none'}")
-    train, test = (read_partition(f) for f in files)
+    train, test = read_partition(files[0]), (read_partition(files[1]) if len(files) > 1 else [])
     label_of = {c: i for i, c in enumerate(classes)}
     unknown = sorted({class_of(e) for e in train + test} - set(label_of))
     if unknown:
@@ -165,6 +179,8 @@ def load_partition(layout: SUN397Layout, number: int, classes: list[str], *, val
                           "label": np.array([label_of[class_of(e)] for e in entries], dtype=np.int64),
                           "role": ["train"] * len(train) + ["test"] * len(test)})
     frame = frame[~frame["entry"].isin(set(missing))].reset_index(drop=True)
+    if evaluate_on == "val":
+        frame.loc[carve_validation(frame, eval_fraction, seed=[seed, number, 1]), "role"] = "test"
     frame.loc[carve_validation(frame, val_fraction, seed=[seed, number]), "role"] = "val"
     for role in ("train", "val", "test"):
         if not (frame["role"] == role).any():
@@ -191,7 +207,8 @@ def load_partitions(config: Config) -> tuple[list[str], list[Partition]]:
     layout = find_sun397(config.data or world_part(""))
     classes = read_class_names(layout.partitions / "ClassName.txt")
     parts = [load_partition(layout, p, classes, val_fraction=config.val_fraction, seed=config.seed,
-                            max_missing_fraction=config.max_missing_fraction) for p in config.partitions]
+                            max_missing_fraction=config.max_missing_fraction, evaluate_on=config.evaluate_on,
+                            eval_fraction=config.eval_fraction) for p in config.partitions]
     return classes, parts
 
 

@@ -25,7 +25,9 @@ have no fc layers) + a new linear head; SGD with momentum, the head's lr `head_l
 cosine decay, augmentation = mirror (crop and context flipped together) + box jitter. Trained on `train`;
 scored once on `val` (the real VOC2012 test labels are not public; the paper reported val). Nothing is
 selected on val: with `holdout` > 0 a fraction of the train images is held out and the epoch with the best
-held-out mAP is kept (early stopping), otherwise the last epoch is.
+held-out mAP is kept (early stopping), otherwise the last epoch is. With `evaluate_on="val"` (what a budget study
+optimises) the val split is never read: `eval_fraction` of the train images (all persons of an image on one side)
+is held out, the rest trains, and the held-out persons are the ones scored (`val_persons` counts them).
 
 Loss (`Config.loss`): "softmax" (default): an 11-way softmax, the 10 actions + "none of them" (persons whose
 only action is VOC's "other"), the target spread evenly over a person's positive actions (real VOC2012 has a
@@ -66,6 +68,7 @@ from imagenet_transfer.transfer.voc import VOC_ACTIONS, read_annotation, read_im
 
 LOSSES = ("softmax", "bce")
 SPLITS = ("train", "val")
+EVALUATE_ON = ("test", "val")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     holdout: float = 0.0  # fraction of train images held out for early stopping; 0 = keep the last epoch
+    evaluate_on: str = "test"  # test: score the val split (the benchmark's test) | val: score held-out train images
+    eval_fraction: float = 0.25  # evaluate_on=val: fraction of the train images held out and scored
     seed: int = 0
     workers: int = 0  # DataLoader worker processes (decoding is cheap on the embedded world)
 
@@ -93,6 +98,11 @@ class Config:
             kind = {"str": str, "bool": bool, "int": int, "float": (int, float)}[f.type]
             if not isinstance(value, kind) or (f.type != "bool" and isinstance(value, bool)):
                 raise UserError(f"voc12_action config: {f.name}={value!r}; expected {f.type}")
+        if self.evaluate_on not in EVALUATE_ON:
+            raise UserError(f"voc12_action config: evaluate_on={self.evaluate_on!r}; expected one of "
+                            f"{', '.join(EVALUATE_ON)}")
+        if not 0 < self.eval_fraction < 0.5:
+            raise UserError(f"voc12_action config: eval_fraction={self.eval_fraction!r}, expected (0, 0.5)")
         if self.loss not in LOSSES:
             raise UserError(f"voc12_action config: unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
         checks = {"margin": 0 <= self.margin <= 2, "jitter": 0 <= self.jitter < 0.5, "epochs": self.epochs >= 1,
@@ -346,7 +356,7 @@ def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: st
         raise UserError(f"voc12_action.run: config is a {type(config).__name__}; expected voc12_action.Config")
     device = torch.device(device)
     root = voc2012_root(config.data)
-    train_all, val = read_persons(root, "train"), read_persons(root, "val")
+    train_all, val = scored_persons(root, config)
     for split, persons in (("train", train_all), ("val", val)):
         if not any(any(p.labels) for p in persons):
             raise UserError(f"{root}: none of the {len(persons)} {split} persons does any of the actions "
@@ -419,12 +429,21 @@ def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: st
                   tables={"voc12_action_ap.csv": table, "voc12_action_val_scores.csv": per_person})
 
 
-def _split_holdout(persons: list[Person], fraction: float, seed: int) -> tuple[list[Person], list[Person]]:
+def scored_persons(root: Path, config: Config) -> tuple[list[Person], list[Person]]:
+    """(persons to train on, persons to score): train and val, or with `evaluate_on="val"` a split of the train
+    images alone (the val split is not read)."""
+    if config.evaluate_on == "val":
+        return _split_holdout(read_persons(root, "train"), config.eval_fraction, config.seed, stream=13)
+    return read_persons(root, "train"), read_persons(root, "val")
+
+
+def _split_holdout(persons: list[Person], fraction: float, seed: int, stream: int = 12
+                   ) -> tuple[list[Person], list[Person]]:
     """Hold out `fraction` of the train images (all persons of an image on one side), drawn by `seed`."""
     if fraction <= 0:
         return persons, []
     ids = sorted({p.image_id for p in persons})
-    held = set(np.random.default_rng([seed, 12]).permutation(ids)[: max(1, round(fraction * len(ids)))])
+    held = set(np.random.default_rng([seed, stream]).permutation(ids)[: max(1, round(fraction * len(ids)))])
     return [p for p in persons if p.image_id not in held], [p for p in persons if p.image_id in held]
 
 
@@ -481,5 +500,5 @@ def _figure(table: pd.DataFrame, map_: float, info: dict[str, Any]):
     return fig
 
 
-__all__ = ["ActionNet", "Config", "LOSSES", "Person", "PersonCrops", "action_aps", "average_precision", "mean_ap",
-           "person_window", "read_persons", "run", "voc2012_root"]
+__all__ = ["ActionNet", "Config", "EVALUATE_ON", "LOSSES", "Person", "PersonCrops", "action_aps", "average_precision", "mean_ap",
+           "person_window", "read_persons", "run", "scored_persons", "voc2012_root"]
