@@ -1,0 +1,272 @@
+"""Prepared shards and the device pipeline on CPU tensors: round trip, resume, stale/damaged shards, the
+augmentation family, determinism, and pre-training from shards vs loose files on the tiny world."""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as F
+
+from conftest import cli
+from imagenet_transfer.data import decode, make_loader, normalise, resize_size
+from imagenet_transfer.errors import UserError
+from imagenet_transfer.shard_loader import augment, crop_params, make_shard_loader, select_shards
+from imagenet_transfer.shards import Records, ShardOptions, ShardSet, find_prepared, write_shards
+
+SIDE = resize_size(32)  # 36: the side the tiny world's 32 px crops need
+
+
+@pytest.fixture(scope="module")
+def subset(tiny_world, tmp_path_factory):
+    from imagenet_transfer.pretrain import resolve_subset
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGENET_TRANSFER_CACHE", str(tmp_path_factory.mktemp("subset-cache")))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('subset-mlruns') / 'mlflow.db'}")
+        return resolve_subset("full", str(tiny_world / "imagenet"))
+
+
+def records(manifest) -> Records:
+    return Records(manifest["path"].astype(str).tolist(), manifest["label"].tolist(), manifest["split"].tolist())
+
+
+def options(fmt: str) -> ShardOptions:
+    return ShardOptions(format=fmt, side=SIDE, images_per_shard=256)
+
+
+@pytest.fixture(scope="module")
+def written(subset, tmp_path_factory):
+    """Raw and JPEG shards of the tiny world's `full` subset, written once."""
+    root = tmp_path_factory.mktemp("shards")
+    for fmt in ("raw", "jpeg"):
+        write_shards(root / fmt, records(subset.manifest), options(fmt), subset.digest)
+    return {fmt: root / fmt for fmt in ("raw", "jpeg")}
+
+
+def copy_of(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / folder.name))
+
+
+def test_round_trip_keeps_labels_and_pixels(subset, written, one_thread):
+    manifest = subset.manifest
+    for fmt, tolerance in (("raw", 0.0), ("jpeg", 6.0)):
+        shards = ShardSet.open(written[fmt], manifest_digest=subset.digest, verify="full")
+        assert shards.info["counts"] == manifest["split"].value_counts().to_dict()
+        for split in ("train", "val"):
+            index = shards.splits[split]
+            rows = np.flatnonzero((manifest["split"] == split).to_numpy())
+            assert np.array_equal(index.row, rows)  # manifest order, every image once
+            assert np.array_equal(index.label, manifest["label"].to_numpy()[rows])
+        positions = np.array([0, 5, 300, len(shards.splits["train"]) - 1])  # across shard files
+        if fmt == "raw":
+            got = shards.read_raw("train", positions)
+        else:
+            from torchvision.io import decode_jpeg
+
+            data, sizes = shards.read_bytes("train", positions)
+            got = torch.stack([d.permute(1, 2, 0) for d in decode_jpeg(list(torch.split(data, sizes)))])
+        for image, row in zip(got, shards.splits["train"].row[positions]):
+            expected = F.resize(decode(manifest["path"].iloc[row]), [SIDE, SIDE], antialias=True).permute(1, 2, 0)
+            diff = (image.float() - expected.float()).abs().mean().item()
+            assert diff <= tolerance, (fmt, row, diff)
+    raw, jpeg = (ShardSet.open(written[f]).info["bytes"] for f in ("raw", "jpeg"))
+    assert raw == len(manifest) * SIDE * SIDE * 3 and jpeg < raw
+
+
+def test_an_interrupted_prepare_resumes_to_the_same_shards(subset, written, tmp_path, one_thread):
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total):
+        assert total == 5  # 960 train images in 4 shards of 256, 240 val in 1
+        if done == 2:
+            raise Stop
+
+    folder = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        write_shards(folder, records(subset.manifest), options("jpeg"), subset.digest, on_shard=stop_after_two)
+    assert not (folder / "index.json").exists() and len(list(folder.glob("*.bin"))) == 2
+    with pytest.raises(UserError, match="no index.json"):
+        ShardSet.open(folder)
+    (folder / ".train-00002.bin.999.tmp").write_bytes(b"half a shard")  # a worker killed mid-shard
+    seen = []
+    info = write_shards(folder, records(subset.manifest), options("jpeg"), subset.digest,
+                        on_shard=lambda done, total: seen.append(done))  # fmt: skip
+    assert seen == [3, 4, 5]  # the two finished shards were skipped
+    assert not list(folder.glob(".*")) and not list(folder.glob("*-*.json"))
+    whole = ShardSet.open(written["jpeg"]).info
+    assert info["shards"] == whole["shards"] and info["index_sha256"] == whole["index_sha256"]
+    assert write_shards(folder, records(subset.manifest), options("jpeg"), subset.digest) == info  # done: verified
+
+
+def test_stale_truncated_and_tampered_shards_are_refused(subset, written, tmp_path):
+    changed = subset.manifest.copy()
+    changed.loc[changed.index[0], "label"] = (changed["label"].iloc[0] + 1) % 40
+    from imagenet_transfer.subsets import manifest_digest
+
+    new_digest = manifest_digest(changed)
+    assert new_digest != subset.digest and options("raw").key(new_digest) != options("raw").key(subset.digest)
+    with pytest.raises(UserError, match="prepared from manifest .* never read stale"):
+        ShardSet.open(written["raw"], manifest_digest=new_digest)
+    with pytest.raises(UserError, match="another manifest or other options"):
+        write_shards(copy_of(written["raw"], tmp_path / "a"), records(changed), options("raw"), new_digest)
+
+    truncated = copy_of(written["jpeg"], tmp_path / "b")
+    shard = truncated / "train-00001.bin"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(UserError, match=r"shard .*train-00001\.bin has .* bytes but the index says"):
+        ShardSet.open(truncated, manifest_digest=subset.digest)
+
+    damaged = copy_of(written["jpeg"], tmp_path / "c")
+    data = bytearray((damaged / "val-00000.bin").read_bytes())
+    data[1000] ^= 0xFF
+    (damaged / "val-00000.bin").write_bytes(bytes(data))
+    ShardSet.open(damaged)  # same size: only the full check sees it
+    with pytest.raises(UserError, match=r"val-00000\.bin does not match its sha256"):
+        ShardSet.open(damaged, verify="full")
+
+    edited = copy_of(written["raw"], tmp_path / "d")
+    info = json.loads((edited / "index.json").read_text())
+    info["counts"]["train"] = 1000
+    (edited / "index.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="index.json does not match its own checksum"):
+        ShardSet.open(edited)
+    relabelled = copy_of(written["raw"], tmp_path / "e")
+    with np.load(relabelled / "index.npz") as arrays:
+        content = {k: arrays[k] for k in arrays.files}
+    content["train_label"] = content["train_label"][::-1].copy()
+    np.savez(relabelled / "index.npz", **content)
+    with pytest.raises(UserError, match="index.npz is missing or does not match"):
+        ShardSet.open(relabelled)
+
+    # pre-training names the stale folder and exits 2 (before any training)
+    assert cli("pretrain", "--subset", "full", "--source", subset.location, "--recipe", "smoke", "--device", "cpu",
+               "--input-pipeline", "shards", "--shards", str(truncated), "--checkpoint-dir", str(tmp_path / "ck")) == 2
+
+
+def test_a_disk_too_small_is_refused_before_writing(subset, tmp_path, monkeypatch):
+    import imagenet_transfer.shards as shards_module
+
+    monkeypatch.setattr(shards_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(UserError, match=r"need about .* GiB .* only 0.00 GiB are free"):
+        write_shards(tmp_path / "full", records(subset.manifest), options("raw"), subset.digest)
+    assert not list((tmp_path / "full").iterdir())
+
+
+def test_crop_and_mirror_family():
+    """Pixels that encode their own coordinates show where every crop came from."""
+    side, res, n = 40, 32, 4000
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    image = torch.stack([rows, cols, torch.zeros_like(rows)], dim=-1).to(torch.uint8)  # HWC
+    seeds = torch.from_numpy(np.random.default_rng(0).integers(0, 2**62, size=n, dtype=np.int64))
+    crops = augment(image.expand(n, -1, -1, -1), seeds, resolution=res, train=True)
+    assert crops.shape == (n, 3, res, res) and crops.dtype == torch.uint8
+    top, left = crops[:, 0, 0, :].min(dim=1).values, crops[:, 1, :, :].amin(dim=(1, 2))
+    assert torch.equal(crops[:, 0], (top[:, None, None] + torch.arange(res)[None, :, None]).expand(-1, -1, res).to(torch.uint8))
+    mirrored = crops[:, 1, 0, 0] > crops[:, 1, 0, -1]
+    expected_cols = torch.where(mirrored[:, None], left[:, None] + res - 1 - torch.arange(res), left[:, None] + torch.arange(res))
+    assert torch.equal(crops[:, 1, 0, :].long(), expected_cols)
+    assert set(top.tolist()) == set(range(side - res + 1)) == set(left.tolist())  # every offset 0..room
+    assert 0.45 < mirrored.float().mean() < 0.55
+    exp_top, exp_left, exp_mirror = crop_params(seeds, side - res, train=True)
+    assert torch.equal(top.long(), exp_top) and torch.equal(left.long(), exp_left) and torch.equal(mirrored, exp_mirror)
+    centre = augment(image.expand(3, -1, -1, -1), seeds[:3], resolution=res, train=False)
+    assert (centre[:, 0, 0, 0] == 4).all() and (centre[:, 1, 0, 0] == 4).all() and (centre[:, 1, 0, 1] == 5).all()
+    resized = augment(image.expand(2, -1, -1, -1), seeds[:2], resolution=24, train=True, resize=27)
+    assert resized.shape == (2, 3, 24, 24)
+
+
+def test_shard_batches_are_normalised_crops_of_the_stored_images(subset, written, one_thread):
+    shards = ShardSet.open(written["raw"])
+    loader = make_shard_loader(shards, "train", arch="small", resolution=32, batch_size=16, train=True, seed=3,
+                               channels_last=True)  # fmt: skip
+    images, labels = next(iter(loader))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    positions, seeds = loader.sampler.keys()
+    positions, seeds = positions[:16], torch.from_numpy(seeds[:16])
+    stored = shards.read_raw("train", positions)
+    top, left, mirror = crop_params(seeds, SIDE - 32, train=True)
+    for i in range(16):
+        crop = stored[i, top[i] : top[i] + 32, left[i] : left[i] + 32].permute(2, 0, 1)
+        crop = crop.flip(-1) if mirror[i] else crop
+        assert torch.allclose(images[i], normalise(crop, "imagenet"), atol=1e-5)
+    assert torch.equal(labels, torch.from_numpy(shards.splits["train"].label[positions]))
+    val = make_shard_loader(shards, "val", arch="small", resolution=32, batch_size=100, train=False)
+    assert len(val) == 3 and sum(len(y) for _, y in val) == 240  # every val image once, in order
+
+
+def test_order_resume_ranks_workers_and_device_decode(subset, written, one_thread):
+    shards = ShardSet.open(written["jpeg"])
+    kw = dict(arch="small", resolution=32, batch_size=32, train=True, seed=5)
+
+    def batches(**more):
+        return [(x.clone(), y.clone()) for x, y in make_shard_loader(shards, "train", **{**kw, **more})]
+
+    whole = batches(epoch=2)
+    assert len(whole) == 30
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole, batches(epoch=2)))
+    assert not torch.equal(whole[0][1], batches(epoch=3)[0][1])
+    resumed = batches(epoch=2, start_batch=27)
+    assert len(resumed) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(whole[27:], resumed))
+    halves = batches(epoch=2, device_decode=0.5)  # half of each batch decoded on the "device" (CPU here)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole, halves))
+    with_worker = batches(epoch=2, workers=1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole, with_worker))
+    rank0, rank1 = (make_shard_loader(shards, "train", rank=r, world_size=2, epoch=2, **kw).sampler.keys()[0] for r in (0, 1))
+    assert len(rank0) == len(rank1) == 480 and not set(rank0) & set(rank1)
+    loader = make_shard_loader(shards, "train", **kw)
+    loader.set_epoch(2, 27)
+    assert len(loader) == 3 and torch.equal(next(iter(loader))[0], whole[27][0])
+
+
+def test_pipeline_selection(subset, written, tmp_path, monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setenv("IMAGENET_TRANSFER_CACHE", str(tmp_path))
+    assert select_shards("auto", "", subset.digest, 32, cuda) is None  # nothing prepared
+    with pytest.raises(UserError, match="no shards of manifest .* are prepared"):
+        select_shards("shards", "", subset.digest, 32, cpu)
+    (tmp_path / "shards").mkdir()
+    for fmt in ("jpeg", "raw"):
+        shutil.copytree(written[fmt], tmp_path / "shards" / options(fmt).key(subset.digest))
+    assert find_prepared(subset.digest, SIDE).name.startswith("raw36-")  # raw preferred
+    assert find_prepared(subset.digest, 256) is None
+    assert select_shards("auto", "", subset.digest, 32, cuda).format == "raw"
+    assert select_shards("auto", "", subset.digest, 32, cpu) is None  # the CPU default stays the loader
+    assert select_shards("shards", "", subset.digest, 32, cpu).format == "raw"
+    assert select_shards("loader", "", subset.digest, 32, cuda) is None
+    assert select_shards("auto", str(written["jpeg"]), subset.digest, 32, cpu).format == "jpeg"
+    with pytest.raises(UserError, match="input_pipeline='fast'"):
+        select_shards("fast", "", subset.digest, 32, cpu)
+
+
+def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world, tmp_path, one_thread):
+    from imagenet_transfer.prepare import run_prepare
+    from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+
+    source = str(tiny_world / "imagenet")
+    first = run_prepare("full", source, format="auto", short_side=SIDE, workers=0, images_per_shard=512)
+    run = mlflow.get_run(first["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "prepare"
+    assert first["format"] == "raw" and run.data.params["derived.format"] == "raw"  # 4.7 MB fits in RAM
+    assert run.data.metrics["images"] == 1200 and run.data.metrics["bytes"] == 1200 * SIDE * SIDE * 3
+    again = run_prepare("full", source, format="raw", short_side=SIDE, workers=0, images_per_shard=512)
+    assert again["folder"] == first["folder"] and again["reused"]  # content-addressed: found, verified
+
+    results = {}
+    for pipeline in ("shards", "loader"):
+        settings = dict(subset="full", source=source, recipe="world", iterations=100, batch_size=16, workers=0,
+                        device="cpu", register=False, seed=1, checkpoint_minutes=100, input_pipeline=pipeline,
+                        checkpoint_dir=str(tmp_path / pipeline))  # fmt: skip
+        summary = run_pretrain(PretrainConfig(**settings))
+        results[pipeline] = summary
+        used = mlflow.get_run(summary["run_id"]).data.params["derived.input_pipeline"]
+        assert used == ("loader" if pipeline == "loader" else f"shards:{first['folder']}")
+    for metric, tolerance in (("val_top5", 0.08), ("train_loss", 0.15)):
+        assert abs(results["shards"][metric] - results["loader"][metric]) <= tolerance, (metric, results)
+    assert results["shards"]["val_top5"] > 2 * 5 / 40  # both learn: above twice chance (40 classes)
+    assert results["loader"]["val_top5"] > 2 * 5 / 40
