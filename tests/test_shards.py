@@ -245,28 +245,29 @@ def test_pipeline_selection(subset, written, tmp_path, monkeypatch):
 
 
 def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world, tmp_path, one_thread):
+    """10 classes of the tiny world (24 train images each), 70 steps of 16 (~5 epochs): ~10 s per pipeline."""
     from imagenet_transfer.prepare import run_prepare
     from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
 
-    source = str(tiny_world / "imagenet")
-    first = run_prepare("full", source, format="auto", short_side=SIDE, workers=0, images_per_shard=512)
+    source, subset = str(tiny_world / "imagenet"), "e5-budget-240-classes-10"
+    first = run_prepare(subset, source, format="auto", short_side=SIDE, workers=0)
     run = mlflow.get_run(first["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "prepare"
-    assert first["format"] == "raw" and run.data.params["derived.format"] == "raw"  # 4.7 MB fits in RAM
-    assert run.data.metrics["images"] == 1200 and run.data.metrics["bytes"] == 1200 * SIDE * SIDE * 3
-    again = run_prepare("full", source, format="raw", short_side=SIDE, workers=0, images_per_shard=512)
+    assert first["format"] == "raw" and run.data.params["derived.format"] == "raw"  # 1 MB fits in RAM
+    assert run.data.metrics["images"] == 300 and run.data.metrics["bytes"] == 300 * SIDE * SIDE * 3
+    again = run_prepare(subset, source, format="raw", short_side=SIDE, workers=0)
     assert again["folder"] == first["folder"] and again["reused"]  # content-addressed: found, verified
 
     results = {}
     for pipeline in ("shards", "loader"):
-        settings = dict(subset="full", source=source, recipe="world", iterations=100, batch_size=16, workers=0,
+        settings = dict(subset=subset, source=source, recipe="world", iterations=70, batch_size=16, workers=0,
                         device="cpu", register=False, seed=1, checkpoint_minutes=100, input_pipeline=pipeline,
                         checkpoint_dir=str(tmp_path / pipeline))  # fmt: skip
-        summary = run_pretrain(PretrainConfig(**settings))
-        results[pipeline] = summary
+        results[pipeline] = summary = run_pretrain(PretrainConfig(**settings))
         used = mlflow.get_run(summary["run_id"]).data.params["derived.input_pipeline"]
         assert used == ("loader" if pipeline == "loader" else f"shards:{first['folder']}")
-    for metric, tolerance in (("val_top5", 0.08), ("train_loss", 0.15)):
-        assert abs(results["shards"][metric] - results["loader"][metric]) <= tolerance, (metric, results)
-    assert results["shards"]["val_top5"] > 2 * 5 / 40  # both learn: above twice chance (40 classes)
-    assert results["loader"]["val_top5"] > 2 * 5 / 40
+    shards, loose = results["shards"], results["loader"]
+    assert shards["train_loss"] < 2.1 and loose["train_loss"] < 2.1  # both learn (chance: ln 10 = 2.30)
+    assert abs(shards["train_loss"] - loose["train_loss"]) < 0.15, results
+    assert abs(shards["val_top5"] - loose["val_top5"]) <= 0.15, results  # measured: 0.73 and 0.73
+    assert abs(shards["val_top1"] - loose["val_top1"]) <= 0.15, results
