@@ -187,8 +187,10 @@ def test_shard_batches_are_normalised_crops_of_the_stored_images(subset, written
     images, labels = next(iter(loader))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
     assert images.is_contiguous(memory_format=torch.channels_last)
-    positions, seeds = loader.sampler.keys()
-    positions, seeds = positions[:16], torch.from_numpy(seeds[:16])
+    positions, seeds = (keys[:16] for keys in loader.sampler.keys())
+    order = np.argsort(shards.splits["train"].shard[positions], kind="stable")  # a raw batch is read by shard
+    assert len(set(shards.splits["train"].shard[positions])) > 1
+    positions, seeds = positions[order], torch.from_numpy(seeds[order])
     stored = shards.read_raw("train", positions)
     top, left, mirror = crop_params(seeds, SIDE - 32, train=True)
     for i in range(16):
@@ -196,6 +198,9 @@ def test_shard_batches_are_normalised_crops_of_the_stored_images(subset, written
         crop = crop.flip(-1) if mirror[i] else crop
         assert torch.allclose(images[i], normalise(crop, "imagenet"), atol=1e-5)
     assert torch.equal(labels, torch.from_numpy(shards.splits["train"].label[positions]))
+    threaded = make_shard_loader(shards, "train", arch="small", resolution=32, batch_size=16, train=True, seed=3,
+                                 channels_last=True, reader="thread")  # fmt: skip
+    assert threaded.loader is None and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(loader, threaded))
     val = make_shard_loader(shards, "val", arch="small", resolution=32, batch_size=100, train=False)
     assert len(val) == 3 and sum(len(y) for _, y in val) == 240  # every val image once, in order
 
@@ -257,6 +262,8 @@ def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world
     assert run.data.metrics["images"] == 300 and run.data.metrics["bytes"] == 300 * SIDE * SIDE * 3
     again = run_prepare(subset, source, format="raw", short_side=SIDE, workers=0)
     assert again["folder"] == first["folder"] and again["reused"]  # content-addressed: found, verified
+    assert cli("prepare", "--subset", subset, "--source", source, "--format", "png") == 2
+    assert cli("prepare", "--subset", subset, "--source", source, "--quality", "101") == 2
 
     results = {}
     for pipeline in ("shards", "loader"):
@@ -271,3 +278,15 @@ def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world
     assert abs(shards["train_loss"] - loose["train_loss"]) < 0.15, results
     assert abs(shards["val_top5"] - loose["val_top5"]) <= 0.15, results  # measured: 0.73 and 0.73
     assert abs(shards["val_top1"] - loose["val_top1"]) <= 0.15, results
+
+
+def test_the_pipeline_modules_import_without_mlflow_or_pandas():
+    """The GPU benchmark runs where only torch, torchvision, numpy and pillow are installed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, imagenet_transfer.shards, imagenet_transfer.shard_loader, imagenet_transfer.engine; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'pandas', 'rich', 'yaml', 'typer'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert done.stdout.strip() == "[]"

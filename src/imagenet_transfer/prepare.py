@@ -51,6 +51,8 @@ def run_prepare(subset: str, source: str = "", *, format: str = "auto", short_si
     from imagenet_transfer.data import default_workers
     from imagenet_transfer.pretrain import resolve_subset
 
+    shard_options(0, format=format, short_side=short_side, resolution=resolution, quality=quality,
+                  images_per_shard=images_per_shard, ram_share=ram_share)  # bad options fail before any work
     resolved = resolve_subset(subset, source)
     manifest = resolved.manifest
     options = shard_options(len(manifest), format=format, short_side=short_side, resolution=resolution,

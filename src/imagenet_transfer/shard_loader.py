@@ -10,9 +10,11 @@ Input: a `shards.ShardSet` (see `prepare`). Output: `ShardLoader`, an iterable o
 `data.Loader`, so either can feed the training loop.
 
 How it works, per batch:
-1. Host (DataLoader workers, or this process with workers=0): the batch's records are read from the memory-
-   mapped shards. Raw shards: one uint8 (n, side, side, 3) copy. JPEG shards: a share `1 - device_decode` of
-   the batch is decoded by the workers (`torchvision.io.decode_jpeg` on CPU), the rest travels as bytes.
+1. Host (DataLoader workers; for raw shards on CUDA one reader thread straight into pinned memory): the
+   batch's records are read from the memory-mapped shards. Raw shards: one uint8 (n, side, side, 3) copy, one
+   multi-threaded `index_select` per shard file (the batch is grouped by file; order within a batch does not
+   matter). JPEG shards: a share `1 - device_decode` of the batch is decoded by the workers
+   (`torchvision.io.decode_jpeg` on CPU), the rest travels as bytes.
 2. Device (on a side stream on CUDA, prefetching one batch ahead so input overlaps compute): the uint8 batch is
    copied (pinned, non-blocking), the remaining JPEGs are decoded there in one batched
    `decode_jpeg(list, device=...)` call, then one gather does the paper's augmentation for the whole batch:
@@ -78,14 +80,19 @@ class _HostBatches(Dataset):
         self.shards, self.split, self.device_decode = shards, split, device_decode
         self.labels = torch.from_numpy(shards.splits[split].label)
 
-    def __getitem__(self, key: tuple[np.ndarray, np.ndarray]) -> HostBatch:
+    def __getitem__(self, key: tuple[np.ndarray, np.ndarray], pin: bool = False) -> HostBatch:
         positions, seeds = key
+        empty_bytes, empty_sizes = torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+        if self.shards.format == "raw":  # the batch grouped by shard file: one copy per file
+            order = np.argsort(self.shards.splits[self.split].shard[positions], kind="stable")
+            positions, seeds = positions[order], seeds[order]
+            side = self.shards.side
+            images = torch.empty((len(positions), side, side, 3), dtype=torch.uint8, pin_memory=pin)
+            self.shards.read_raw(self.split, positions, out=images)
+            labels = self.labels[torch.from_numpy(positions)]
+            return HostBatch(images, empty_bytes, empty_sizes, labels, torch.from_numpy(seeds), torch.tensor(False))
         labels = self.labels[torch.from_numpy(positions)]
         seeds = torch.from_numpy(np.ascontiguousarray(seeds))
-        empty_bytes, empty_sizes = torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-        if self.shards.format == "raw":
-            images = self.shards.read_raw(self.split, positions)
-            return HostBatch(images, empty_bytes, empty_sizes, labels, seeds, torch.tensor(False))
         on_host = len(positions) - round(len(positions) * self.device_decode)
         side = self.shards.side
         images = torch.empty((on_host, 3, side, side), dtype=torch.uint8)
@@ -125,7 +132,7 @@ def augment(images: Tensor, seeds: Tensor, *, resolution: int, train: bool, resi
     if room < 0:
         raise UserError(f"shards hold {side}px images, smaller than the {resolution}px crop; expected shards "
                         f"prepared with --short-side >= {resolution}")
-    top, left, mirror = (t.to(images.device) for t in crop_params(seeds, room, train))
+    top, left, mirror = (t.to(images.device) for t in crop_params(seeds, room, train))  # no-op if on the device
     steps = torch.arange(resolution, device=images.device)
     rows = top[:, None] + steps
     cols = left[:, None] + torch.where(mirror[:, None], resolution - 1 - steps, steps)
@@ -139,18 +146,21 @@ class ShardLoader:
 
     def __init__(self, shards: ShardSet, split: str, sampler: EpochSampler, *, batch_size: int, resolution: int,
                  train: bool, normalisation: str, device: torch.device, channels_last: bool, workers: int,
-                 device_decode: float) -> None:
+                 device_decode: float, reader: str | None = None) -> None:
         self.shards, self.split, self.sampler, self.train = shards, split, sampler, train
         self.resolution, self.normalisation, self.device = resolution, normalisation, device
         self.channels_last, self.device_decode = channels_last, device_decode
         self.resize = resize_size(resolution)
         self.keys = _BatchKeys(sampler, batch_size)
         cuda = device.type == "cuda"
-        self.loader = DataLoader(_HostBatches(shards, split, device_decode), batch_size=None, sampler=self.keys,
-                                 num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-                                 prefetch_factor=4 if workers > 0 else None)  # fmt: skip
+        self.host = _HostBatches(shards, split, device_decode)
+        self.reader = reader or ("thread" if shards.format == "raw" and cuda else "workers")
+        self.loader = None if self.reader == "thread" else DataLoader(
+            self.host, batch_size=None, sampler=self.keys, num_workers=workers, pin_memory=cuda,
+            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)  # fmt: skip
         self.skipped = shards.skipped(split)  # images prepare could not read: absent from the shards
         self.seen = 0
+        self._normalisation: tuple[Tensor, Tensor] | None = None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start_batch)
@@ -174,8 +184,11 @@ class ShardLoader:
                                   device=device)  # fmt: skip
             parts.append(torch.stack(decoded).permute(0, 2, 3, 1))
         images = parts[0] if len(parts) == 1 else torch.cat(parts)
-        crops = augment(images, host.seeds, resolution=self.resolution, train=self.train, resize=self.resize)
-        mean, inv_std = _mean_inv_std(self.normalisation, device)
+        seeds = host.seeds.to(device, non_blocking=non_blocking)  # crop offsets are computed on the device
+        crops = augment(images, seeds, resolution=self.resolution, train=self.train, resize=self.resize)
+        if self._normalisation is None:  # made once: a pageable upload per batch would stall the side stream
+            self._normalisation = _mean_inv_std(self.normalisation, device)
+        mean, inv_std = self._normalisation
         out = (crops.float() - mean) * inv_std
         out = out.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return out, host.labels.to(device, non_blocking=non_blocking)
@@ -183,7 +196,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         pending = None
-        for host in self.loader:
+        for host in self.loader if self.loader is not None else self._read_in_thread():
             self.seen += len(host.labels)
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 staged = self._stage(host)
@@ -195,6 +208,42 @@ class ShardLoader:
             pending = staged, ready
         if pending is not None:
             yield self._ready(*pending)
+
+    def _read_in_thread(self, depth: int = 4) -> Iterator[HostBatch]:
+        """Host batches read by a background thread straight into pinned memory (raw shards on CUDA: the copy
+        out of the page cache is the whole host work, multi-threaded inside torch, the GIL released)."""
+        import queue
+        import threading
+
+        batches: queue.Queue = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+        pin = self.device.type == "cuda"
+
+        def produce() -> None:
+            try:
+                for key in self.keys:
+                    if stop.is_set():
+                        return
+                    batches.put(self.host.__getitem__(key, pin=pin))
+            except BaseException as err:  # handed to the consumer
+                batches.put(err)
+                return
+            batches.put(None)
+
+        thread = threading.Thread(target=produce, daemon=True, name="shard-reader")
+        thread.start()
+        try:
+            while (item := batches.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    batches.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.01)
 
     def _ready(self, staged: tuple[Tensor, Tensor], ready) -> tuple[Tensor, Tensor]:
         if ready is not None:  # the compute stream waits for this batch only, and owns its memory from now on
@@ -220,12 +269,15 @@ def make_shard_loader(shards: ShardSet, split: str, *, arch: str, resolution: in
                       workers: int = 0, train: bool, seed: int = 0, epoch: int = 0, start_batch: int = 0,
                       device: str | torch.device = "cpu", normalisation: str | None = None, rank: int = 0,
                       world_size: int = 1, channels_last: bool = False, device_decode: float | None = None,
-                      **_: object) -> ShardLoader:
+                      reader: str | None = None, **_: object) -> ShardLoader:
     """The shard loader of `split` for `arch`, with `data.make_loader`'s arguments and checks.
 
     `device_decode`: share of each JPEG batch decoded on the device (default: 0.5 on CUDA, 0 elsewhere; the
-    workers decode the rest). Raw shards need no decoding.
+    workers decode the rest). Raw shards need no decoding. `reader`: "workers" (DataLoader processes) or
+    "thread" (one thread of this process into pinned memory); default thread for raw shards on CUDA.
     """
+    if reader not in (None, "workers", "thread"):
+        raise UserError(f"reader={reader!r}; expected workers or thread")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     n = len(shards.splits[split])
@@ -253,7 +305,7 @@ def make_shard_loader(shards: ShardSet, split: str, *, arch: str, resolution: in
         raise UserError(f"start_batch {start_batch} is outside the epoch's 0..{sampler.batches_per_epoch()} batches")
     return ShardLoader(shards, split, sampler, batch_size=batch_size, resolution=resolution, train=train,
                        normalisation=normalisation, device=device, channels_last=channels_last, workers=workers,
-                       device_decode=device_decode)  # fmt: skip
+                       device_decode=device_decode, reader=reader)  # fmt: skip
 
 
 def select_shards(pipeline: str, folder: str, manifest_digest: str, resolution: int,

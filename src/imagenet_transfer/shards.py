@@ -433,14 +433,17 @@ class ShardSet:
         index, side = self.splits[split], self.side
         out = torch.empty((len(positions), side, side, 3), dtype=torch.uint8) if out is None else out
         shards = index.shard[positions]
+        local = index.offset[positions] // self.options.record_bytes
+        if np.all(shards[:-1] <= shards[1:]):  # grouped by shard: one (multi-threaded) copy per shard
+            bounds = [0, *(np.flatnonzero(np.diff(shards)) + 1).tolist(), len(positions)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                records = torch.from_numpy(self._map(int(shards[a]))).view(-1, side, side, 3)
+                torch.index_select(records, 0, torch.from_numpy(local[a:b]), out=out[a:b])
+            return out
         for shard in np.unique(shards):
             where = np.flatnonzero(shards == shard)
             records = torch.from_numpy(self._map(int(shard))).view(-1, side, side, 3)
-            local = torch.from_numpy(index.offset[positions[where]] // self.options.record_bytes)
-            if len(where) == len(positions):
-                torch.index_select(records, 0, local, out=out)
-            else:
-                out[torch.from_numpy(where)] = records.index_select(0, local)
+            out[torch.from_numpy(where)] = records.index_select(0, torch.from_numpy(local[where]))
         return out
 
     def read_bytes(self, split: str, positions: np.ndarray):
