@@ -97,7 +97,7 @@ def test_an_interrupted_prepare_resumes_to_the_same_shards(subset, written, tmp_
     info = write_shards(folder, records(subset.manifest), options("jpeg"), subset.digest,
                         on_shard=lambda done, total: seen.append(done))  # fmt: skip
     assert seen == [3, 4, 5]  # the two finished shards were skipped
-    assert not list(folder.glob(".*")) and not list(folder.glob("*-*.json"))
+    assert not list(folder.glob(".*"))
     whole = ShardSet.open(written["jpeg"]).info
     assert info["shards"] == whole["shards"] and info["index_sha256"] == whole["index_sha256"]
     assert write_shards(folder, records(subset.manifest), options("jpeg"), subset.digest) == info  # done: verified
@@ -115,11 +115,14 @@ def test_stale_truncated_and_tampered_shards_are_refused(subset, written, tmp_pa
     with pytest.raises(UserError, match="another manifest or other options"):
         write_shards(copy_of(written["raw"], tmp_path / "a"), records(changed), options("raw"), new_digest)
 
-    truncated = copy_of(written["jpeg"], tmp_path / "b")
+    truncated, rebuilt = copy_of(written["jpeg"], tmp_path / "b"), []
     shard = truncated / "train-00001.bin"
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(UserError, match=r"shard .*train-00001\.bin has .* bytes but the index says"):
         ShardSet.open(truncated, manifest_digest=subset.digest)
+    repaired = write_shards(copy_of(truncated, tmp_path / "r"), records(subset.manifest), options("jpeg"),
+                            subset.digest, on_shard=lambda done, total: rebuilt.append(done))  # fmt: skip
+    assert rebuilt == [5] and repaired["shards"] == ShardSet.open(written["jpeg"]).info["shards"]  # only that one
 
     damaged = copy_of(written["jpeg"], tmp_path / "c")
     data = bytearray((damaged / "val-00000.bin").read_bytes())

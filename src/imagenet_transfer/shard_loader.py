@@ -89,8 +89,10 @@ class _HostBatches(Dataset):
             side = self.shards.side
             images = torch.empty((len(positions), side, side, 3), dtype=torch.uint8, pin_memory=pin)
             self.shards.read_raw(self.split, positions, out=images)
-            labels = self.labels[torch.from_numpy(positions)]
-            return HostBatch(images, empty_bytes, empty_sizes, labels, torch.from_numpy(seeds), torch.tensor(False))
+            labels, seeds = self.labels[torch.from_numpy(positions)], torch.from_numpy(seeds)
+            if pin:  # the DataLoader pins what workers return; the reader thread pins here
+                labels, seeds = labels.pin_memory(), seeds.pin_memory()
+            return HostBatch(images, empty_bytes, empty_sizes, labels, seeds, torch.tensor(False))
         labels = self.labels[torch.from_numpy(positions)]
         seeds = torch.from_numpy(np.ascontiguousarray(seeds))
         on_host = len(positions) - round(len(positions) * self.device_decode)

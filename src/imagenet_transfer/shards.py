@@ -17,7 +17,8 @@ Images are resized exactly as `data.Transform` resizes them (square side×side, 
 decode), so raw shards hold the very pixels the loose-file path crops from.
 
 Resumable: a rerun skips every shard whose .json exists and whose .bin has the size it records; an interrupted
-shard leaves only a dot-prefixed temporary file, which is removed. Bad input raises `UserError` naming the shard:
+shard leaves only a dot-prefixed temporary file, which is removed. Preparing a finished folder again verifies
+every sha256 and rebuilds the damaged shards (and the index) only. Bad input raises `UserError` naming the shard:
 a .bin whose size (or, with `verify="full"`, sha256) differs from the index, an index that does not match its
 checksum, shards of another manifest or other options. This module imports no MLflow and no pandas (the GPU
 benchmark runs with torch, torchvision, numpy and pillow only); `prepare` is the stage that logs.
@@ -229,7 +230,14 @@ def write_shards(folder: Path, records: Records, options: ShardOptions, manifest
         if existing.get("key") != key:
             raise UserError(f"{folder} holds shards of another manifest or other options (key "
                             f"{existing.get('key')}, expected {key}); expected an empty folder or this key's")
-        return ShardSet.open(folder, manifest_digest=manifest_digest, options=options, verify="full").info
+        try:
+            return ShardSet.open(folder, manifest_digest=manifest_digest, options=options, verify="full").info
+        except UserError:  # damaged: drop the index and the damaged shards, then rebuild those below
+            for shard in existing.get("shards", []):
+                path = folder / shard["file"]
+                if not path.exists() or path.stat().st_size != shard["bytes"] or _sha256(path) != shard["sha256"]:
+                    path.unlink(missing_ok=True)
+            index_path.unlink()
     for stale in folder.glob(".*.tmp"):  # an interrupted shard or json
         stale.unlink()
     tasks = _tasks(records, options)
@@ -305,9 +313,7 @@ def _write_index(folder: Path, metas: list[dict], options: ShardOptions, manifes
             "counts": {s: len(columns[s]["row"]) for s in SPLITS}, "bytes": sum(s["bytes"] for s in shards),
             "shards": shards, "skipped": skipped, "index_sha256": _sha256(folder / "index.npz")}  # fmt: skip
     info["self_sha256"] = _self_digest(info)
-    _write_json(folder / "index.json", info)
-    for meta in metas:  # the index holds everything now
-        (folder / f"{meta['name']}.json").unlink(missing_ok=True)
+    _write_json(folder / "index.json", info)  # the per-shard .json files stay: a repair rebuilds only damaged shards
     return info
 
 
