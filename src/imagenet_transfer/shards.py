@@ -217,7 +217,8 @@ def write_shards(folder: Path, records: Records, options: ShardOptions, manifest
                  on_shard: Callable[[int, int], None] | None = None) -> dict:
     """Prepare (or finish preparing) the shards of `records` in `folder`; returns the index (index.json).
 
-    `workers` processes write shards in parallel (0: in this process). `on_progress(images_done, images)`
+    `workers` processes write shards in parallel (0: in this process). The index returned also says how
+    many images this call wrote (`written_images`). `on_progress(images_done, images)`
     after each shard; `on_shard(shards_done, shards)` too (an exception it raises stops the run; the finished
     shards stay and a rerun skips them). Checks the free disk space before writing.
     """
@@ -288,7 +289,8 @@ def write_shards(folder: Path, records: Records, options: ShardOptions, manifest
                         pending[pool.submit(_write_shard, *args(*following))] = len(following[1])
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    return _write_index(folder, [metas[name] for name, _ in tasks], options, manifest_digest, key)
+    info = _write_index(folder, [metas[name] for name, _ in tasks], options, manifest_digest, key)
+    return {**info, "written_images": sum(len(rows) for _, rows in todo)}  # this run's share (not in the file)
 
 
 def _write_index(folder: Path, metas: list[dict], options: ShardOptions, manifest_digest: str, key: str) -> dict:
