@@ -2,7 +2,10 @@
 augmentation family, determinism, and pre-training from shards vs loose files on the tiny world."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +18,7 @@ from conftest import cli
 from imagenet_transfer.data import decode, normalise, resize_size
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.shard_loader import augment, crop_params, make_shard_loader, select_shards
-from imagenet_transfer.shards import Records, ShardOptions, ShardSet, find_prepared, write_shards
+from imagenet_transfer.shards import Records, ShardOptions, ShardSet, choose_format, find_prepared, write_shards
 
 SIDE = resize_size(32)  # 36: the side the tiny world's 32 px crops need
 
@@ -288,11 +291,17 @@ def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world
 
 def test_the_pipeline_modules_import_without_mlflow_or_pandas():
     """The GPU benchmark runs where only torch, torchvision, numpy and pillow are installed."""
-    import subprocess
-    import sys
-
     code = ("import sys, imagenet_transfer.shards, imagenet_transfer.shard_loader, imagenet_transfer.engine; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'pandas', 'rich', 'yaml', 'typer'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert done.stdout.strip() == "[]"
+
+
+def test_format_auto_takes_raw_only_when_it_fits_the_ram_share():
+    raw_bytes = 1000 * 256 * 256 * 3
+    assert choose_format(1000, 256, 0.5, ram_bytes=2 * raw_bytes) == "raw"
+    assert choose_format(1000, 256, 0.5, ram_bytes=2 * raw_bytes - 1) == "jpeg"
+    assert choose_format(1000, 256, 0.25, ram_bytes=2 * raw_bytes) == "jpeg"
+    with pytest.raises(UserError, match="unknown shard format 'png'"):
+        ShardOptions(format="png")
