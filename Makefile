@@ -27,3 +27,4 @@ bench: setup
 	python bench/subsets.py
 	python bench/synth.py
 	python bench/throughput.py
+	python bench/input_pipeline.py --device cpu

@@ -186,6 +186,8 @@ def pretrain(
     checkpoint_dir: str = "",
     checkpoint_minutes: float = 5.0,
     max_skipped_fraction: float = 0.001,
+    input_pipeline: Annotated[str, typer.Option(help="auto (shards on CUDA when prepared), loader or shards")] = "auto",
+    shards: Annotated[str, typer.Option(help="prepared shard folder (default: found in the cache by the subset's digest)")] = "",
     model_name: Annotated[str, typer.Option(help="registered model name (default: <arch>-<subset>)")] = "",
     register: Annotated[bool, typer.Option("--register/--no-register")] = True,
     config: Annotated[Optional[Path], typer.Option(help="YAML of these options (CLI options override it)")] = None,
@@ -202,6 +204,31 @@ def pretrain(
     summary = run_pretrain(settings)
     shown = {k: v for k, v in summary.items() if k.startswith("val_") or k in ("model_uri", "run_id")}
     print("\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in shown.items()))
+
+
+# -- prepared shards ------------------------------------------------------------------------------
+@app.command("prepare")
+def prepare(
+    subset: Annotated[str, typer.Option(help="preset name, spec .yaml, subset folder or manifest.parquet")] = "full",
+    source: Annotated[str, typer.Option(help="source for presets/specs (default: the embedded world)")] = "",
+    format: Annotated[str, typer.Option(help="jpeg, raw or auto (raw when it fits in --ram-share of RAM)")] = "auto",
+    short_side: Annotated[Optional[int], typer.Option(help="stored square side in px (default: round(resolution*256/227))")] = None,
+    resolution: Annotated[int, typer.Option(help="the crop the shards serve")] = 227,
+    quality: Annotated[int, typer.Option(help="JPEG quality")] = 90,
+    images_per_shard: int = 1024,
+    ram_share: Annotated[float, typer.Option(help="share of RAM raw shards may take with --format auto")] = 0.5,
+    out: Annotated[Optional[Path], typer.Option(help="shard folder (default: in the cache, by manifest digest + options)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="writer processes (default: one per core)")] = None,
+) -> None:
+    """Prepare a subset's images as shards for fast pre-training input (resumable; logged to MLflow)."""
+    from imagenet_transfer.prepare import run_prepare
+
+    summary = run_prepare(subset, source, format=format, short_side=short_side, resolution=resolution,
+                          quality=quality, images_per_shard=images_per_shard, ram_share=ram_share, out=out,
+                          workers=workers)  # fmt: skip
+    print(f"{summary['format']} {summary['side']}px: {summary['images']:.0f} images, {summary['bytes'] / 2**20:.1f} MiB, "
+          f"{summary['images_per_s']:.0f} images/s{' (already prepared, verified)' if summary['reused'] else ''}")
+    print(summary["folder"])
 
 
 # -- transfer -------------------------------------------------------------------------------------

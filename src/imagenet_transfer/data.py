@@ -38,10 +38,9 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torchvision.transforms.v2.functional as F
 from torch import Tensor
@@ -50,6 +49,9 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.models import architecture, check_resolution, default_resolution
+
+if TYPE_CHECKING:  # pandas is imported where a manifest is read, so the shard pipeline runs without it
+    import pandas as pd
 
 MANIFEST_COLUMNS = ("path", "wnid", "label", "label_wnid", "split")
 SPLITS = ("train", "val")
@@ -242,6 +244,11 @@ class EpochSampler(Sampler):
         per_rank = math.ceil(max(self.n - self.rank, 0) / self.world_size)
         return math.ceil(per_rank / self.batch_size)
 
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (dataset indices, augmentation seeds) this iteration yields, as arrays."""
+        indices = self._indices()
+        return indices, sample_seeds(self.n, self.seed, self.epoch)[indices]
+
     def _indices(self) -> np.ndarray:
         order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
         if self.drop_last:
@@ -320,6 +327,8 @@ class Loader:
 
 def read_manifest(manifest: pd.DataFrame | str | Path) -> pd.DataFrame:
     """A manifest frame, checked for the columns and label values the pipeline needs."""
+    import pandas as pd
+
     if not isinstance(manifest, pd.DataFrame):
         try:
             manifest = pd.read_parquet(manifest)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,11 +99,14 @@ class PretrainConfig:
     checkpoint_dir: str = ""
     checkpoint_minutes: float = 5.0
     max_skipped_fraction: float = 0.001
+    input_pipeline: str = "auto"  # auto (shards on CUDA when prepared) | loader | shards, see shard_loader
+    shards: str = ""  # a prepared shard folder; "" = looked up in the cache by the subset's digest
     model_name: str = ""
     register: bool = True
 
     # fields that do not change what is trained (excluded from the checkpoint key)
-    OPERATIONAL = ("workers", "device", "gpus", "checkpoint_dir", "checkpoint_minutes", "register", "model_name")
+    OPERATIONAL = ("workers", "device", "gpus", "checkpoint_dir", "checkpoint_minutes", "register", "model_name",
+                   "input_pipeline", "shards")
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> PretrainConfig:
@@ -155,6 +159,8 @@ class PretrainConfig:
         need(self.dropout is None or 0 <= self.dropout < 1, f"dropout={self.dropout}: expected 0 <= p < 1")
         need(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: expected auto, cpu or cuda")
         need(self.gpus >= 1, f"gpus={self.gpus}: expected >= 1")
+        need(self.input_pipeline in ("auto", "loader", "shards"),
+             f"input_pipeline={self.input_pipeline!r}: expected auto, loader or shards")
         need(self.coarse_level in COARSE_LEVELS, f"coarse_level={self.coarse_level!r}: expected one of {', '.join(COARSE_LEVELS)}")
         need(self.checkpoint_minutes >= 0, f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0")
         need(0 <= self.max_skipped_fraction <= 1, f"max_skipped_fraction={self.max_skipped_fraction}: expected 0..1")
@@ -327,6 +333,7 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
     from imagenet_transfer.data import default_workers, make_loader
     from imagenet_transfer.engine import evaluate, train_steps
     from imagenet_transfer.models import build_backbone
+    from imagenet_transfer.shard_loader import make_shard_loader, select_shards
 
     manifest = subset.manifest
     num_classes = int(manifest["label"].max()) + 1
@@ -337,10 +344,11 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
     workers = default_workers() if config.workers is None else config.workers
     loader_args = dict(arch=config.arch, resolution=config.resolution, workers=workers, device=device,
                        rank=rank, world_size=world_size, channels_last=True)  # fmt: skip
-    train_loader = make_loader(manifest, "train", batch_size=config.batch_size, train=True, seed=config.seed,
-                               **loader_args)  # fmt: skip
+    shards = select_shards(config.input_pipeline, config.shards, subset.digest, config.resolution, device)
+    build = partial(make_shard_loader, shards) if shards else partial(make_loader, manifest)
+    train_loader = build("train", batch_size=config.batch_size, train=True, seed=config.seed, **loader_args)
     has_val = bool((manifest["split"] == "val").any())
-    val_loader = make_loader(manifest, "val", batch_size=max(config.batch_size, 128), train=False, **loader_args) if has_val and is_main else None
+    val_loader = build("val", batch_size=max(config.batch_size, 128), train=False, **loader_args) if has_val and is_main else None
     per_epoch = len(train_loader)
     total = config.iterations if config.schedule == "iterations" else config.epochs * per_epoch
     epochs = math.ceil(total / per_epoch)
@@ -363,7 +371,8 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
                    "derived.total_iterations": total, "derived.epochs": epochs, "derived.workers": workers,
                    "derived.device": str(device), "derived.world_size": world_size,
                    "derived.global_batch_size": config.batch_size * world_size,
-                   "derived.train_images": int((manifest["split"] == "train").sum())}  # fmt: skip
+                   "derived.train_images": int((manifest["split"] == "train").sum()),
+                   "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader"}  # fmt: skip
         tracking.log_params(derived)
 
     last_save = time.monotonic()
