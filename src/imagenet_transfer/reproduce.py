@@ -397,6 +397,8 @@ def run_grid(
     with tracking.start_run("reproduce", params=params, tags={"grid": plan.grid.name, "scale": plan.profile},
                             run_name=f"reproduce-{plan.grid.name}-{plan.profile}") as grid_run:  # fmt: skip
         grid_id = grid_run.info.run_id
+        client.log_artifact(grid_id, plan.grid.path)  # the grid file as run, and what each experiment asks
+        client.log_dict(grid_id, {e: plan.grid.experiments[e].question for e in params["only"].split(",") if e}, "experiments.json")
         outer = os.environ.pop("MLFLOW_RUN_ID", None)  # steps start runs of their own, not `mlflow run`'s
         try:
 
