@@ -191,12 +191,13 @@ def _series(results: pd.DataFrame, x: str, keep) -> dict[str, pd.DataFrame]:
     out = {}
     for metric, part in picked.groupby("metric", sort=False):
         stats = part.groupby(x)["value"].agg(["mean", "std"]).reset_index().sort_values(x)
-        out[metric] = stats
+        if len(stats) >= 2:  # a metric measured at one point only (e.g. on `full` alone) makes no curve
+            out[metric] = stats
     return out
 
 
-def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> dict[str, str]:
-    """PNG files in `folder`; returns file name -> caption."""
+def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, label: str = "") -> dict[str, str]:
+    """PNG files in `folder` (`label`, e.g. the grid and scale, goes into the titles); returns file name -> caption."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,7 +216,7 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> d
         fig, ax = plt.subplots(figsize=(6, 4))
         for metric, stats in per_class.items():
             ax.errorbar(stats["images_per_class"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=metric)
-        ax.set(xscale="log", xlabel="pre-training images per class", ylabel="transfer metric (%)", title="E1: transfer vs images per class")
+        ax.set(xscale="log", xlabel="pre-training images per class", ylabel="transfer metric (%)", title=f"E1: transfer vs images per class{label}")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         save(fig, "transfer_vs_images_per_class.png", "Transfer vs images per class (E1 and the full set; mean ± std over seeds).")
@@ -229,7 +230,7 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> d
             ax.errorbar(stats["num_classes"], stats["mean"], yerr=stats["std"].fillna(0), marker="s", linestyle="--", capsize=3,
                         label=f"{metric} (E5 fixed budget)")  # fmt: skip
         ax.set(xscale="log", xlabel="number of pre-training classes (labels)", ylabel="transfer metric (%)",
-               title="E2/E3/E5: transfer vs number of classes")  # fmt: skip
+               title=f"E2/E3/E5: transfer vs number of classes{label}")  # fmt: skip
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         save(fig, "transfer_vs_num_classes.png", "Transfer vs number of classes: coarser labels (E2, E3) and a fixed image budget (E5).")
@@ -262,7 +263,8 @@ def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame,
     """Write report.md, report.html, tables/*.csv and plots/*.png into `folder`."""
     (folder / "tables").mkdir(parents=True)
     (folder / "plots").mkdir()
-    plots = plot_results(results, trials, folder / "plots")
+    label = f" ({run.data.params.get('grid_name', '')}, {run.data.params.get('profile', '')})" if run is not None else ""
+    plots = plot_results(results, trials, folder / "plots", label)
     seeds = results["seed"].nunique() if not results.empty else 0
     title = "imagenet-transfer report"
     intro = []
@@ -329,6 +331,7 @@ def write_report(out: str | Path | None = None, *, grid_run_id: str | None = Non
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the report folder
     except OSError as err:
         raise UserError(f"--out {out} cannot be written ({err.strerror}); expected a writable folder") from None
     try:
