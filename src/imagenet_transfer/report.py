@@ -206,6 +206,11 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
     made = {}
 
     def save(fig, name: str, caption: str) -> None:
+        for ax in fig.axes:  # the measured x values as plain numbers on the log axis
+            xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+            if xs:
+                ax.set_xticks(xs, [f"{x:g}" for x in xs])
+                ax.minorticks_off()
         fig.tight_layout()
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)

@@ -458,7 +458,7 @@ def _subset_step(subset: SubsetPlan, source: str, done: dict) -> tuple[Path, dic
     if subset.key in done:
         return folder, done[subset.key], True, 0.0
     found = _find_finished(subset.key)
-    if found is not None and (folder / "subset.json").exists():
+    if found is not None:  # the folder is written again only if a pre-training needs it (_materialise)
         outputs = {"run_id": found.info.run_id, "subset_digest": subset.digest}
         reused = True
     else:
@@ -482,6 +482,7 @@ def _pretrain_step(unit: Unit, folder: Path, done: dict, client) -> tuple[dict, 
     if uri:
         outputs, reused = {"run_id": found.info.run_id, "model_uri": uri}, True
     else:
+        _materialise(unit.subset, unit.pretrain.source, folder)
         with tracking.nested_under(None, {"step_key": key}):
             summary = run_pretrain(dataclasses.replace(unit.pretrain, subset=str(folder)))
         if not summary.get("model_version"):
@@ -491,6 +492,19 @@ def _pretrain_step(unit: Unit, folder: Path, done: dict, client) -> tuple[dict, 
         outputs, reused = {"run_id": summary["run_id"], "model_uri": summary["model_uri"]}, False
     done[key] = outputs
     return outputs, reused, time.monotonic() - started
+
+
+def _materialise(subset: SubsetPlan, source: str, folder: Path) -> None:
+    """Write the subset folder again when its run exists but the cache lost it (same digest, no new run)."""
+    from imagenet_transfer.catalog import load_catalog
+    from imagenet_transfer.subsets import build_subset, write_subset
+
+    if not (folder / "subset.json").exists():
+        built = build_subset(load_catalog(source), subset.spec)
+        if built.digest != subset.digest:
+            raise UserError(f"subset {subset.preset}: the source {source} changed while the grid ran (digest "
+                            f"{built.digest}, planned {subset.digest}); expected an unchanged source")  # fmt: skip
+        write_subset(built, folder, source=source)
 
 
 def _registered_uri(client, run_id: str) -> str | None:
