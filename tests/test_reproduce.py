@@ -140,6 +140,10 @@ def test_other_bad_input_exits_2(tiny_world, tmp_path, capsys):
                       real={"archs": ["vgg"]})  # fmt: skip
     assert cli("reproduce", "--grid", grid) == 2
     assert "unknown backbone/arch 'vgg'" in capsys.readouterr().err
+    grid = write_grid(tmp_path, {"EX": (["voc12_action"], ["full"])}, name="options",
+                      smoke={"archs": ["small"], "pretrain": {"epochz": 1}})  # fmt: skip
+    assert cli("reproduce", "--grid", grid, "--smoke", "--world", tiny_world) == 2
+    assert "scales.smoke.pretrain: expected a mapping of pretrain options" in capsys.readouterr().err
     assert cli("reproduce", "--grid", PAPER, "--smoke", "--world", tiny_world, "--only", "E1,E9") == 2
     assert "--only E9" in capsys.readouterr().err
     assert cli("reproduce", "--grid", PAPER, "--scale", "real") == 2

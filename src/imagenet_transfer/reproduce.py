@@ -35,7 +35,8 @@ from imagenet_transfer.errors import UserError
 
 SCALES = ("world", "real")
 GRID_KEYS = ("name", "description", "seeds", "scales", "experiments")
-SCALE_KEYS = ("world", "source", "archs", "recipe", "quick", "data", "benchmarks")
+SCALE_KEYS = ("world", "source", "archs", "recipe", "quick", "data", "benchmarks", "pretrain")
+GRID_OWNED = ("subset", "source", "arch", "recipe", "seed", "model_name", "register")  # set per step by the grid
 EXPERIMENT_KEYS = ("question", "benchmarks", "variants", "archs")
 STAGES = ("subset", "pretrain", "transfer")
 
@@ -69,6 +70,7 @@ def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file: unknown keys, presets, benchmarks and architectures raise UserError
     naming the file, the entry and the valid choices."""
     from imagenet_transfer.models import ARCHITECTURES
+    from imagenet_transfer.pretrain import PretrainConfig
     from imagenet_transfer.subsets import PAPER_PRESETS, preset
     from imagenet_transfer.transfer.runner import BENCHMARKS
 
@@ -131,6 +133,11 @@ def load_grid(path: str | Path) -> Grid:
         settings["benchmarks"] = benchmarks(f"scales.{profile}", settings.get("benchmarks") or {})
         if "world" in settings and settings["world"] not in ("tiny", "default", "large"):
             fail(f"scales.{profile}.world", f"unknown world size {settings['world']!r}; expected tiny, default or large")
+        pretrain = settings.get("pretrain") or {}
+        valid = [f.name for f in dataclasses.fields(PretrainConfig) if f.name not in GRID_OWNED]
+        if not isinstance(pretrain, dict) or set(pretrain) - set(valid):
+            fail(f"scales.{profile}.pretrain", f"expected a mapping of pretrain options among {', '.join(valid)}")
+        settings["pretrain"] = dict(pretrain)
         data_paths = settings.get("data") or {}
         if not isinstance(data_paths, dict) or any(name not in BENCHMARKS for name in data_paths):
             fail(f"scales.{profile}.data", f"expected a mapping benchmark -> path with benchmarks among {', '.join(BENCHMARKS)}")
@@ -151,6 +158,8 @@ def load_grid(path: str | Path) -> Grid:
             listed = (entry.get("variants") or {}).get(profile)
             if not listed:
                 fail(f"{where}, variants", f"no variants for scale {profile!r}; expected variants for {', '.join(scales)}")
+            if not isinstance(listed, (list, dict)):
+                fail(f"{where}, variants.{profile}", "expected a list of presets or a mapping preset -> paper preset")
             # a list entry that is one of the paper's presets stands for itself
             pairs = listed.items() if isinstance(listed, dict) else ((n, n if n in PAPER_PRESETS else None) for n in listed)
             out = []
@@ -342,8 +351,12 @@ def make_plan(
                 step_key("subset", spec.params(), built.digest),
             )  # fmt: skip
             del built  # a real-scale manifest is large; it is rebuilt when the subset step runs
-        config = PretrainConfig(subset=name, source=source, arch=entry.arch, recipe=entry.recipe, seed=entry.seed,
-                                model_name=f"{grid.name}-{entry.arch}-{name}-s{entry.seed}").resolve()  # fmt: skip
+        try:
+            config = PretrainConfig(subset=name, source=source, arch=entry.arch, recipe=entry.recipe, seed=entry.seed,
+                                    model_name=f"{grid.name}-{entry.arch}-{name}-s{entry.seed}",
+                                    **settings["pretrain"]).resolve()  # fmt: skip
+        except (TypeError, UserError) as err:
+            raise UserError(f"grid file {grid.path}, scales.{profile}.pretrain: {err}") from None
         trained = {k: v for k, v in dataclasses.asdict(config).items()
                    if k not in PretrainConfig.OPERATIONAL + ("subset", "source")}  # fmt: skip
         units.append(Unit(entry.experiment, entry.variant, entry.arch, entry.seed, subsets[name], config,
@@ -430,7 +443,8 @@ def run_grid(
                     if unit.subset.key not in subsets_seen:
                         subsets_seen.add(unit.subset.key)
                         record(unit, "subset", unit.subset.key, outputs, reused, took)
-                    outputs, reused, took = _pretrain_step(unit, folder, done, client)
+                    links = {**tags, "mlflow.parentRunId": grid_id}
+                    outputs, reused, took = _pretrain_step(unit, folder, done, client, device, links)
                     record(unit, "pretrain", unit.pretrain_key, outputs, reused, took)
                     model_uri = outputs["model_uri"]
                     for name, config in unit.benchmarks.items():
@@ -469,7 +483,7 @@ def _subset_step(subset: SubsetPlan, source: str, done: dict) -> tuple[Path, dic
     return folder, outputs, reused, time.monotonic() - started
 
 
-def _pretrain_step(unit: Unit, folder: Path, done: dict, client) -> tuple[dict, bool, float]:
+def _pretrain_step(unit: Unit, folder: Path, done: dict, client, device: str, links: dict[str, str]) -> tuple[dict, bool, float]:
     from imagenet_transfer import tracking
     from imagenet_transfer.pretrain import run_pretrain
 
@@ -484,11 +498,14 @@ def _pretrain_step(unit: Unit, folder: Path, done: dict, client) -> tuple[dict, 
     else:
         _materialise(unit.subset, unit.pretrain.source, folder)
         with tracking.nested_under(None, {"step_key": key}):
-            summary = run_pretrain(dataclasses.replace(unit.pretrain, subset=str(folder)))
+            summary = run_pretrain(dataclasses.replace(unit.pretrain, subset=str(folder), device=device))
         if not summary.get("model_version"):
             raise UserError(f"pre-training of {unit.variant.preset} registered no model; expected register=True")
-        client.set_tag(summary["run_id"], "model_uri", summary["model_uri"])
-        client.set_tag(summary["run_id"], "step_key", key)  # also when it was found already trained
+        run_tags = client.get_run(summary["run_id"]).data.tags
+        # a DDP pre-training runs in torchrun's processes, outside this grid's nesting: link it here
+        for name, value in {**links, "step_key": key, "model_uri": summary["model_uri"]}.items():
+            if name not in run_tags or name in ("step_key", "model_uri"):
+                client.set_tag(summary["run_id"], name, value)
         outputs, reused = {"run_id": summary["run_id"], "model_uri": summary["model_uri"]}, False
     done[key] = outputs
     return outputs, reused, time.monotonic() - started
