@@ -92,3 +92,24 @@ def test_a_report_into_a_non_empty_folder_or_of_a_wrong_run_exits_2(grid_run, tm
     assert "expected a reproduce run" in capsys.readouterr().err
     assert len(mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'report'")) == before
     assert not (tmp_path / "r2").exists() and not running()
+
+
+def test_an_experiment_without_the_full_variant_is_compared_to_the_grids_full_runs():
+    from imagenet_transfer.report import RESULT_COLUMNS, display_rows, experiment_results, experiment_table
+
+    def row(experiment, variant, seed, value, run_id, metric="voc12_action_map"):
+        return dict(zip(RESULT_COLUMNS, [experiment, variant, variant if variant == "full" else None, seed, "small",
+                                         "voc12_action", 200, 240, run_id, metric, value]))  # fmt: skip
+
+    results = pd.DataFrame([
+        row("E1", "full", 0, 50.0, "a", "voc07_map"), row("E2", "full", 0, 60.0, "b"), row("E2", "full", 1, 64.0, "c"),
+        row("E7", "full", 0, 60.0, "b"),  # the same run listed by two experiments counts once
+        row("E5", "e5-budget-12000-classes-50", 0, 55.0, "d"), row("E5", "e5-budget-12000-classes-50", 1, 57.0, "e"),
+    ])  # fmt: skip
+    part = experiment_results(results, "E5")
+    table = experiment_table(part).set_index("variant")
+    assert table.loc["full", "voc12_action_map_mean"] == 62.0 and table.loc["full", "voc12_action_map_n"] == 2
+    assert table.loc["e5-budget-12000-classes-50", "voc12_action_map_delta"] == pytest.approx(-6.0)
+    assert "voc07_map_mean" not in table.columns  # only the experiment's own metrics
+    header, rows = display_rows(experiment_table(part), ["voc12_action_map"])
+    assert rows[1][3:6] == [f"56.00 ± {statistics.stdev([55.0, 57.0]):.2f}", "-6.00", NOT_PUBLISHED]

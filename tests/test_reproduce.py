@@ -158,3 +158,16 @@ def test_other_bad_input_exits_2(tiny_world, tmp_path, capsys):
 
         parse_data(["voc07_det"])
     assert not running()
+
+
+def test_the_entry_point_takes_mlproject_style_arguments(capsys):
+    from imagenet_transfer.cli import run_entrypoint
+
+    argv = ["--grid", str(PAPER), "--scale", "world", "--smoke", "true", "--seeds", "", "--only", "E1,E9",
+            "--source", "", "--data", "voc07_det=/a,sun397=/b", "--device", "auto"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        run_entrypoint(["reproduce"], argv)
+    assert exit_.value.code == 2 and "--only E9" in capsys.readouterr().err  # every argument parsed, --only refused
+    with pytest.raises(SystemExit) as exit_:
+        run_entrypoint(["reproduce"], ["--grid", str(PAPER), "--smoke", "false", "--only", "E1", "--data", "voc99=/x"])
+    assert exit_.value.code == 2 and "--data 'voc99=/x'" in capsys.readouterr().err

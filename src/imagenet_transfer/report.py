@@ -151,6 +151,17 @@ def experiment_table(results: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def experiment_results(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The experiment's rows; when it has no `full` variant (E5, E7 at real scale), the grid's `full` runs
+    of the same metrics come first, so its deltas are to the full-data baseline too."""
+    part = results[results["experiment"] == experiment]
+    if (part["variant"] == BASELINE).any():
+        return part
+    base = results[(results["variant"] == BASELINE) & results["metric"].isin(set(part["metric"]))]
+    base = base.drop_duplicates(["run_id", "metric"]).assign(experiment=experiment)
+    return pd.concat([base, part], ignore_index=True) if not base.empty else part
+
+
 def published(paper_variant: str | None, metric: str) -> str:
     """What PAPER.md publishes for this variant and metric, or "not published"."""
     value = PUBLISHED.get((paper_variant, metric)) if paper_variant else None
@@ -283,7 +294,7 @@ def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame,
                  f"world), “{NOT_PUBLISHED}” where none is known.")  # fmt: skip
     md, body = [f"# {title}", "", *intro, ""], [f"<h1>{title}</h1>", *(f"<p>{html.escape(t)}</p>" for t in intro)]
     for exp_id in dict.fromkeys(results["experiment"]) if not results.empty else []:
-        part = results[results["experiment"] == exp_id]
+        part = experiment_results(results, exp_id)
         table = experiment_table(part)
         metrics = list(dict.fromkeys(part["metric"]))
         table.to_csv(folder / "tables" / f"{exp_id}.csv", index=False)
