@@ -11,7 +11,7 @@ from conftest import cli
 from imagenet_transfer import tracking
 from imagenet_transfer.report import NOT_PUBLISHED, published
 from imagenet_transfer.reproduce import reproduce
-from test_reproduce import running, write_grid
+from test_reproduce import grid_store, grid_tracking_uri, running, write_grid  # noqa: F401 (fixtures)
 
 
 def test_published_numbers_are_the_papers_and_nothing_else():
@@ -23,7 +23,7 @@ def test_published_numbers_are_the_papers_and_nothing_else():
 
 
 @pytest.fixture(scope="module")
-def grid_run(tiny_world, tmp_path_factory, tracking_uri):
+def grid_run(tiny_world, tmp_path_factory, tracking_uri, grid_tracking_uri):
     """A 2-seed smoke grid and one budget-study trial, in the tests' store (set here: module scope runs
     before the per-test isolation)."""
     import torch
@@ -33,7 +33,7 @@ def grid_run(tiny_world, tmp_path_factory, tracking_uri):
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGENET_TRANSFER_CACHE", str(folder / "cache"))
-        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        mp.setenv("MLFLOW_TRACKING_URI", grid_tracking_uri)
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             mp.delenv(var, raising=False)
         torch.set_num_threads(1)
@@ -44,6 +44,7 @@ def grid_run(tiny_world, tmp_path_factory, tracking_uri):
         with tracking.start_run("trial", params={"budget": 240, "num_classes": 20, "images_per_class": 12},
                                 tags={"study_name": "budget-240", "trial_number": "0"}):  # fmt: skip
             mlflow.log_metric("objective", 41.5)
+    mlflow.set_tracking_uri(tracking_uri)
     return summary
 
 

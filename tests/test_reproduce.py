@@ -15,6 +15,22 @@ from imagenet_transfer.reproduce import expand, load_grid, make_plan, reproduce
 PAPER = REPO / "configs" / "paper.yaml"
 
 
+@pytest.fixture(scope="session")
+def grid_tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('grid-mlruns') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def grid_store(isolated, monkeypatch, tracking_uri, grid_tracking_uri):
+    """Grid tests write to a store of their own: they make many runs that other modules' searches must not see."""
+    from imagenet_transfer import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", grid_tracking_uri)
+    tracking.configure()
+    yield
+    mlflow.set_tracking_uri(tracking_uri)
+
+
 def write_grid(tmp_path, experiments, name="test-grid", **scales):
     """A grid file whose every scale profile uses the same variants (the tests run its smoke profile)."""
     profiles = {"world": {"archs": ["small"]}, "smoke": {"archs": ["small"], "recipe": "smoke"}, "real": {"archs": ["small"]}}
@@ -65,7 +81,8 @@ def test_the_shipped_grid_validates_and_expands_at_every_scale(tiny_world):
 
 
 def test_a_smoke_grid_run_twice_does_no_work_the_second_time(tiny_world, tmp_path, one_thread):
-    grid = write_grid(tmp_path, {"EA": (["voc12_action"], ["full", "e3-127"]), "EB": (["voc12_action"], ["full"])})
+    grid = write_grid(tmp_path, {"EA": (["voc12_action"], ["full", "e3-127"]), "EB": (["voc12_action"], ["full"])},
+                      smoke={"archs": ["small"], "pretrain": {"iterations": 3}})  # fmt: skip
     before = {stage: len(runs(stage)) for stage in ("subset", "pretrain", "transfer")}
     started = time.monotonic()
     first = reproduce(grid, smoke=True, world=tiny_world, device="cpu")
@@ -96,7 +113,8 @@ def test_a_smoke_grid_run_twice_does_no_work_the_second_time(tiny_world, tmp_pat
 
 
 def test_an_interrupted_grid_resumes_where_it_stopped(tiny_world, tmp_path, one_thread):
-    grid = write_grid(tmp_path, {"EC": (["voc12_action"], ["e1-6", "e2-79"])}, name="interrupted")
+    grid = write_grid(tmp_path, {"EC": (["voc12_action"], ["e1-6", "e2-79"])}, name="interrupted",
+                      smoke={"archs": ["small"], "pretrain": {"iterations": 2}})  # fmt: skip
 
     def stop_after_first_pretrain(record):
         if record["stage"] == "pretrain":

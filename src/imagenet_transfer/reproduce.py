@@ -399,6 +399,7 @@ def run_grid(
     from imagenet_transfer import tracking
 
     console = Console(stderr=True)
+    tracking.configure()
     client = mlflow.MlflowClient()
     params = {"grid": plan.grid.path, "grid_name": plan.grid.name, "scale": plan.scale, "profile": plan.profile,
               "smoke": plan.smoke, "seeds": plan.seeds, "only": ",".join(dict.fromkeys(u.experiment for u in plan.units)),
