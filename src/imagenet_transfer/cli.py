@@ -311,21 +311,59 @@ def budget_study(
     summary = run_study(config, create_only=create_only)
     print("\n".join(f"{k}: {v}" for k, v in summary.items()))
 
+
+# -- the paper grid and its report ----------------------------------------------------------------
+@app.command("reproduce")
+def reproduce(
+    grid: Annotated[Path, typer.Option(help="grid file (experiments x variants x backbones x seeds x benchmarks)")] = Path("configs/paper.yaml"),
+    scale: Annotated[str, typer.Option(help="world (the embedded world) or real (--source and --data paths)")] = "world",
+    smoke: Annotated[bool, typer.Option("--smoke", help="a toy size of every step (tiny world, smoke recipe, quick benchmarks)")] = False,
+    seeds: Annotated[Optional[int], typer.Option(help="pre-train every variant with seeds 0..N-1 (default: the grid's)")] = None,
+    only: Annotated[str, typer.Option(help="comma-separated experiments, e.g. E1,E3 (default: all)")] = "",
+    source: Annotated[str, typer.Option(help="pre-training source (required at --scale real)")] = "",
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="BENCHMARK=PATH of a benchmark's data (repeatable)")] = None,
+    world: Annotated[Optional[Path], typer.Option(help="a generated world folder instead of the scale's")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Run the paper grid end to end, skipping every step whose result already exists."""
+    from imagenet_transfer.reproduce import parse_data
+    from imagenet_transfer.reproduce import reproduce as run_reproduce
+
+    summary = run_reproduce(grid, scale=scale, smoke=smoke, seeds=seeds, only=[e for e in only.split(",") if e] or None,
+                            source=source, data=parse_data(data), world=world, device=device)  # fmt: skip
+    print(f"grid run {summary['run_id']}: {summary['steps_run']:.0f} steps run, {summary['steps_reused']:.0f} reused, "
+          f"{summary['seconds_total']:.1f} s (subset {summary['seconds_subset']:.1f}, pretrain "
+          f"{summary['seconds_pretrain']:.1f}, transfer {summary['seconds_transfer']:.1f})")  # fmt: skip
+
+
+@app.command("report")
+def report(
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default: reports/<UTC timestamp>)")] = None,
+    grid_run: Annotated[str, typer.Option(help="the reproduce run to report (default: the newest)")] = "",
+) -> None:
+    """Tables per experiment beside the paper's numbers, plots, Markdown + HTML; logged as a report run."""
+    from imagenet_transfer.report import write_report
+
+    folder = write_report(out, grid_run_id=grid_run or None)
+    print(folder)
+
+
 def run_entrypoint(command: list[str], argv: list[str]) -> None:
     """Run `command` with MLproject-style `--name value` pairs, dropping empty (unset) values.
 
-    `--set "a=1,b=2"` becomes `--set a=1 --set b=2`; `--quick true|false` becomes the flag or nothing.
+    `--set "a=1,b=2"` becomes `--set a=1 --set b=2`; `--quick true|false` (and `--smoke`) becomes the flag or
+    nothing; `--data "a=x,b=y"` becomes `--data a=x --data b=y`.
     """
     args = list(command)
     for i in range(0, len(argv) - 1, 2):
         name, value = argv[i], argv[i + 1]
         if value == "":
             continue
-        if name == "--set":
+        if name in ("--set", "--data"):
             for item in _split_settings(value):
-                args += ["--set", item]
-        elif name == "--quick":
-            args += ["--quick"] if value.lower() in ("true", "1", "yes") else []
+                args += [name, item]
+        elif name in ("--quick", "--smoke"):
+            args += [name] if value.lower() in ("true", "1", "yes") else []
         else:
             args += [name, value]
     main(args)

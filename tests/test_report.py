@@ -1,0 +1,116 @@
+"""The report: tables from MLflow with mean ± std over seeds (checked by hand), deltas, the paper's numbers
+or "not published", plots, Markdown + self-contained HTML, a report run; bad input."""
+
+import statistics
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import cli
+from imagenet_transfer import tracking
+from imagenet_transfer.report import NOT_PUBLISHED, published
+from imagenet_transfer.reproduce import reproduce
+from test_reproduce import grid_store, grid_tracking_uri, running, write_grid  # noqa: F401 (fixtures)
+
+
+def test_published_numbers_are_the_papers_and_nothing_else():
+    assert published("full", "voc07_map") == "58.3"
+    assert published("e1-500", "voc07_map") == "57.0 (Δ -1.3)" and published("e1-250", "voc07_map") == "54.6 (Δ -3.7)"
+    assert "−2.8" in published("e3-127", "voc07_map")
+    assert published("e1-125", "voc07_map") == NOT_PUBLISHED  # the paper's table value was never recovered
+    assert published("full", "voc12_action_map") == NOT_PUBLISHED and published(None, "voc07_map") == NOT_PUBLISHED
+
+
+@pytest.fixture(scope="module")
+def grid_run(tiny_world, tmp_path_factory, tracking_uri, grid_tracking_uri):
+    """A 2-seed smoke grid and one budget-study trial, in the tests' store (set here: module scope runs
+    before the per-test isolation)."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("grid")
+    grid = write_grid(folder, {"ER": (["voc12_action"], ["full", "e3-127"])}, name="report-grid")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGENET_TRANSFER_CACHE", str(folder / "cache"))
+        mp.setenv("MLFLOW_TRACKING_URI", grid_tracking_uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        torch.set_num_threads(1)
+        try:
+            summary = reproduce(grid, smoke=True, seeds=2, world=tiny_world, device="cpu")
+        finally:
+            torch.set_num_threads(threads)
+        with tracking.start_run("trial", params={"budget": 240, "num_classes": 20, "images_per_class": 12},
+                                tags={"study_name": "budget-240", "trial_number": "0"}):  # fmt: skip
+            mlflow.log_metric("objective", 41.5)
+    mlflow.set_tracking_uri(tracking_uri)
+    return summary
+
+
+def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, tmp_path):
+    assert cli("report", "--out", tmp_path / "rep", "--grid-run", grid_run["run_id"]) == 0
+    values = {}
+    for record in grid_run["records"]:
+        if record["stage"] == "transfer":
+            metric = mlflow.get_run(record["run_id"]).data.metrics["voc12_action_map"]
+            values.setdefault(record["variant"], []).append(metric)
+    assert {v: len(x) for v, x in values.items()} == {"full": 2, "e3-127": 2}
+    mean = {v: statistics.mean(x) for v, x in values.items()}
+    std = {v: statistics.stdev(x) for v, x in values.items()}
+    markdown = (tmp_path / "rep" / "report.md").read_text()
+    assert "## ER: question of ER" in markdown
+    assert f"| full | 40 | 24 | {mean['full']:.2f} ± {std['full']:.2f} | — | {NOT_PUBLISHED} |" in markdown
+    delta = mean["e3-127"] - mean["full"]
+    assert f"| e3-127 | 10 | 24 | {mean['e3-127']:.2f} ± {std['e3-127']:.2f} | {delta:+.2f} | {NOT_PUBLISHED} |" in markdown
+    table = pd.read_csv(tmp_path / "rep" / "tables" / "ER.csv").set_index("variant")
+    assert table.loc["e3-127", "voc12_action_map_mean"] == pytest.approx(mean["e3-127"])
+    assert table.loc["full", "voc12_action_map_std"] == pytest.approx(std["full"])
+    assert table.loc["e3-127", "voc12_action_map_n"] == 2
+
+    plots = {p.name for p in (tmp_path / "rep" / "plots").iterdir()}
+    assert plots == {"transfer_vs_num_classes.png", "budget_study_classes_vs_objective.png"}  # no E1 variant: no E1 curve
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(plots) and 'src="plots/' not in page  # self-contained
+    assert f"{mean['e3-127']:.2f} ± {std['e3-127']:.2f}" in page
+
+    (report_run,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                       filter_string=f"tags.stage = 'report' and tags.grid_run_id = '{grid_run['run_id']}'")  # fmt: skip
+    assert report_run.info.status == "FINISHED"
+    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=report_run.info.run_id)}
+    assert {"report.md", "report.html", "plots", "tables"} <= logged
+    assert not running()
+
+
+def test_a_report_into_a_non_empty_folder_or_of_a_wrong_run_exits_2(grid_run, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file.txt").write_text("x")
+    before = len(mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'report'"))
+    assert cli("report", "--out", tmp_path / "taken") == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    pretrain_run = next(r["run_id"] for r in grid_run["records"] if r["stage"] == "pretrain")
+    assert cli("report", "--out", tmp_path / "r2", "--grid-run", pretrain_run) == 2
+    assert "expected a reproduce run" in capsys.readouterr().err
+    assert len(mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'report'")) == before
+    assert not (tmp_path / "r2").exists() and not running()
+
+
+def test_an_experiment_without_the_full_variant_is_compared_to_the_grids_full_runs():
+    from imagenet_transfer.report import RESULT_COLUMNS, display_rows, experiment_results, experiment_table
+
+    def row(experiment, variant, seed, value, run_id, metric="voc12_action_map"):
+        return dict(zip(RESULT_COLUMNS, [experiment, variant, variant if variant == "full" else None, seed, "small",
+                                         "voc12_action", 200, 240, run_id, metric, value]))  # fmt: skip
+
+    results = pd.DataFrame([
+        row("E1", "full", 0, 50.0, "a", "voc07_map"), row("E2", "full", 0, 60.0, "b"), row("E2", "full", 1, 64.0, "c"),
+        row("E7", "full", 0, 60.0, "b"),  # the same run listed by two experiments counts once
+        row("E5", "e5-budget-12000-classes-50", 0, 55.0, "d"), row("E5", "e5-budget-12000-classes-50", 1, 57.0, "e"),
+    ])  # fmt: skip
+    part = experiment_results(results, "E5")
+    table = experiment_table(part).set_index("variant")
+    assert table.loc["full", "voc12_action_map_mean"] == 62.0 and table.loc["full", "voc12_action_map_n"] == 2
+    assert table.loc["e5-budget-12000-classes-50", "voc12_action_map_delta"] == pytest.approx(-6.0)
+    assert "voc07_map_mean" not in table.columns  # only the experiment's own metrics
+    header, rows = display_rows(experiment_table(part), ["voc12_action_map"])
+    assert rows[1][3:6] == [f"56.00 ± {statistics.stdev([55.0, 57.0]):.2f}", "-6.00", NOT_PUBLISHED]
