@@ -85,7 +85,7 @@ def test_learning_rate_schedules():
     assert PretrainConfig(recipe="paper-epochs", iterations=10).resolve().schedule == "iterations"
 
 
-def test_a_corrupt_image_is_skipped_and_counted_up_to_a_threshold(tiny_world, tmp_path):
+def test_a_corrupt_image_is_skipped_and_counted_up_to_a_threshold(tiny_world, tmp_path, one_thread):
     from imagenet_transfer.catalog import load_catalog
     from imagenet_transfer.subsets import build_subset, preset, write_subset
 
