@@ -208,7 +208,8 @@ def sun_image(world: World, scene: int, rng: np.random.Generator) -> bytes:
             members = other["members"][int(rng.integers(3))]
         tr = world.traits[members[int(rng.integers(len(members)))]]
         scale = h * draw.SS * rng.uniform(0.17, 0.27) * (0.8 if tr.family == FIGURE else 1.0)
-        m = draw.transform(rng.normal(0, 0.3 if tr.family != FIGURE else 0.08), rng.random() < 0.5, scale,
-                           (slot + rng.uniform(0.3, 0.7)) / n * w * draw.SS, rng.uniform(0.3, 0.7) * h * draw.SS)  # fmt: skip
+        angle, flip = rng.normal(0, 0.3 if tr.family != FIGURE else 0.08), rng.random() < 0.5
+        cx, cy = (slot + rng.uniform(0.3, 0.7)) / n * w * draw.SS, rng.uniform(0.3, 0.7) * h * draw.SS
+        m = draw.transform(angle, flip, scale, cx, cy)
         draw.draw_object(canvas, tr, m, rng, scale)
     return draw.finish(canvas, rng)
