@@ -1,14 +1,17 @@
 """Does pre-training transfer on the embedded world? Pre-trained vs randomly initialised backbone, all benchmarks.
 
     python bench/transfer_gap.py [--backbone models:/small-full@current] [--baseline random:small@32] [--quick]
+                                 [--only voc12_action,sun397,probe]
 
 Pre-trains the default backbone first when `--backbone` is not registered yet (the `world` recipe, ~2 min),
 then runs every transfer benchmark (default configs, the default embedded world) on it and on the baseline,
 each as an MLflow run, and prints one table: a column per backbone and the difference. Takes ~15 min on 2
-CPU cores (detection dominates); `--quick` runs the toy size of everything in ~1 min.
+CPU cores (detection dominates); `--only` runs the listed benchmarks; `--quick` runs the toy size of
+everything in ~1 min. Each benchmark's wall time is printed too.
 """
 
 import argparse
+import time
 
 import mlflow
 
@@ -25,7 +28,12 @@ def main() -> None:
     parser.add_argument("--baseline", default="random:small@32")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; expected some of {', '.join(BENCHMARKS)}")
 
     tracking.configure()
     try:
@@ -35,16 +43,20 @@ def main() -> None:
             from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
 
             run_pretrain(PretrainConfig())
-    results = {}
+    results, seconds = {}, {}
     for backbone in (args.backbone, args.baseline):
-        for name in BENCHMARKS:
+        for name in names:
+            started = time.perf_counter()
             metrics = run_benchmark(name, backbone, make_config(name, quick=args.quick), device=args.device)
+            seconds[(backbone, name)] = time.perf_counter() - started
             results.setdefault(backbone, {}).update(metrics)
     a, b = results[args.backbone], results[args.baseline]
     print(f"\n{'metric':22s} {args.backbone:>28s} {args.baseline:>18s} {'difference':>11s}")
     for key in HEADLINE:
         if key in a and key in b:
             print(f"{key:22s} {a[key]:28.2f} {b[key]:18.2f} {a[key] - b[key]:+11.2f}")
+    for name in names:
+        print(f"{name + ' (s)':22s} {seconds[(args.backbone, name)]:28.1f} {seconds[(args.baseline, name)]:18.1f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from PIL import Image
 from imagenet_transfer.catalog import load_catalog
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.synthetic import SIZES, default_world_dir, generate, read_world, verify_world
-from imagenet_transfer.synthetic.plan import choose_classes
+from imagenet_transfer.synthetic.plan import SCENE_NAMES, choose_classes, scene_recipes
 from imagenet_transfer.synthetic.traits import FIGURE, GRAIN, model, traits_for
 from imagenet_transfer.taxonomy import PASCAL_SYNSETS, load_taxonomy
 
@@ -171,6 +171,19 @@ def test_traits_are_inherited_down_the_tree():
     assert model(0).decider(cow, GRAIN["leaf"])[0] == cow
     other = traits_for(dogs, seed=1)
     assert [other[w] for w in dogs] != [traits[w] for w in dogs]
+
+
+@pytest.mark.parametrize("size", ["tiny", "default"])
+def test_scenes_hold_the_kinds_of_objects_pretraining_teaches(size):
+    tax, preset = load_taxonomy(), SIZES[size]
+    label = tax.labels("top-down", 127)
+    classes = choose_classes(tax, preset, 0)
+    scenes = scene_recipes(tax, preset.scenes, 0, classes)
+    assert [s["name"] for s in scenes] == list(SCENE_NAMES[: preset.scenes])
+    assert all(set(s["groups"]) <= {label[w] for w in classes} for s in scenes)  # groups of the world's classes
+    assert all(label[w] == g for s in scenes for g, ws in zip(s["groups"], s["members"]) for w in ws)
+    assert all(len(ws) >= 3 for s in scenes for ws in s["members"])
+    assert all(len(set(a["groups"]) & set(b["groups"])) <= 1 for a, b in itertools.combinations(scenes, 2))
 
 
 def test_classes_under_the_same_coarse_ancestor_look_more_alike(pixels):

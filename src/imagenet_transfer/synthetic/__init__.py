@@ -4,7 +4,7 @@
     root = generate(size="tiny", seed=0)                # Path of the world (cached: found again in < 1 s)
     world = read_world(root)                            # world.json, after cheap completeness checks
 
-Output (a folder, by default `cache_dir()/worlds/v1-<size>-r<px>-s<seed>`):
+Output (a folder, by default `cache_dir()/worlds/v2-<size>-r<px>-s<seed>`):
   imagenet/{train,val}/<wnid>/<wnid>_<n>.JPEG      pre-training source (catalogued on creation)
   VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}     detection, 20 PASCAL classes
   VOCdevkit/VOC2012/{JPEGImages,Annotations,ImageSets/Action}   action classification, 10 actions
@@ -44,10 +44,15 @@ Targets, drawn by the same machinery (render.py):
     objects placed relative to the joints: phone at the hand, camera at the face, book, instrument,
     computer on a table, bicycle or horse under the hips (ILSVRC classes drawn by their traits).
   - SUN397: scene classes carry real SUN397 names; each is defined by three object groups (top-down
-    127-class labels); 80 % of a scene's 3-6 objects come from its groups, the rest from other
-    scenes' groups. Background layouts are drawn from one pool shared by all scenes, so a scene is
-    recognised by which objects co-occur, not by its layout. (Names are labels only: a "kitchen" may
-    hold snakes.)
+    127-class labels of the world's own classes: the kinds of objects pre-training teaches); 85 % of
+    a scene's 2-4 objects come from its groups (any ILSVRC class of the group, mostly ones the
+    pre-training set does not hold), the rest from other scenes' groups. Two scenes share at most one
+    group, and background layouts are drawn from one pool shared by all scenes, so a scene is
+    recognised by which kinds of objects co-occur, not by its layout or by one object. Objects are as
+    large relative to the scene's height as ImageNet objects are in theirs, so they stay recognisable
+    when the whole scene is resized to a backbone's input. Default world: 100 images per scene, i.e.
+    50 train + 50 test per partition as in real SUN397. (Names are labels only: a "kitchen" may hold
+    snakes.)
 
 What it is not: a stand-in for ImageNet's numbers. It makes the paper's questions answerable in
 minutes (coarse vs fine labels, related vs unrelated classes, more classes vs more images), with the

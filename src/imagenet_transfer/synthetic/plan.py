@@ -28,7 +28,7 @@ class WorldSize:
     voc_images: int  # VOC2007 images (half trainval, half test)
     action_images: int  # VOC2012 action images (half train, half val)
     scenes: int  # SUN397 classes
-    scene_images: int  # images per scene class (each partition: half train, half test)
+    scene_images: int  # images per scene class (each partition: half train, half test; real SUN397: 50 + 50)
     partitions: int  # SUN397 partitions written
 
 
@@ -36,7 +36,7 @@ SIZES: dict[str, WorldSize] = {
     "tiny": WorldSize(classes=40, groups=10, train=24, val=6, resolution=32, voc_images=48,
                       action_images=40, scenes=6, scene_images=10, partitions=3),
     "default": WorldSize(classes=200, groups=40, train=240, val=20, resolution=64, voc_images=800,
-                         action_images=500, scenes=24, scene_images=40, partitions=10),
+                         action_images=500, scenes=24, scene_images=100, partitions=10),
     "large": WorldSize(classes=500, groups=90, train=600, val=50, resolution=96, voc_images=3000,
                        action_images=2000, scenes=40, scene_images=100, partitions=10),
 }  # fmt: skip
@@ -131,18 +131,21 @@ def voc_pools(tax: Taxonomy) -> dict[str, list[str]]:
     return {c: overlap[c] or [PASCAL_SYNSETS[c]] for c in VOC_CLASSES}
 
 
-def scene_recipes(tax: Taxonomy, count: int, seed: int) -> list[dict]:
+def scene_recipes(tax: Taxonomy, count: int, seed: int, classes: list[str]) -> list[dict]:
     """Each scene class: a real SUN397 name and three object groups that characterise it.
 
-    Groups are top-down 127-class labels with at least three ILSVRC classes; two scenes share at
-    most one group, so a scene is told apart by WHICH objects co-occur, not by any single one.
+    Groups are top-down 127-class labels of the world's own classes (the kinds of objects pre-training
+    teaches) with at least three ILSVRC classes; a scene's objects are drawn from every ILSVRC class of
+    its groups (mostly classes pre-training never shows: the same kinds, other species). Two scenes
+    share at most one group, so a scene is told apart by WHICH objects co-occur, not by any single one.
     """
     rng = random.Random(f"scenes/{seed}")
     label = tax.labels("top-down", 127)
     members: dict[str, list[str]] = {}
     for w in tax.classes:
         members.setdefault(label[w], []).append(w)
-    pool = sorted(g for g, ws in members.items() if len(ws) >= 3)
+    taught = {label[w] for w in classes}
+    pool = sorted(g for g, ws in members.items() if len(ws) >= 3 and g in taught)
     recipes: list[dict] = []
     for name in SCENE_NAMES[:count]:
         for _ in range(1000):

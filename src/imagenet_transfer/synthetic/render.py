@@ -190,20 +190,26 @@ def action_image(world: World, rng: np.random.Generator, persons_of_class: list[
 
 # -- SUN397 ----------------------------------------------------------------------------------------
 def sun_image(world: World, scene: int, rng: np.random.Generator) -> bytes:
-    """A scene: a background layout shared by all classes, and objects mostly from the scene's groups."""
+    """A scene: a background layout shared by all classes, and 2-4 objects mostly from the scene's groups.
+
+    Objects are as large, relative to the scene's height, as ImageNet objects are to their image, and
+    spread across the width, so that at a benchmark's input size (the whole scene resized to the
+    backbone's resolution) each is as recognisable as in pre-training."""
     w, h = world.scene_size
     canvas = draw.background(rng, w * draw.SS, h * draw.SS)
     draw.clutter(canvas, rng, int(rng.integers(2, 6)), h * draw.SS * 0.1)
     recipe = world.scenes[scene]
-    for _ in range(int(rng.integers(3, 7))):
-        if rng.random() < 0.8:
-            members = recipe["members"][int(rng.integers(3))]
+    n = int(rng.integers(2, 5))
+    for k, slot in enumerate(rng.permutation(n)):
+        if rng.random() < 0.85:
+            members = recipe["members"][(k + int(rng.integers(3))) % 3 if k else int(rng.integers(3))]
         else:
             other = world.scenes[int(rng.integers(len(world.scenes)))]  # objects of other scenes too
             members = other["members"][int(rng.integers(3))]
         tr = world.traits[members[int(rng.integers(len(members)))]]
-        scale = h * draw.SS * rng.uniform(0.09, 0.2)
-        m = draw.transform(rng.normal(0, 0.3), rng.random() < 0.5, scale,
-                           rng.uniform(0.05, 0.95) * w * draw.SS, rng.uniform(0.1, 0.9) * h * draw.SS)  # fmt: skip
+        scale = h * draw.SS * rng.uniform(0.17, 0.27) * (0.8 if tr.family == FIGURE else 1.0)
+        angle, flip = rng.normal(0, 0.3 if tr.family != FIGURE else 0.08), rng.random() < 0.5
+        cx, cy = (slot + rng.uniform(0.3, 0.7)) / n * w * draw.SS, rng.uniform(0.3, 0.7) * h * draw.SS
+        m = draw.transform(angle, flip, scale, cx, cy)
         draw.draw_object(canvas, tr, m, rng, scale)
     return draw.finish(canvas, rng)

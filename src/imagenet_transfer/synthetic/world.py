@@ -28,7 +28,7 @@ from imagenet_transfer.synthetic.traits import traits_for
 from imagenet_transfer.taxonomy import load_taxonomy
 
 GENERATOR = "imagenet_transfer.synthetic"
-VERSION = 1
+VERSION = 2  # 2: SUN397 scenes of the pre-training groups, 2-4 large objects, 100 images per scene
 # Top-level folders of a world; each gets a file count, byte count and digest in world.json.
 GROUPS = ("imagenet", "VOCdevkit/VOC2007", "VOCdevkit/VOC2012", "SUN397", "Partitions")
 PARTS = {"imagenet": "imagenet", "voc2007": "VOCdevkit/VOC2007", "voc2012": "VOCdevkit/VOC2012",
@@ -178,7 +178,7 @@ def _build(tmp: Path, preset, options: dict, progress: bool) -> dict:
     seed, res = options["seed"], options["resolution"]
     classes = choose_classes(tax, preset, seed)
     pools = voc_pools(tax)
-    scenes = scene_recipes(tax, preset.scenes, seed)
+    scenes = scene_recipes(tax, preset.scenes, seed, classes)
     needed = set(classes) | {w for ws in pools.values() for w in ws} | {w for ws in ACTION_PROPS.values() for w in ws}
     needed |= {TABLE} | {w for s in scenes for ms in s["members"] for w in ms}
     world = render.World(seed, res, traits_for(sorted(needed), seed), classes, pools, scenes)
