@@ -14,7 +14,7 @@ VECTOR_DIMS = {  # arch → widths of pool5, fc6, fc7 at the default resolution
     "alexnet": (9216, 4096, 4096),
     "resnet18": (512, None, None),
     "resnet50": (2048, None, None),
-    "small": (1536, 384, 384),
+    "small": (2048, 512, 512),
 }
 
 
@@ -77,7 +77,7 @@ def test_small_takes_low_resolutions(resolution):
     assert net.trunk[0].weight.grad is not None
     with torch.no_grad():
         feats = net.eval().features(x)
-    assert {k: tuple(v.shape) for k, v in feats.items()} == {"pool5": (4, 1536), "fc6": (4, 384), "fc7": (4, 384)}
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {"pool5": (4, 2048), "fc6": (4, 512), "fc7": (4, 512)}
 
 
 def test_dropout_defaults_and_override():

@@ -87,7 +87,7 @@ def test_features_fill_rows_in_order_and_are_cached(net, tiny_world):
     paths = sorted(str(p) for p in (tiny_world / "SUN397").rglob("*.jpg"))[:12]
     first = extract_features(net, paths, ("pool5", "fc7"), batch_size=5)
     assert not first.from_cache
-    assert first.arrays["fc7"].shape == (12, 384) and first.arrays["pool5"].shape == (12, 96 * 16)
+    assert first.arrays["fc7"].shape == (12, 512) and first.arrays["pool5"].shape == (12, 128 * 16)
     again = extract_features(net, paths, ("fc7", "pool5"), batch_size=7)
     assert again.from_cache and np.array_equal(again.arrays["fc7"], first.arrays["fc7"])
     alone = extract_features(net, paths[5:6], ("fc7",), cache=False)  # row i is image i, whatever the batching

@@ -20,8 +20,7 @@ Architectures (`ARCHITECTURES`; default/minimum resolution in px):
   resnet18       224 / 32    torchvision ResNet-18
   resnet50       224 / 32    torchvision ResNet-50
   small           64 / 32    (up to 128) a fast AlexNet-like net for the low-resolution embedded world: five
-                             BN convs (32-96-128-128-96) in three pooled stages, fc6/fc7 384 wide, dropout 0.3
-                             after each
+                             BN convs in three pooled stages, fc6/fc7 512 wide, dropout 0.3 after each
 Weights are always randomly initialised (no downloads).
 
 The parts transfer tasks use:
@@ -187,21 +186,18 @@ def _small(num_classes: int, resolution: int, dropout: float) -> Backbone:
     def pool() -> nn.MaxPool2d:
         return nn.MaxPool2d(3, 2, padding=1)
 
-    # Widths are AlexNet's (96-256-384-384-256, fc 4096) divided by about 3 and 10: a training step at 32 px on
-    # a CPU takes about half as long as with 48-128-192-192-128 / fc 512, so the embedded world's default
-    # pre-training sees about twice as many images in its 2-minute budget.
     trunk = nn.Sequential(
-        *conv(3, 32, 5, stride=2), pool(),        # conv1: 64 px → 32 → 16
-        *conv(32, 96, 3), pool(),                 # conv2: 16 → 8
-        *conv(96, 128, 3),                        # conv3
-        *conv(128, 128, 3),                       # conv4
-        *conv(128, 96, 3), pool(),                # conv5 / pool5: 8 → 4
+        *conv(3, 48, 5, stride=2), pool(),        # conv1: 64 px → 32 → 16
+        *conv(48, 128, 3), pool(),                # conv2: 16 → 8
+        *conv(128, 192, 3),                       # conv3
+        *conv(192, 192, 3),                       # conv4
+        *conv(192, 128, 3), pool(),               # conv5 / pool5: 8 → 4
     )
-    width = 384
-    fc6 = nn.Sequential(nn.Linear(96 * 16, width), nn.ReLU(inplace=True), nn.Dropout(dropout))
+    width = 512
+    fc6 = nn.Sequential(nn.Linear(128 * 16, width), nn.ReLU(inplace=True), nn.Dropout(dropout))
     fc7 = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Dropout(dropout))
     return Backbone(arch="small", num_classes=num_classes, resolution=resolution, dropout=dropout, trunk=trunk,
-                    trunk_channels=96, roi_size=4, fc6=fc6, fc7=fc7, classifier=nn.Linear(width, num_classes))
+                    trunk_channels=128, roi_size=4, fc6=fc6, fc7=fc7, classifier=nn.Linear(width, num_classes))
 
 
 @dataclass(frozen=True)
