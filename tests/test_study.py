@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -131,6 +132,7 @@ def test_a_pruned_trial_ends_its_runs_and_leaves_nothing_running(tiny_world, tmp
     pretrain = runs(stage="pretrain", study_name="tiny-pruned")
     assert trial["status"] == "FAILED" and trial["tags.pruned"] == "true"
     assert list(pretrain["status"]) == ["FAILED"] and list(pretrain["tags.pruned"]) == ["true"]
+    assert not Path(pretrain["tags.checkpoint_dir"].iloc[0]).exists()  # the same trial again trains afresh
     assert runs(stage="transfer", study_name="tiny-pruned").empty  # a pruned trial runs no benchmark
     assert mlflow.get_run(summary["run_id"]).info.status == "FINISHED"
     assert nothing_running()

@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,12 +428,16 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
         spec_file = _write_spec(spec)
         single = len(config.objective) == 1
 
+        pruned_checkpoint: list[str] = []
+
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             if not single or "val_top1" not in metrics:
                 return  # Optuna prunes single-objective studies only
             trial.report(metrics["val_top1"], epoch)
             if trial.should_prune():
                 mlflow.set_tags({"pruned": "true", "pruned_at_epoch": str(epoch)})  # the pre-training run
+                pretrain_run = mlflow.get_run(mlflow.active_run().info.run_id)
+                pruned_checkpoint.append(pretrain_run.data.tags["checkpoint_dir"])
                 raise optuna.TrialPruned(f"val_top1 {metrics['val_top1']:.2f} after epoch {epoch}")
 
         try:
@@ -440,6 +445,10 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
                                    on_epoch=on_epoch)  # fmt: skip
         except optuna.TrialPruned:
             mlflow.set_tags({"pruned": "true", "state": "PRUNED"})
+            # a later trial with the same parameters trains from scratch in a run of its own, instead of
+            # resuming the pruned run (which belongs to this trial) from its last epoch
+            for folder in pruned_checkpoint:
+                shutil.rmtree(folder, ignore_errors=True)
             raise
         parent = mlflow.get_run(summary["run_id"]).data.tags.get("mlflow.parentRunId")
         mlflow.set_tags({"model_uri": summary["model_uri"], "pretrain_run_id": summary["run_id"],
