@@ -351,8 +351,8 @@ def report(
 def run_entrypoint(command: list[str], argv: list[str]) -> None:
     """Run `command` with MLproject-style `--name value` pairs, dropping empty (unset) values.
 
-    `--set "a=1,b=2"` becomes `--set a=1 --set b=2`; `--quick true|false` (and `--smoke`) becomes the flag or
-    nothing; `--data "a=x,b=y"` becomes `--data a=x --data b=y`.
+    `--set "a=1,b=2"` becomes `--set a=1 --set b=2`; `--quick true|false` (and `--smoke`, `--compile`) becomes
+    the flag or nothing; `--data "a=x,b=y"` becomes `--data a=x --data b=y`.
     """
     args = list(command)
     for i in range(0, len(argv) - 1, 2):
@@ -362,7 +362,7 @@ def run_entrypoint(command: list[str], argv: list[str]) -> None:
         if name in ("--set", "--data"):
             for item in _split_settings(value):
                 args += [name, item]
-        elif name in ("--quick", "--smoke"):
+        elif name in ("--quick", "--smoke", "--compile"):
             args += [name] if value.lower() in ("true", "1", "yes") else []
         else:
             args += [name, value]
