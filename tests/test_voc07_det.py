@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import MultiScaleRoIAlign
 
 from conftest import realdata
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import resolve_backbone
 from imagenet_transfer.transfer.voc import VOC_CLASSES
 from imagenet_transfer.transfer.voc07_det import (
-    Config, Sample, _Images, anchor_sizes_for, build_detector, find_voc2007, input_scale, load_split, run,
+    Config, RoIPool, Sample, _Images, anchor_sizes_for, build_detector, find_voc2007, input_scale, load_split, run,
     to_voc_boxes, training_target,
 )  # fmt: skip
 
@@ -88,7 +89,10 @@ def test_box_head_starts_from_the_backbones_fc6_fc7():
     assert trunk.keys() == dict(net.trunk.named_parameters()).keys()  # every conv (the last max-pool dropped)
     assert all(torch.equal(p, net.trunk.get_parameter(k)) for k, p in trunk.items())
     assert not isinstance(det.backbone[-1], torch.nn.MaxPool2d) and det.backbone.out_channels == net.trunk_channels
+    assert isinstance(det.roi_heads.box_roi_pool, RoIPool) and det.roi_heads.box_roi_pool.spatial_scale == 1 / 8
     assert det.roi_heads.box_roi_pool.output_size == (net.roi_size, net.roi_size)
+    aligned = build_detector(net, Config.quick(roi_pool="align"), anchor_sizes=(16.0,), min_size=85, max_size=142)
+    assert isinstance(aligned.roi_heads.box_roi_pool, MultiScaleRoIAlign)
     assert det.roi_heads.box_predictor.cls_score.out_features == 21 and det.feature_stride == 8
     assert det.transform.image_std[0] == pytest.approx(0.229)  # small: torchvision's normalisation, 0-1 units
 
@@ -126,7 +130,7 @@ def test_bad_input_is_a_user_error(voc_copy, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(iterations=-1), dict(batch_size="4"), dict(batch_size=0),
-                                 dict(anchor_sizes=(0.0,)), dict(flip=1), dict(lr_drop=1.5)])  # fmt: skip
+                                 dict(anchor_sizes=(0.0,)), dict(flip=1), dict(lr_drop=1.5), dict(roi_pool="avg")])  # fmt: skip
 def test_bad_config_is_a_user_error(bad):
     with pytest.raises(UserError, match="voc07_det config"):
         Config(**bad)
