@@ -1,7 +1,7 @@
 """PASCAL-DET: fine-tune a Faster R-CNN whose conv layers and fc6/fc7 come from the backbone; VOC07 mAP on test.
 
     net, info = resolve_backbone("random:small")                  # or models:/small-full@current
-    result = run(net, info, Config(), device=torch.device("cpu"))  # the embedded world, ~4 min on 2 cores
+    result = run(net, info, Config(), device=torch.device("cpu"))  # the embedded world, ~5 min on 2 cores
     result.metrics["voc07_map"]                                    # 11-point mAP over 20 classes, in %
     run(net, info, Config(data="/data/VOCdevkit/VOC2007", iterations=40_000, batch_size=2), device=cuda)
 
@@ -36,11 +36,11 @@ are ignored). A non-finite loss stops the run. Every test image is evaluated exa
 The caller's backbone is not modified (the detector holds copies).
 
 Runtime and result on the default embedded world (400 trainval / 400 test scenes of 160×128), default config
-(1000 iterations of 4 images, lr 0.02): 255 s on the 2-core dev machine (0.25 s per iteration, 7 s to test; a
-busy machine is slower), 0.14 s per iteration with 2 threads of an idle server CPU, ~30 s on one GPU.
-mAP (%): `random:small` 7.1 on the CPU (COCO AP 2.7, AP50 6.4), 6.9 on a GPU; `small` pre-trained on the world's
-200-class ImageNet part (a plain GPU loop, 3000 steps of 256, 86 % val top-1) 27.2 on a GPU. With 500 iterations:
-2.8 vs 14.0; upscaling the scenes to 192 px did not help (3.0 vs 11.5 at 500 iterations).
+(1000 iterations of 4 images, lr 0.02, RoIPool) on the 2-core development machine: 279-292 s in all (~0.26 s an
+iteration); mAP (%) `random:small` 5.77, `small` pre-trained with the `world-long` recipe (val top-1 55.5 %)
+14.01. With RoIAlign (`roi_pool="align"`): 388-413 s, 7.25 vs 16.49. Earlier, RoIAlign on a GPU: random 6.9,
+`small` pre-trained by a plain GPU loop (3000 steps of 256, 86 % val top-1) 27.2; with 500 iterations 2.8 vs
+14.0; upscaling the scenes to 192 px did not help (3.0 vs 11.5 at 500 iterations).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ ROI_POOLS = ("max", "align")
 
 @dataclass(frozen=True)
 class Config:
-    """The protocol's knobs; defaults fit the embedded world on 2 CPU cores (~4 min with `small`, see the header)."""
+    """The protocol's knobs; defaults fit the embedded world on 2 CPU cores (~5 min with `small`, see the header)."""
 
     data: str = ""  # VOCdevkit/VOC2007 folder (or a folder holding VOCdevkit/VOC2007); "" = the embedded world
     train_set: str = "trainval"
