@@ -69,7 +69,7 @@ class Config:
     max_iter: int = 100
     coarse_level: str = "top-down-127"  # METHOD-K, a label set of `taxonomy levels`
     batch_size: int = 64
-    workers: int = 0
+    workers: int = 1  # decoding processes beside the forward pass
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,7 +101,7 @@ class Config:
     def quick(cls, **changes) -> Config:
         """Seconds on the tiny world: few images per class, a small L2 grid."""
         return cls(**{"k": 5, "train_per_class": 8, "l2_grid": (1e-3, 1e-1), "max_iter": 30, "batch_size": 32,
-                      **changes})
+                      "workers": 0, **changes})
 
 
 # -- pure functions: kNN and the coarse-space accuracy -----------------------------------------------------

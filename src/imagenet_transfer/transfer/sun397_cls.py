@@ -80,7 +80,7 @@ class Config:
     eval_fraction: float = 0.25  # evaluate_on=val: of each class's training images, held out and scored
     max_missing_fraction: float = 0.001  # listed images absent on disk: tolerated (dropped) up to this fraction
     batch_size: int = 64  # feature extraction and evaluation
-    workers: int = 0  # data-loading processes
+    workers: int = 1  # decoding processes beside the forward pass (extraction: 0.82 of pure inference, 0.76 with 0)
     # linear
     layers: tuple[str, ...] = ()  # () = every one of pool5, fc6, fc7 the backbone has
     l2_grid: tuple[float, ...] = L2_GRID
@@ -130,7 +130,7 @@ class Config:
     def quick(cls, **changes) -> Config:
         """A few seconds on the tiny world: two partitions, two L2 strengths, two epochs."""
         return cls(**{"partitions": (1, 2), "l2_grid": (1e-3, 1e-1), "max_iter": 30, "epochs": 2,
-                      "train_batch_size": 8, "batch_size": 32, **changes})
+                      "train_batch_size": 8, "batch_size": 32, "workers": 0, **changes})
 
 
 # -- the data: partitions as tables of (entry, path, label, role) -------------------------------------------
