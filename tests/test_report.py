@@ -29,7 +29,8 @@ def grid_run(tiny_world, tmp_path_factory, tracking_uri, grid_tracking_uri):
     import torch
 
     folder = tmp_path_factory.mktemp("grid")
-    grid = write_grid(folder, {"ER": (["voc12_action"], ["full", "e3-127"])}, name="report-grid")
+    grid = write_grid(folder, {"ER": (["voc12_action"], ["full", "e3-127"])}, name="report-grid",
+                      smoke={"archs": ["small"], "recipe": "smoke", "baselines": True})  # fmt: skip
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGENET_TRANSFER_CACHE", str(folder / "cache"))
@@ -55,14 +56,16 @@ def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, 
         if record["stage"] == "transfer":
             metric = mlflow.get_run(record["run_id"]).data.metrics["voc12_action_map"]
             values.setdefault(record["variant"], []).append(metric)
-    assert {v: len(x) for v, x in values.items()} == {"full": 2, "e3-127": 2}
+    assert {v: len(x) for v, x in values.items()} == {"full": 2, "e3-127": 2, "random": 1}  # no seeds for random init
     mean = {v: statistics.mean(x) for v, x in values.items()}
-    std = {v: statistics.stdev(x) for v, x in values.items()}
+    std = {v: statistics.stdev(x) for v, x in values.items() if len(x) > 1}
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert "## ER: question of ER" in markdown
     assert f"| full | 40 | 24 | {mean['full']:.2f} ± {std['full']:.2f} | — | {NOT_PUBLISHED} |" in markdown
     delta = mean["e3-127"] - mean["full"]
     assert f"| e3-127 | 10 | 24 | {mean['e3-127']:.2f} ± {std['e3-127']:.2f} | {delta:+.2f} | {NOT_PUBLISHED} |" in markdown
+    below = mean["random"] - mean["full"]
+    assert f"| random init (no pre-training) | — | 0 | {mean['random']:.2f} | {below:+.2f} | {NOT_PUBLISHED} |" in markdown
     table = pd.read_csv(tmp_path / "rep" / "tables" / "ER.csv").set_index("variant")
     assert table.loc["e3-127", "voc12_action_map_mean"] == pytest.approx(mean["e3-127"])
     assert table.loc["full", "voc12_action_map_std"] == pytest.approx(std["full"])

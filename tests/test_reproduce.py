@@ -82,19 +82,25 @@ def test_the_shipped_grid_validates_and_expands_at_every_scale(tiny_world):
 
 def test_a_smoke_grid_run_twice_does_no_work_the_second_time(tiny_world, tmp_path, one_thread):
     grid = write_grid(tmp_path, {"EA": (["voc12_action"], ["full", "e3-127"]), "EB": (["voc12_action"], ["full"])},
-                      smoke={"archs": ["small"], "pretrain": {"iterations": 3}})  # fmt: skip
+                      smoke={"archs": ["small"], "pretrain": {"iterations": 3}, "baselines": True})  # fmt: skip
     before = {stage: len(runs(stage)) for stage in ("subset", "pretrain", "transfer")}
     started = time.monotonic()
     first = reproduce(grid, smoke=True, world=tiny_world, device="cpu")
     first_seconds = time.monotonic() - started
     made = {stage: len(runs(stage)) - before[stage] for stage in before}
-    assert made == {"subset": 2, "pretrain": 2, "transfer": 2}  # `full` and its benchmark run once for EA and EB
+    # `full`, its benchmark and the random-init benchmark run once for EA and EB
+    assert made == {"subset": 2, "pretrain": 2, "transfer": 3}
     steps = first["records"]
     assert [(r["experiment"], r["variant"], r["stage"]) for r in steps if r["reused"]] == [
-        ("EB", "full", "pretrain"), ("EB", "full", "transfer")]  # fmt: skip
+        ("EB", "full", "pretrain"), ("EB", "full", "transfer"), ("EB", "random", "transfer")]  # fmt: skip
+    baseline = mlflow.get_run(next(r["run_id"] for r in steps if r["variant"] == "random"))
+    trained = mlflow.get_run(next(r["run_id"] for r in steps if r["stage"] == "pretrain")).data.params["resolution"]
+    assert baseline.data.tags["backbone"] == f"random:small@{trained}"  # the architecture as the grid pre-trains it
+    assert baseline.data.tags["mlflow.parentRunId"] == first["run_id"]
+    assert [r["variant"] for r in steps][-2:] == ["random", "random"]  # after every pre-trained step
     grid_run = mlflow.get_run(first["run_id"])
     assert grid_run.info.status == "FINISHED" and grid_run.data.tags["stage"] == "reproduce"
-    assert grid_run.data.metrics["seconds_pretrain"] > 0 and grid_run.data.metrics["steps_run"] == 6
+    assert grid_run.data.metrics["seconds_pretrain"] > 0 and grid_run.data.metrics["steps_run"] == 7
     child = mlflow.get_run(next(r["run_id"] for r in steps if r["stage"] == "transfer" and r["variant"] == "e3-127"))
     tags = child.data.tags
     assert tags["mlflow.parentRunId"] == first["run_id"] and tags["grid"] == "test-grid"
@@ -162,6 +168,10 @@ def test_other_bad_input_exits_2(tiny_world, tmp_path, capsys):
                       smoke={"archs": ["small"], "pretrain": {"epochz": 1}})  # fmt: skip
     assert cli("reproduce", "--grid", grid, "--smoke", "--world", tiny_world) == 2
     assert "scales.smoke.pretrain: expected a mapping of pretrain options" in capsys.readouterr().err
+    grid = write_grid(tmp_path, {"EX": (["voc12_action"], ["full"])}, name="baselines",
+                      smoke={"archs": ["small"], "baselines": "yes"})  # fmt: skip
+    assert cli("reproduce", "--grid", grid, "--smoke", "--world", tiny_world) == 2
+    assert "scales.smoke.baselines: expected true or false, got 'yes'" in capsys.readouterr().err
     assert cli("reproduce", "--grid", PAPER, "--smoke", "--world", tiny_world, "--only", "E1,E9") == 2
     assert "--only E9" in capsys.readouterr().err
     assert cli("reproduce", "--grid", PAPER, "--scale", "real") == 2

@@ -9,8 +9,9 @@ its step table `steps.json`, the metrics of the transfer runs it lists, and any 
 Output (a folder, written whole or not at all, and the same files as artifacts of a run tagged stage=report):
     report.md, report.html      one table per experiment: rows = data variant, columns = benchmark metrics,
                                 cells = mean ± std over seeds, Δ to the full-data baseline, the paper's number
-                                where PAPER.md knows it and "not published" elsewhere; the plots; the HTML is
-                                self-contained (images embedded as base64)
+                                where PAPER.md knows it and "not published" elsewhere, and a "random init" row
+                                where the grid ran its no-pre-training baselines; the plots (random init as a
+                                dotted line); the HTML is self-contained (images embedded as base64)
     tables/E<n>.csv             the same tables as numbers (mean, std, n, delta)
     plots/*.png                 transfer vs images per class, vs number of classes, budget study C vs objective
 """
@@ -57,6 +58,8 @@ NOT_PUBLISHED = "not published"
 RESULT_COLUMNS = ["experiment", "variant", "paper_variant", "seed", "arch", "benchmark", "num_classes", "images_per_class",
                   "run_id", "metric", "value"]  # fmt: skip
 BASELINE = "full"
+RANDOM = "random"  # the grid's no-pre-training rows (reproduce.RANDOM)
+RANDOM_LABEL = "random init (no pre-training)"
 
 
 # -- reading MLflow ----------------------------------------------------------------------------------------
@@ -185,7 +188,11 @@ def display_rows(table: pd.DataFrame, metrics: list[str]) -> tuple[list[str], li
         header += [metric, f"Δ {metric} vs {BASELINE}", f"paper {metric}"]
     rows = []
     for _, row in table.iterrows():
-        cells = [str(row["row"]), f"{int(row['num_classes'])}", f"{row['images_per_class']:.0f}"]
+        if row["variant"] == RANDOM:
+            label = RANDOM_LABEL + str(row["row"])[len(RANDOM):]  # keeps " (arch)" of a multi-arch table
+            cells = [label, "—", "0"]
+        else:
+            cells = [str(row["row"]), f"{int(row['num_classes'])}", f"{row['images_per_class']:.0f}"]
         for metric in metrics:
             delta = row[f"{metric}_delta"]
             cells.append(cell(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"]))
@@ -214,10 +221,18 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
     import matplotlib.pyplot as plt
 
     made = {}
+    random = results[results["variant"] == RANDOM].drop_duplicates(["run_id", "metric"]).groupby("metric")["value"].mean()
+
+    def reference(ax, metrics: list[str]) -> None:
+        """A dotted grey line per metric at its random-init value: what no pre-training at all gives."""
+        for metric in metrics:
+            if metric in random.index:
+                ax.axhline(random[metric], color="0.45", linestyle=":", linewidth=1.5, gid=RANDOM,
+                           label=f"{metric}, {RANDOM_LABEL}")  # fmt: skip
 
     def save(fig, name: str, caption: str) -> None:
         for ax in fig.axes:  # the measured x values as plain numbers on the log axis
-            xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+            xs = sorted({x for line in ax.get_lines() if line.get_gid() != RANDOM for x in line.get_xdata()})
             if xs:
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
                 ax.minorticks_off()
@@ -231,6 +246,7 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
         fig, ax = plt.subplots(figsize=(6, 4))
         for metric, stats in per_class.items():
             ax.errorbar(stats["images_per_class"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=metric)
+        reference(ax, list(per_class))
         ax.set(xscale="log", xlabel="pre-training images per class", ylabel="transfer metric (%)", title=f"E1: transfer vs images per class{label}")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -244,6 +260,7 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
         for metric, stats in budget.items():
             ax.errorbar(stats["num_classes"], stats["mean"], yerr=stats["std"].fillna(0), marker="s", linestyle="--", capsize=3,
                         label=f"{metric} (E5 fixed budget)")  # fmt: skip
+        reference(ax, list(dict.fromkeys([*by_classes, *budget])))
         ax.set(xscale="log", xlabel="number of pre-training classes (labels)", ylabel="transfer metric (%)",
                title=f"E2/E3/E5: transfer vs number of classes{label}")  # fmt: skip
         ax.legend(fontsize=8)

@@ -11,6 +11,9 @@ scale, benchmarks with config overrides). Output: one MLflow run (tag stage=repr
 step's run nested under it (tags `grid`, `experiment`, `variant`, `seed`, `step_key`), the step table
 `steps.json` as its artifact (experiment, variant, seed, arch, stage, benchmark, run id, reused or not,
 seconds), and the wall time per stage as metrics (`seconds_subset`, `seconds_pretrain`, `seconds_transfer`).
+Where the scale sets `baselines: true`, every experiment's benchmarks also run once on its architecture
+randomly initialised (`random:ARCH@RES`, variant `random`), after the pre-trained steps: the report's
+reference for "better than no pre-training at all".
 
 A step is skipped when a FINISHED run carries its `step_key`: the hash of the stage, its normalised config,
 its upstream input (subset digest for pre-training, the model version for a benchmark) and the package
@@ -35,10 +38,11 @@ from imagenet_transfer.errors import UserError
 
 SCALES = ("world", "real")
 GRID_KEYS = ("name", "description", "seeds", "scales", "experiments")
-SCALE_KEYS = ("world", "source", "archs", "recipe", "quick", "data", "benchmarks", "pretrain")
+SCALE_KEYS = ("world", "source", "archs", "recipe", "quick", "data", "benchmarks", "pretrain", "baselines")
 GRID_OWNED = ("subset", "source", "arch", "recipe", "seed", "model_name", "register")  # set per step by the grid
 EXPERIMENT_KEYS = ("question", "benchmarks", "variants", "archs")
 STAGES = ("subset", "pretrain", "transfer")
+RANDOM = "random"  # the variant name of the no-pre-training baseline (`random:ARCH@RES` backbones)
 
 
 # -- the grid file ----------------------------------------------------------------------------------------
@@ -138,6 +142,8 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(pretrain, dict) or set(pretrain) - set(valid):
             fail(f"scales.{profile}.pretrain", f"expected a mapping of pretrain options among {', '.join(valid)}")
         settings["pretrain"] = dict(pretrain)
+        if not isinstance(settings.get("baselines", False), bool):
+            fail(f"scales.{profile}.baselines", f"expected true or false, got {settings['baselines']!r}")
         data_paths = settings.get("data") or {}
         if not isinstance(data_paths, dict) or any(name not in BENCHMARKS for name in data_paths):
             fail(f"scales.{profile}.data", f"expected a mapping benchmark -> path with benchmarks among {', '.join(BENCHMARKS)}")
@@ -221,6 +227,16 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """The benchmarks of an experiment on a randomly initialised backbone of an arch (no pre-training)."""
+
+    experiment: str
+    arch: str
+    backbone: str  # random:ARCH@RES, RES the resolution the grid pre-trains this arch at
+    benchmarks: dict[str, Any]  # name -> benchmark Config, the experiment's
+
+
+@dataclass(frozen=True)
 class Plan:
     grid: Grid
     scale: str
@@ -231,10 +247,12 @@ class Plan:
     world: str  # the world root ("" at real scale)
     world_hash: str  # its content hash (keys do not depend on where the world lies)
     units: tuple[Unit, ...] = field(default_factory=tuple)
+    baselines: tuple[Baseline, ...] = field(default_factory=tuple)
 
     @property
     def steps(self) -> int:
-        return len({u.subset.key for u in self.units}) + sum(1 + len(u.benchmarks) for u in self.units)
+        return (len({u.subset.key for u in self.units}) + sum(1 + len(u.benchmarks) for u in self.units)
+                + sum(len(b.benchmarks) for b in self.baselines))
 
 
 def package_version() -> str:
@@ -361,8 +379,14 @@ def make_plan(
                    if k not in PretrainConfig.OPERATIONAL + ("subset", "source")}  # fmt: skip
         units.append(Unit(entry.experiment, entry.variant, entry.arch, entry.seed, subsets[name], config,
                           step_key("pretrain", trained, subsets[name].digest), configs[entry.experiment]))  # fmt: skip
+    baselines = []
+    if settings.get("baselines", False):  # one random backbone per experiment and arch, at the unit's resolution
+        for unit in units:
+            if not any(b.experiment == unit.experiment and b.arch == unit.arch for b in baselines):
+                baselines.append(Baseline(unit.experiment, unit.arch, f"random:{unit.arch}@{unit.pretrain.resolution}",
+                                          configs[unit.experiment]))  # fmt: skip
     seeds_used = seeds or grid.seeds
-    return Plan(grid, scale, profile, smoke, seeds_used, source, world_root, world_hash, tuple(units))
+    return Plan(grid, scale, profile, smoke, seeds_used, source, world_root, world_hash, tuple(units), tuple(baselines))
 
 
 def _normalised(config, world_root: str, world_hash: str) -> dict[str, Any]:
@@ -416,22 +440,25 @@ def run_grid(
         outer = os.environ.pop("MLFLOW_RUN_ID", None)  # steps start runs of their own, not `mlflow run`'s
         try:
 
-            def record(unit: Unit, stage: str, key: str, outputs: dict[str, Any], reused: bool, took: float,
+            def record(unit: Unit | Baseline, stage: str, key: str, outputs: dict[str, Any], reused: bool, took: float,
                        benchmark: str = "") -> None:  # fmt: skip
                 seconds[stage] += took
-                row = {
-                    "experiment": unit.experiment, "variant": unit.variant.preset, "paper_variant": unit.variant.paper,
-                    "seed": unit.seed, "arch": unit.arch, "stage": stage, "benchmark": benchmark, "step_key": key,
-                    "reused": reused, "seconds": round(took, 3), "num_classes": unit.subset.num_labels,
-                    "num_fine_classes": unit.subset.num_fine_classes, "train_images": unit.subset.train_images,
-                    "images_per_class": round(unit.subset.images_per_class, 3), **outputs,
-                }  # fmt: skip
+                if isinstance(unit, Baseline):
+                    variant = {"variant": RANDOM, "paper_variant": None, "seed": 0, "num_classes": 0,
+                               "num_fine_classes": 0, "train_images": 0, "images_per_class": 0.0}  # fmt: skip
+                else:
+                    variant = {"variant": unit.variant.preset, "paper_variant": unit.variant.paper, "seed": unit.seed,
+                               "num_classes": unit.subset.num_labels, "num_fine_classes": unit.subset.num_fine_classes,
+                               "train_images": unit.subset.train_images,
+                               "images_per_class": round(unit.subset.images_per_class, 3)}  # fmt: skip
+                row = {"experiment": unit.experiment, **variant, "arch": unit.arch, "stage": stage, "benchmark": benchmark,
+                       "step_key": key, "reused": reused, "seconds": round(took, 3), **outputs}  # fmt: skip
                 records.append(row)
                 client.log_dict(grid_id, records, "steps.json")  # written as it goes: an interrupted grid keeps it
                 what = f"{stage} {benchmark}".strip()
                 state = "reused" if reused else f"ran in {took:.1f} s"
-                console.print(f"[{len(records)}/{plan.steps}] {unit.experiment} {unit.variant.preset} {unit.arch} "
-                              f"seed {unit.seed} {what}: {state}")  # fmt: skip
+                console.print(f"[{len(records)}/{plan.steps}] {unit.experiment} {row['variant']} {unit.arch} "
+                              f"seed {row['seed']} {what}: {state}")  # fmt: skip
                 if on_step is not None:
                     on_step(row)
 
@@ -452,6 +479,13 @@ def run_grid(
                         key = step_key(f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), model_uri)
                         t_outputs, reused, took = _transfer_step(name, model_uri, config, key, done, device)
                         record(unit, "transfer", key, t_outputs, reused, took, benchmark=name)
+            for baseline in plan.baselines:  # after every pre-trained result: the reference lines of the report
+                tags = {"grid": plan.grid.name, "experiment": baseline.experiment, "variant": RANDOM, "seed": "0"}
+                with tracking.nested_under(grid_id, tags):
+                    for name, config in baseline.benchmarks.items():
+                        key = step_key(f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), baseline.backbone)
+                        t_outputs, reused, took = _transfer_step(name, baseline.backbone, config, key, done, device)
+                        record(baseline, "transfer", key, t_outputs, reused, took, benchmark=name)
         finally:
             if outer is not None:
                 os.environ["MLFLOW_RUN_ID"] = outer
