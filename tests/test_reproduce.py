@@ -199,3 +199,29 @@ def test_the_entry_point_takes_mlproject_style_arguments(capsys):
     with pytest.raises(SystemExit) as exit_:
         run_entrypoint(["reproduce"], ["--grid", str(PAPER), "--smoke", "false", "--only", "E1", "--data", "voc99=/x"])
     assert exit_.value.code == 2 and "--data 'voc99=/x'" in capsys.readouterr().err
+
+
+def test_two_grids_started_together_run_each_step_once(tiny_world, tmp_path, grid_tracking_uri):
+    import os
+    import subprocess
+    import sys
+
+    grid = write_grid(tmp_path, {"ED": (["voc12_action"], ["e1-12"])}, name="together",
+                      smoke={"archs": ["small"], "recipe": "smoke", "pretrain": {"iterations": 3}})  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": grid_tracking_uri}
+    command = [sys.executable, "-m", "imagenet_transfer.cli", "reproduce", "--grid", str(grid), "--smoke",
+               "--world", str(tiny_world), "--device", "cpu"]  # fmt: skip
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]  # fmt: skip
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    grids = runs("reproduce", " and tags.grid = 'together'")
+    assert len(grids) == 2 and {g.info.status for g in grids} == {"FINISHED"}
+    tables = [mlflow.artifacts.load_dict(f"runs:/{g.info.run_id}/steps.json") for g in grids]
+    assert [len(t) for t in tables] == [3, 3]
+    for first, second in zip(*tables):  # every step ran in one grid and was reused, the same run, by the other
+        assert first["step_key"] == second["step_key"] and first["run_id"] == second["run_id"]
+        assert sorted([first["reused"], second["reused"]]) == [False, True]
+    for record in tables[0]:
+        assert len(runs(record["stage"], f" and tags.step_key = '{record['step_key']}'")) == 1
+    assert not running()

@@ -18,16 +18,22 @@ reference for "better than no pre-training at all".
 A step is skipped when a FINISHED run carries its `step_key`: the hash of the stage, its normalised config,
 its upstream input (subset digest for pre-training, the model version for a benchmark) and the package
 version. A pre-training reuses the registered model version, a benchmark the metrics. So an interrupted
-grid resumes where it stopped, and a finished one costs nothing to rerun.
+grid resumes where it stopped, and a finished one costs nothing to rerun. Each step runs under an exclusive
+file lock named by its key (in the cache folder): a second `reproduce` on the same machine and store waits for a
+step the first is running and then reuses its result, so two grids that overlap never train the same thing twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -399,6 +405,23 @@ def _normalised(config, world_root: str, world_hash: str) -> dict[str, Any]:
 
 
 # -- running ----------------------------------------------------------------------------------------------
+@contextmanager
+def step_lock(key: str) -> Iterator[None]:
+    """Hold the exclusive lock of step `key` (a file under the cache's locks/ folder; released when the process
+    dies): whoever holds it runs the step, others wait and then find its result."""
+    from imagenet_transfer.paths import cache_dir
+
+    folder = cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"step {key} is being run by another process: waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _find_finished(key: str):
     """The newest FINISHED run tagged with `key`, or None."""
     import mlflow
@@ -506,26 +529,35 @@ def _subset_step(subset: SubsetPlan, source: str, done: dict) -> tuple[Path, dic
     started = time.monotonic()
     if subset.key in done:
         return folder, done[subset.key], True, 0.0
-    found = _find_finished(subset.key)
-    if found is not None:  # the folder is written again only if a pre-training needs it (_materialise)
-        outputs = {"run_id": found.info.run_id, "subset_digest": subset.digest}
-        reused = True
-    else:
-        with tracking.nested_under(None, {"step_key": subset.key}):
-            _, folder, run_id = make_subset(subset.spec, source, folder, adopt_env_run=False)
-        outputs, reused = {"run_id": run_id, "subset_digest": subset.digest}, False
+    with step_lock(subset.key):
+        found = _find_finished(subset.key)
+        if found is not None:  # the folder is written again only if a pre-training needs it (_materialise)
+            outputs = {"run_id": found.info.run_id, "subset_digest": subset.digest}
+            reused = True
+        else:
+            with tracking.nested_under(None, {"step_key": subset.key}):
+                _, folder, run_id = make_subset(subset.spec, source, folder, adopt_env_run=False)
+            outputs, reused = {"run_id": run_id, "subset_digest": subset.digest}, False
     done[subset.key] = outputs
     return folder, outputs, reused, time.monotonic() - started
 
 
 def _pretrain_step(unit: Unit, folder: Path, done: dict, client, device: str, links: dict[str, str]) -> tuple[dict, bool, float]:
-    from imagenet_transfer import tracking
-    from imagenet_transfer.pretrain import run_pretrain
-
     key = unit.pretrain_key
     started = time.monotonic()
     if key in done:
         return done[key], True, 0.0
+    with step_lock(key):
+        outputs, reused = _pretrain_locked(unit, folder, client, device, links)
+    done[key] = outputs
+    return outputs, reused, time.monotonic() - started
+
+
+def _pretrain_locked(unit: Unit, folder: Path, client, device: str, links: dict[str, str]) -> tuple[dict, bool]:
+    from imagenet_transfer import tracking
+    from imagenet_transfer.pretrain import run_pretrain
+
+    key = unit.pretrain_key
     found = _find_finished(key)
     uri = found and (found.data.tags.get("model_uri") or _registered_uri(client, found.info.run_id))
     if uri:
@@ -542,8 +574,7 @@ def _pretrain_step(unit: Unit, folder: Path, done: dict, client, device: str, li
             if name not in run_tags or name in ("step_key", "model_uri"):
                 client.set_tag(summary["run_id"], name, value)
         outputs, reused = {"run_id": summary["run_id"], "model_uri": summary["model_uri"]}, False
-    done[key] = outputs
-    return outputs, reused, time.monotonic() - started
+    return outputs, reused
 
 
 def _materialise(subset: SubsetPlan, source: str, folder: Path) -> None:
@@ -571,14 +602,15 @@ def _transfer_step(name: str, model_uri: str, config, key: str, done: dict, devi
     started = time.monotonic()
     if key in done:
         return done[key], True, 0.0
-    found = _find_finished(key)
-    if found is not None:
-        outputs, reused = {"run_id": found.info.run_id, "model_uri": model_uri}, True
-    else:
-        with tracking.nested_under(None, {"step_key": key}):
-            run_benchmark(name, model_uri, config, device=device)
+    with step_lock(key):
         found = _find_finished(key)
-        outputs, reused = {"run_id": found.info.run_id if found else "", "model_uri": model_uri}, False
+        if found is not None:
+            outputs, reused = {"run_id": found.info.run_id, "model_uri": model_uri}, True
+        else:
+            with tracking.nested_under(None, {"step_key": key}):
+                run_benchmark(name, model_uri, config, device=device)
+            found = _find_finished(key)
+            outputs, reused = {"run_id": found.info.run_id if found else "", "model_uri": model_uri}, False
     done[key] = outputs
     return outputs, reused, time.monotonic() - started
 
