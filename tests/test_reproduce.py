@@ -172,6 +172,11 @@ def test_other_bad_input_exits_2(tiny_world, tmp_path, capsys):
                       smoke={"archs": ["small"], "baselines": "yes"})  # fmt: skip
     assert cli("reproduce", "--grid", grid, "--smoke", "--world", tiny_world) == 2
     assert "scales.smoke.baselines: expected true or false, got 'yes'" in capsys.readouterr().err
+    from imagenet_transfer.synthetic import generate
+
+    partial = generate(tmp_path / "partial", size="tiny", progress=False, parts=("imagenet",))
+    assert cli("reproduce", "--grid", PAPER, "--smoke", "--world", partial) == 2
+    assert "holds only the part(s) imagenet; expected a complete world" in capsys.readouterr().err
     assert cli("reproduce", "--grid", PAPER, "--smoke", "--world", tiny_world, "--only", "E1,E9") == 2
     assert "--only E9" in capsys.readouterr().err
     assert cli("reproduce", "--grid", PAPER, "--scale", "real") == 2

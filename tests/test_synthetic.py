@@ -123,6 +123,26 @@ def test_same_seed_gives_byte_identical_files_in_the_default_dir(world):
     assert read_world(twin)["content_sha256"] == read_world(world)["content_sha256"]
 
 
+def test_a_world_made_part_by_part_is_the_world_made_at_once(world, tmp_path):
+    from imagenet_transfer.synthetic import PARTS, present_parts
+
+    out = tmp_path / "parts"
+    assert generate(out, size="tiny", seed=0, progress=False, parts=("imagenet",)) == out
+    partial = read_world(out)
+    assert present_parts(partial) == {"imagenet"} and set(partial["files"]) == {"imagenet"}
+    assert not (out / "VOCdevkit").exists() and not (out / "SUN397").exists()
+    assert len(load_catalog(out / "imagenet")) == len(load_catalog(world / "imagenet"))  # catalogued on creation
+    assert generate(out, size="tiny", seed=0, progress=False, parts=("voc2012",)) == out
+    assert present_parts(read_world(out)) == {"imagenet", "voc2012"}
+    generate(out, size="tiny", seed=0, progress=False)  # the rest
+    assert present_parts(read_world(out)) == set(PARTS)
+    assert (out / "world.json").read_bytes() == (world / "world.json").read_bytes()
+    assert tree_hash(out) == tree_hash(world)
+    verify_world(out)
+    with pytest.raises(UserError, match="expected some of imagenet, voc2007, voc2012, sun397"):
+        generate(out, size="tiny", seed=0, progress=False, parts=("voc2099",))
+
+
 def test_corrupted_cache_is_regenerated(world):
     cached = default_world_dir(size="tiny", seed=0)
     shutil.copytree(world, cached)

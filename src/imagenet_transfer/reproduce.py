@@ -327,10 +327,14 @@ def make_plan(
     settings = grid.scales[profile]
     world_root, world_hash = "", ""
     if scale == "world":
-        from imagenet_transfer.synthetic import generate, read_world
+        from imagenet_transfer.synthetic import PARTS, generate, present_parts, read_world
 
         root = Path(world) if world else generate(size=settings.get("world", "default"), progress=False)
-        world_hash = read_world(root)["content_sha256"]  # raises on a folder that is not a world
+        manifest = read_world(root)  # raises on a folder that is not a world
+        if present_parts(manifest) != set(PARTS):
+            raise UserError(f"world {root} holds only the part(s) {', '.join(sorted(present_parts(manifest)))}; "
+                            f"expected a complete world (`imagenet-transfer synth --out {root}` adds the rest)")
+        world_hash = manifest["content_sha256"]
         world_root = str(Path(root).absolute())
         source = source or str(Path(world_root) / "imagenet")
     else:

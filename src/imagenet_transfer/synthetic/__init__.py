@@ -2,6 +2,7 @@
 
     imagenet-transfer synth --size tiny                 # ~3 s; default size ~1 min on 2 cores
     root = generate(size="tiny", seed=0)                # Path of the world (cached: found again in < 1 s)
+    root = generate(parts=("imagenet",))                # only what pre-training reads; the rest added on demand
     world = read_world(root)                            # world.json, after cheap completeness checks
 
 Output (a folder, by default `cache_dir()/worlds/v2-<size>-r<px>-s<seed>`):
@@ -60,11 +61,13 @@ same readers and commands as real data.
 """
 
 from imagenet_transfer.synthetic.plan import SIZES, WorldSize
-from imagenet_transfer.synthetic.world import default_world_dir, generate, read_world, verify_world
+from imagenet_transfer.synthetic.world import PARTS, default_world_dir, generate, present_parts, read_world, verify_world
 
-__all__ = ["SIZES", "WorldSize", "default_source", "default_world_dir", "generate", "read_world", "verify_world"]
+__all__ = ["PARTS", "SIZES", "WorldSize", "default_source", "default_world_dir", "generate", "present_parts", "read_world",
+           "verify_world"]
 
 
 def default_source() -> str:
-    """The default world's pre-training source (`imagenet/`), generated on first use (about 30 s)."""
-    return str(generate() / "imagenet")
+    """The default world's pre-training source (`imagenet/`), generated on first use (about 1 min on 2 cores;
+    only that part: the transfer parts are added when a benchmark first needs them)."""
+    return str(generate(parts=("imagenet",)) / "imagenet")

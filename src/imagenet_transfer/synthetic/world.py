@@ -2,11 +2,18 @@
 
 Output layout and `world.json`: see the package docstring. The world is built in a hidden sibling
 folder, `world.json` is written last, and the folder is renamed into place: a folder with a valid
-`world.json` is always complete.
+`world.json` holds every file it lists.
+
+A world can be made part by part (`parts=("imagenet",)`: what pre-training reads, ~80 % of the work):
+`world.json` then lists only the parts present, and a later call that needs more builds the missing parts
+in a hidden folder, moves them in and rewrites `world.json`. Every image draws from its own seed, so a world
+completed part by part is byte-identical to one made at once (same files, same `world.json`). One process at
+a time builds a given world (a lock file beside it); another waits and then finds it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing as mp
@@ -14,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +41,10 @@ VERSION = 2  # 2: SUN397 scenes of the pre-training groups, 2-4 large objects, 1
 GROUPS = ("imagenet", "VOCdevkit/VOC2007", "VOCdevkit/VOC2012", "SUN397", "Partitions")
 PARTS = {"imagenet": "imagenet", "voc2007": "VOCdevkit/VOC2007", "voc2012": "VOCdevkit/VOC2012",
          "sun397": {"images": "SUN397", "partitions": "Partitions"}}  # fmt: skip
+PART_GROUPS = {"imagenet": ("imagenet",), "voc2007": ("VOCdevkit/VOC2007",), "voc2012": ("VOCdevkit/VOC2012",),
+               "sun397": ("SUN397", "Partitions")}  # fmt: skip
 PART_CODES = {"imagenet": 1, "voc07": 2, "voc12": 3, "sun": 4}
+TASK_PART = {"imagenet": "imagenet", "voc07": "voc2007", "voc12": "voc2012", "sun": "sun397"}
 
 
 # -- public API --------------------------------------------------------------------------------------
@@ -48,43 +59,96 @@ def default_world_dir(*, seed: int = 0, size: str = "default", resolution: int |
 
 
 def generate(out: str | Path | None = None, *, seed: int = 0, size: str = "default", resolution: int | None = None,
-             partitions: int | None = None, progress: bool = True) -> Path:
+             partitions: int | None = None, progress: bool = True, parts: Iterable[str] | None = None) -> Path:
     """Generate (or find) the world for these options; return its root folder.
 
     `out=None` uses `default_world_dir(...)`, where a corrupted world is regenerated; an explicit
-    `out` must be missing, empty, or hold a world made with the same options (returned as is).
+    `out` must be missing, empty, or hold a world made with the same options (returned as is, completed
+    with any of `parts` it lacks). `parts`: the parts needed (names of `PARTS`); None = all.
     """
     preset, options = check_options(size, resolution, partitions, seed)
+    wanted = _check_parts(parts)
     in_cache = out is None
     out = (default_world_dir(seed=seed, size=size, resolution=resolution, partitions=partitions) if in_cache
            else Path(out).expanduser()).absolute()  # fmt: skip
-    state = _existing(out, options, in_cache)
-    if state == "done":
+    state, world = _existing(out, options, in_cache)
+    if world is not None and wanted <= present_parts(world):
         return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        locks = cache_dir() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = open(locks / f"world-{hashlib.sha1(str(out).encode()).hexdigest()[:16]}.lock", "w")
+    except OSError as err:
+        raise UserError(f"cannot write the world to {out}: {err.strerror or err}; expected a writable folder") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this world: wait, then look again
+        state, world = _existing(out, options, in_cache)
+        have = present_parts(world) if world is not None else set()
+        if wanted <= have:
+            return out
+        _make(out, preset, options, state, sorted(wanted - have), progress)
+    return out
+
+
+def present_parts(world: dict) -> set[str]:
+    """The parts (names of `PARTS`) a parsed world.json lists."""
+    return {part for part, groups in PART_GROUPS.items() if all(g in world["files"] for g in groups)}
+
+
+def _check_parts(parts: Iterable[str] | None) -> set[str]:
+    wanted = set(PART_GROUPS) if parts is None else set(parts)
+    unknown = sorted(wanted - set(PART_GROUPS))
+    if unknown or not wanted:
+        raise UserError(f"world part(s) {', '.join(unknown) or '(none)'}; expected some of {', '.join(PART_GROUPS)}")
+    return wanted
+
+
+def _make(out: Path, preset, options: dict, state: str, parts: list[str], progress: bool) -> None:
+    """Build `parts` in a hidden sibling folder, then install them: the whole world, or the missing parts
+    of the world at `out` (state "done")."""
     started = time.perf_counter()
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as err:
         raise UserError(f"cannot write the world to {out}: {err.strerror or err}; expected a writable folder") from None
     try:
-        manifest = _build(tmp, preset, options, progress)
-        _write_json(tmp / "world.json", manifest)
-        _install(tmp, out, state, options)
+        manifest = _build(tmp, preset, options, progress, parts)
+        if state == "done":
+            manifest = _add_parts(tmp, out, manifest)
+        else:
+            _write_json(tmp / "world.json", manifest)
+            _install(tmp, out, state, options)
     except OSError as err:
         raise UserError(f"cannot write the world to {out}: {err}; expected a writable folder with free space") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from imagenet_transfer.catalog import load_catalog
+    if "imagenet" in parts:
+        from imagenet_transfer.catalog import load_catalog
 
-    load_catalog(out / "imagenet")  # cache the catalog now; nothing is written into imagenet/ after this
+        load_catalog(out / "imagenet")  # cache the catalog now; nothing is written into imagenet/ after this
     if progress:
-        files = sum(g["count"] for g in manifest["files"].values())
-        mb = sum(g["bytes"] for g in manifest["files"].values()) / 1e6
-        _say(f"world ready at {out}: {files} files, {mb:.1f} MB in {time.perf_counter() - started:.1f} s")
-    return out
+        new = [g for p in parts for g in PART_GROUPS[p]]
+        files = sum(manifest["files"][g]["count"] for g in new)
+        mb = sum(manifest["files"][g]["bytes"] for g in new) / 1e6
+        what = "world" if set(parts) == set(PART_GROUPS) else f"world part(s) {', '.join(parts)}"
+        _say(f"{what} ready at {out}: {files} files, {mb:.1f} MB in {time.perf_counter() - started:.1f} s")
+
+
+def _add_parts(tmp: Path, out: Path, built: dict) -> dict:
+    """Move the parts built in `tmp` into the world at `out` and rewrite its world.json to list them too."""
+    world = read_world(out)
+    for group in built["files"]:
+        target = out / group
+        shutil.rmtree(target, ignore_errors=True)  # the leftover of an interrupted earlier addition, not listed
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp / group, target)
+    files = {**world["files"], **built["files"]}
+    manifest = {**world, "counts": {**world["counts"], **built["counts"]}, "files": files, "content_sha256": _combine(files)}
+    _write_json(out / "world.json", manifest)
+    return manifest
 
 
 def read_world(root: str | Path) -> dict:
@@ -104,9 +168,9 @@ def read_world(root: str | Path) -> dict:
     if world["version"] != VERSION:
         raise UserError(f"{path} was made by generator version {world['version']}, this is version {VERSION}; {hint}")
     files = world["files"]
-    if not isinstance(files, dict) or set(files) != set(GROUPS) or _combine(files) != world["content_sha256"]:
+    if not isinstance(files, dict) or not files or not set(files) <= set(GROUPS) or _combine(files) != world["content_sha256"]:
         raise UserError(f"{path} has an inconsistent file table; {hint}")
-    for group in GROUPS:
+    for group in files:
         on_disk = sum(len(names) for _, _, names in os.walk(root / group))
         if on_disk != files[group]["count"]:
             raise UserError(f"{root / group} holds {on_disk} files, world.json lists {files[group]['count']}: "
@@ -118,7 +182,7 @@ def verify_world(root: str | Path) -> dict:
     """`read_world`, then re-hash every file against the digests in world.json (slow: reads everything)."""
     root = Path(root)
     world = read_world(root)
-    for group in GROUPS:
+    for group in world["files"]:
         records = []
         for folder, _, names in os.walk(root / group):
             for name in names:
@@ -130,14 +194,15 @@ def verify_world(root: str | Path) -> dict:
 
 
 # -- building ------------------------------------------------------------------------------------------
-def _existing(out: Path, options: dict, in_cache: bool) -> str:
-    """'missing', 'empty', 'done' (a matching world), 'stale' (cache to replace); else UserError."""
+def _existing(out: Path, options: dict, in_cache: bool) -> tuple[str, dict | None]:
+    """('missing' | 'empty' | 'stale' (cache to replace), None) or ('done', its world.json: a matching world,
+    maybe with some parts only); else UserError."""
     if not out.exists():
-        return "missing"
+        return "missing", None
     if not out.is_dir():
         raise UserError(f"output {out} is a file; expected a folder (missing, empty, or a world made by synth)")
     if not any(out.iterdir()):
-        return "empty"
+        return "empty", None
     if not (out / "world.json").exists() and not in_cache:
         raise UserError(f"output {out} is not empty and holds no world.json; expected a missing or empty folder, "
                         "or a world made by `imagenet-transfer synth`")  # fmt: skip
@@ -145,12 +210,12 @@ def _existing(out: Path, options: dict, in_cache: bool) -> str:
         world = read_world(out)
     except UserError:
         if in_cache:
-            return "stale"
+            return "stale", None
         raise
     if json.loads(json.dumps(options)) != world["options"]:
         raise UserError(f"output {out} holds a world made with other options ({_brief(world['options'])}); "
                         f"expected {_brief(options)}: choose another --out or delete it")  # fmt: skip
-    return "done"
+    return "done", world
 
 
 def _brief(options: dict) -> str:
@@ -169,11 +234,11 @@ def _install(tmp: Path, out: Path, state: str, options: dict) -> None:
     try:
         os.rename(tmp, out)
     except OSError:
-        if _existing(out, options, False) != "done":  # another process finished the same world first
+        if _existing(out, options, False)[0] != "done":  # another process finished the same world first
             raise
 
 
-def _build(tmp: Path, preset, options: dict, progress: bool) -> dict:
+def _build(tmp: Path, preset, options: dict, progress: bool, parts: list[str]) -> dict:
     tax = load_taxonomy()
     seed, res = options["seed"], options["resolution"]
     classes = choose_classes(tax, preset, seed)
@@ -185,15 +250,13 @@ def _build(tmp: Path, preset, options: dict, progress: bool) -> dict:
 
     voc_ids = list(range(1, preset.voc_images + 1))
     act_ids = list(range(1, preset.action_images + 1))
-    for folder in ("VOCdevkit/VOC2007/JPEGImages", "VOCdevkit/VOC2007/Annotations", "VOCdevkit/VOC2007/ImageSets/Main",
-                   "VOCdevkit/VOC2012/JPEGImages", "VOCdevkit/VOC2012/Annotations", "VOCdevkit/VOC2012/ImageSets/Action",
-                   "Partitions"):  # fmt: skip
-        (tmp / folder).mkdir(parents=True)
-    for split in ("train", "val"):
-        for w in classes:
-            (tmp / "imagenet" / split / w).mkdir(parents=True)
-    for s in scenes:
-        (tmp / "SUN397" / s["name"].lstrip("/")).mkdir(parents=True)
+    folders = {"voc2007": ("VOCdevkit/VOC2007/JPEGImages", "VOCdevkit/VOC2007/Annotations", "VOCdevkit/VOC2007/ImageSets/Main"),
+               "voc2012": ("VOCdevkit/VOC2012/JPEGImages", "VOCdevkit/VOC2012/Annotations", "VOCdevkit/VOC2012/ImageSets/Action"),
+               "sun397": ("Partitions", *(f"SUN397/{s['name'].lstrip('/')}" for s in scenes)),
+               "imagenet": tuple(f"imagenet/{split}/{w}" for split in ("train", "val") for w in classes)}  # fmt: skip
+    for part in parts:
+        for folder in folders[part]:
+            (tmp / folder).mkdir(parents=True)
 
     chunk = max(16, min(256, preset.train // 2))
     tasks = []
@@ -204,6 +267,7 @@ def _build(tmp: Path, preset, options: dict, progress: bool) -> dict:
     tasks += [("voc07", None, None, a, min(a + step, len(voc_ids) + 1)) for a in range(1, len(voc_ids) + 1, step)]
     tasks += [("voc12", None, None, a, min(a + step, len(act_ids) + 1)) for a in range(1, len(act_ids) + 1, step)]
     tasks += [("sun", i, None, 0, preset.scene_images) for i in range(len(scenes))]
+    tasks = [t for t in tasks if TASK_PART[t[0]] in parts]
     total = sum(t[4] - t[3] for t in tasks)
 
     records, annotations, sun_names = [], {"voc07": {}, "voc12": {}}, {}
@@ -220,11 +284,17 @@ def _build(tmp: Path, preset, options: dict, progress: bool) -> dict:
             _say(f"synth: {done}/{total} images ({time.perf_counter() - started:.1f} s)")
 
     write = _Writer(tmp, records)
-    counts = {"imagenet": {"classes": len(classes), "train": len(classes) * preset.train, "val": len(classes) * preset.val}}
-    counts["voc2007"] = _write_voc07(write, annotations["voc07"], voc_ids, seed)
-    counts["voc2012"] = _write_voc12(write, annotations["voc12"], act_ids, seed)
-    counts["sun397"] = _write_partitions(write, scenes, sun_names, options["partitions"], seed)
-    files = {g: _digest([r for r in write.records if r[0].startswith(g + "/")]) for g in GROUPS}
+    counts = {}
+    if "imagenet" in parts:
+        counts["imagenet"] = {"classes": len(classes), "train": len(classes) * preset.train, "val": len(classes) * preset.val}
+    if "voc2007" in parts:
+        counts["voc2007"] = _write_voc07(write, annotations["voc07"], voc_ids, seed)
+    if "voc2012" in parts:
+        counts["voc2012"] = _write_voc12(write, annotations["voc12"], act_ids, seed)
+    if "sun397" in parts:
+        counts["sun397"] = _write_partitions(write, scenes, sun_names, options["partitions"], seed)
+    groups = [g for part in parts for g in PART_GROUPS[part]]
+    files = {g: _digest([r for r in write.records if r[0].startswith(g + "/")]) for g in GROUPS if g in groups}
     label = tax.labels("top-down", 127)
     return {
         "generator": GENERATOR, "version": VERSION, "seed": seed, "size": options["size"], "options": options,
@@ -403,4 +473,4 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-__all__ = ["SIZES", "default_world_dir", "generate", "read_world", "verify_world"]
+__all__ = ["PARTS", "SIZES", "default_world_dir", "generate", "present_parts", "read_world", "verify_world"]

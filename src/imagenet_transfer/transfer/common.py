@@ -1,7 +1,7 @@
 """What every transfer benchmark shares: the backbone it starts from, its default data, its result.
 
     net, info = resolve_backbone("models:/small-full@current")   # or "random:small", "random:alexnet@224"
-    root = world_part("VOCdevkit/VOC2007")                       # the embedded world's copy, generated if absent
+    root = world_part("voc2007")                                  # the embedded world's copy, generated if absent
     return Result(metrics={"voc07_map": 0.41}, figures={"pr_curves.png": fig}, tables={"ap": frame})
 
 A benchmark module (`voc07_det`, `voc12_action`, `sun397_cls`, `probe`) exposes a frozen `Config` and
@@ -51,8 +51,12 @@ def resolve_backbone(spec: str, num_classes: int = 1000):
     return net, {**info, "uri": spec}
 
 
-def world_part(relative: str) -> Path:
-    """A folder of the default embedded world (generated on first use, about 30 s)."""
+WORLD_FOLDERS = {"imagenet": "imagenet", "voc2007": "VOCdevkit/VOC2007", "voc2012": "VOCdevkit/VOC2012", "sun397": ""}
+
+
+def world_part(part: str) -> Path:
+    """The folder of a part of the default embedded world (imagenet, voc2007, voc2012, or sun397: the root that
+    holds SUN397/ and Partitions/), that part generated on first use."""
     from imagenet_transfer.synthetic import generate
 
-    return generate(progress=False) / relative
+    return generate(progress=False, parts=(part,)) / WORLD_FOLDERS[part]

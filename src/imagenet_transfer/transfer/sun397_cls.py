@@ -204,7 +204,7 @@ def carve_validation(frame: pd.DataFrame, fraction: float, *, seed) -> np.ndarra
 
 
 def load_partitions(config: Config) -> tuple[list[str], list[Partition]]:
-    layout = find_sun397(config.data or world_part(""))
+    layout = find_sun397(config.data or world_part("sun397"))
     classes = read_class_names(layout.partitions / "ClassName.txt")
     parts = [load_partition(layout, p, classes, val_fraction=config.val_fraction, seed=config.seed,
                             max_missing_fraction=config.max_missing_fraction, evaluate_on=config.evaluate_on,

@@ -155,7 +155,7 @@ class Sample:
 def find_voc2007(data: str | Path = "") -> Path:
     """The VOC2007 folder `data` names (itself, or its VOCdevkit/VOC2007 or VOC2007); "" = the embedded world's."""
     if not str(data):
-        return world_part("VOCdevkit/VOC2007")
+        return world_part("voc2007")
     root = Path(data)
     for candidate in (root, root / "VOC2007", root / "VOCdevkit" / "VOC2007"):
         if (candidate / "Annotations").is_dir() and (candidate / "ImageSets" / "Main").is_dir():

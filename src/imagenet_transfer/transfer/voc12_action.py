@@ -140,7 +140,7 @@ class Person:
 
 def voc2012_root(data: str | Path) -> Path:
     """The VOC2012 folder `data` names ("" = the embedded world's); UserError when it has no action lists."""
-    root = world_part("VOCdevkit/VOC2012") if str(data) == "" else Path(data).expanduser()
+    root = world_part("voc2012") if str(data) == "" else Path(data).expanduser()
     for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (candidate / "ImageSets" / "Action").is_dir():
             return candidate
