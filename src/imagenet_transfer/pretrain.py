@@ -51,13 +51,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the same shape as a fixed number of epochs (90 ≈ 450k × 256 / 1.28M; lr /10 every 20 epochs)
     "paper-epochs": dict(schedule="epochs", epochs=90, iterations=None, batch_size=256, lr=0.01, momentum=0.9,
                          weight_decay=5e-4, decay="step", step_fraction=20 / 90, warmup_fraction=0.0, dropout=None),
-    # the embedded world on 2 CPU cores within the 3-minute default job: `small` at 32 px, 500 x 64 images
-    # (2/3 of an epoch of the default world; lr 0.025 did best at this length); val top-1 ~2 % of 200 classes
+    # the embedded world on 2 CPU cores within the 3-minute default job: `small` at 32 px, 400 x 64 images
+    # (half an epoch of the default world; lr 0.025 did best at this length); val top-1 ~2 % of 200 classes
     # (chance 0.5 %), see README "Pre-training"
-    "world": dict(schedule="iterations", iterations=500, epochs=None, batch_size=64, lr=0.025, momentum=0.9,
+    "world": dict(schedule="iterations", iterations=400, epochs=None, batch_size=64, lr=0.025, momentum=0.9,
                   weight_decay=5e-4, decay="cosine", step_fraction=None, warmup_fraction=0.02, dropout=0.0,
                   resolution=32),
-    # pre-training that transfers on the embedded world: 8000 x 64 (~11 epochs), 16x the `world` recipe's time;
+    # pre-training that transfers on the embedded world: 8000 x 64 (~11 epochs), 20x the `world` recipe's time;
     # val top-1 ~57 %, val_top1_coarse ~67 % (measured, see README "Pre-training")
     "world-long": dict(schedule="iterations", iterations=8000, epochs=None, batch_size=64, lr=0.05, momentum=0.9,
                        weight_decay=5e-4, decay="cosine", step_fraction=None, warmup_fraction=0.02, dropout=0.0,

@@ -223,12 +223,22 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
     made = {}
     random = results[results["variant"] == RANDOM].drop_duplicates(["run_id", "metric"]).groupby("metric")["value"].mean()
 
+    def curve(ax, stats, x: str, label: str, **style) -> None:
+        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=label, **style)
+
     def reference(ax, metrics: list[str]) -> None:
-        """A dotted grey line per metric at its random-init value: what no pre-training at all gives."""
+        """A dotted line per metric at its random-init value (what no pre-training gives), in its curve's colour."""
+        colours = {}
+        for container in ax.containers:  # errorbar: the label is the container's, the colour its data line's
+            colours.setdefault(container.get_label().split(" (")[0], container.lines[0].get_color())
         for metric in metrics:
             if metric in random.index:
-                ax.axhline(random[metric], color="0.45", linestyle=":", linewidth=1.5, gid=RANDOM,
+                ax.axhline(random[metric], color=colours.get(metric, "0.45"), linestyle=":", linewidth=1.5, gid=RANDOM,
                            label=f"{metric}, {RANDOM_LABEL}")  # fmt: skip
+
+    def finish_axes(ax) -> None:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.grid(alpha=0.3)
 
     def save(fig, name: str, caption: str) -> None:
         for ax in fig.axes:  # the measured x values as plain numbers on the log axis
@@ -243,37 +253,33 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
 
     per_class = _series(results, "images_per_class", lambda v: v == BASELINE or v.startswith("e1-"))
     if per_class:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(8.5, 4))
         for metric, stats in per_class.items():
-            ax.errorbar(stats["images_per_class"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=metric)
+            curve(ax, stats, "images_per_class", metric, marker="o")
         reference(ax, list(per_class))
         ax.set(xscale="log", xlabel="pre-training images per class", ylabel="transfer metric (%)", title=f"E1: transfer vs images per class{label}")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        finish_axes(ax)
         save(fig, "transfer_vs_images_per_class.png", "Transfer vs images per class (E1 and the full set; mean ± std over seeds).")
     by_classes = _series(results, "num_classes", lambda v: v == BASELINE or v.startswith(("e2-", "e3-")))
     budget = _series(results, "num_classes", lambda v: v.startswith("e5-"))
     if by_classes or budget:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(8.5, 4.5))
         for metric, stats in by_classes.items():
-            ax.errorbar(stats["num_classes"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=f"{metric} (E2/E3 labels)")
+            curve(ax, stats, "num_classes", f"{metric} (E2/E3 labels)", marker="o")
         for metric, stats in budget.items():
-            ax.errorbar(stats["num_classes"], stats["mean"], yerr=stats["std"].fillna(0), marker="s", linestyle="--", capsize=3,
-                        label=f"{metric} (E5 fixed budget)")  # fmt: skip
+            curve(ax, stats, "num_classes", f"{metric} (E5 fixed budget)", marker="s", linestyle="--")
         reference(ax, list(dict.fromkeys([*by_classes, *budget])))
         ax.set(xscale="log", xlabel="number of pre-training classes (labels)", ylabel="transfer metric (%)",
                title=f"E2/E3/E5: transfer vs number of classes{label}")  # fmt: skip
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        finish_axes(ax)
         save(fig, "transfer_vs_num_classes.png", "Transfer vs number of classes: coarser labels (E2, E3) and a fixed image budget (E5).")
     if not trials.empty:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(8.5, 4))
         for study, part in trials.groupby("study_name"):
             ax.scatter(part["num_classes"], part["objective"], label=study or "study")
         ax.set(xscale="log", xlabel="number of classes C (images per class = B / C)", ylabel="objective",
                title="Budget study: C vs objective")  # fmt: skip
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        finish_axes(ax)
         save(fig, "budget_study_classes_vs_objective.png", "Budget-study trials: number of classes C vs the objective.")
     return made
 
