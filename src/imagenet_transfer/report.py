@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from imagenet_transfer.errors import UserError
+from imagenet_transfer.reproduce import RANDOM  # the variant of the grid's no-pre-training rows
 
 # The metrics a table shows per benchmark (all in %).
 MAIN_METRICS = {
@@ -58,7 +59,6 @@ NOT_PUBLISHED = "not published"
 RESULT_COLUMNS = ["experiment", "variant", "paper_variant", "seed", "arch", "benchmark", "num_classes", "images_per_class",
                   "run_id", "metric", "value"]  # fmt: skip
 BASELINE = "full"
-RANDOM = "random"  # the grid's no-pre-training rows (reproduce.RANDOM)
 RANDOM_LABEL = "random init (no pre-training)"
 
 

@@ -8,7 +8,7 @@ A world can be made part by part (`parts=("imagenet",)`: what pre-training reads
 `world.json` then lists only the parts present, and a later call that needs more builds the missing parts
 in a hidden folder, moves them in and rewrites `world.json`. Every image draws from its own seed, so a world
 completed part by part is byte-identical to one made at once (same files, same `world.json`). One process at
-a time builds a given world (a lock file beside it); another waits and then finds it.
+a time builds a given world (a lock file in the cache's `locks/` folder); another waits and then finds it.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ VERSION = 2  # 2: SUN397 scenes of the pre-training groups, 2-4 large objects, 1
 GROUPS = ("imagenet", "VOCdevkit/VOC2007", "VOCdevkit/VOC2012", "SUN397", "Partitions")
 PARTS = {"imagenet": "imagenet", "voc2007": "VOCdevkit/VOC2007", "voc2012": "VOCdevkit/VOC2012",
          "sun397": {"images": "SUN397", "partitions": "Partitions"}}  # fmt: skip
-PART_GROUPS = {"imagenet": ("imagenet",), "voc2007": ("VOCdevkit/VOC2007",), "voc2012": ("VOCdevkit/VOC2012",),
-               "sun397": ("SUN397", "Partitions")}  # fmt: skip
+PART_GROUPS = {part: (f,) if isinstance(f, str) else tuple(f.values()) for part, f in PARTS.items()}  # part -> GROUPS
 PART_CODES = {"imagenet": 1, "voc07": 2, "voc12": 3, "sun": 4}
 TASK_PART = {"imagenet": "imagenet", "voc07": "voc2007", "voc12": "voc2012", "sun": "sun397"}
 
