@@ -26,14 +26,10 @@ step the first is running and then reuses its result, so two grids that overlap 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -409,21 +405,11 @@ def _normalised(config, world_root: str, world_hash: str) -> dict[str, Any]:
 
 
 # -- running ----------------------------------------------------------------------------------------------
-@contextmanager
-def step_lock(key: str) -> Iterator[None]:
-    """Hold the exclusive lock of step `key` (a file under the cache's locks/ folder; released when the process
-    dies): whoever holds it runs the step, others wait and then find its result."""
-    from imagenet_transfer.paths import cache_dir
+def step_lock(key: str):
+    """The lock of step `key`: whoever holds it runs the step, others wait and then find its result."""
+    from imagenet_transfer.paths import cache_lock
 
-    folder = cache_dir() / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"step {key} is being run by another process: waiting for it", file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return cache_lock(f"step-{key}", f"step {key} is being run by another process: waiting for it")
 
 
 def _find_finished(key: str):

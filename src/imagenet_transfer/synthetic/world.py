@@ -13,7 +13,6 @@ a time builds a given world (a lock file in the cache's `locks/` folder); anothe
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import multiprocessing as mp
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.paths import cache_dir
+from imagenet_transfer.paths import cache_dir, cache_lock
 from imagenet_transfer.synthetic import render
 from imagenet_transfer.synthetic.plan import (
     ACTION_PROPS, ACTIONS, SIZES, TABLE, VOC_CLASSES, check_options, choose_classes, scene_recipes, voc_pools,
@@ -75,13 +74,10 @@ def generate(out: str | Path | None = None, *, seed: int = 0, size: str = "defau
         return out
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        locks = cache_dir() / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        lock = open(locks / f"world-{hashlib.sha1(str(out).encode()).hexdigest()[:16]}.lock", "w")
+        (cache_dir() / "locks").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot write the world to {out}: {err.strerror or err}; expected a writable folder") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this world: wait, then look again
+    with cache_lock(f"world-{hashlib.sha1(str(out).encode()).hexdigest()[:16]}"):  # another process building it: wait
         state, world = _existing(out, options, in_cache)
         have = present_parts(world) if world is not None else set()
         if wanted <= have:

@@ -51,12 +51,10 @@ def resolve_backbone(spec: str, num_classes: int = 1000):
     return net, {**info, "uri": spec}
 
 
-WORLD_FOLDERS = {"imagenet": "imagenet", "voc2007": "VOCdevkit/VOC2007", "voc2012": "VOCdevkit/VOC2012", "sun397": ""}
-
-
 def world_part(part: str) -> Path:
     """The folder of a part of the default embedded world (imagenet, voc2007, voc2012, or sun397: the root that
     holds SUN397/ and Partitions/), that part generated on first use."""
-    from imagenet_transfer.synthetic import generate
+    from imagenet_transfer.synthetic import PARTS, generate
 
-    return generate(progress=False, parts=(part,)) / WORLD_FOLDERS[part]
+    folder = PARTS[part]  # a part of several folders (SUN397/ + Partitions/) is read from the world's root
+    return generate(progress=False, parts=(part,)) / (folder if isinstance(folder, str) else "")
