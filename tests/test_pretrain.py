@@ -10,7 +10,7 @@ import torch
 
 from conftest import cli
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.pretrain import PretrainConfig, load_checkpoint, lr_lambda, run_pretrain
+from imagenet_transfer.pretrain import PretrainConfig, load_checkpoint, lr_lambda, reference_accuracies, run_pretrain
 from imagenet_transfer.tracking import backbone_files, load_backbone
 
 
@@ -26,6 +26,7 @@ def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pretrain"
     assert run.data.params["arch"] == "small" and run.data.params["derived.total_iterations"] == "3"
     assert {"train_loss", "lr", "images_per_s", "val_top1", "val_top5", "val_top1_coarse"} <= set(run.data.metrics)
+    assert 0 < float(run.data.params["derived.val_top1_uniform"]) <= float(run.data.params["derived.val_top1_majority"])
     assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["subset_digest"]
     assert "subset_run_id" in run.data.tags  # the preset was built and logged as its own subset run
 
@@ -48,6 +49,15 @@ def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path):
     again = run_pretrain(config(tiny_world, tmp_path, subset="e3-127", model_name="small-tiny-e3"))
     assert again["run_id"] == summary["run_id"]  # finished: found, not trained again
     assert len(client.search_model_versions("name = 'small-tiny-e3'")) == 1
+
+
+def test_reference_accuracies_are_the_uniform_guess_and_the_majority_shares():
+    manifest = pd.DataFrame({"label": [0, 1, 2, 3, 0, 0, 0, 1, 2, 3], "split": ["train"] * 4 + ["val"] * 6})
+    coarse = torch.tensor([0, 0, 1, 1])  # labels 0, 1 -> coarse 0; 2, 3 -> coarse 1
+    assert reference_accuracies(manifest, coarse) == {
+        "derived.val_top1_uniform": 0.25, "derived.val_top1_majority": 0.5,  # label 0: 3 of 6 val images
+        "derived.coarse_classes": 2, "derived.val_top1_coarse_majority": round(4 / 6, 4)}  # fmt: skip
+    assert reference_accuracies(manifest[manifest["split"] == "train"], coarse) == {}
 
 
 class Interrupt(KeyboardInterrupt):

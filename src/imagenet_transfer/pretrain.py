@@ -6,9 +6,10 @@
 Input: a subset: a preset name or a spec file (built from `source`; default: the embedded world, generated
 on first use), a subset folder or a `manifest.parquet`.
 Output: an MLflow run (tag stage=pretrain) with the resolved config as params, per-epoch metrics (train_loss,
-lr, images_per_s, val_top1, val_top5, val_top1_coarse), the subset as a dataset input, the backbone as an
-MLflow model (`backbone/`, with `state_dict.pt` + `backbone.json` as extra files, loadable with
-`torch.load(..., weights_only=True)`), and a registered model version `<arch>-<subset name>` with the alias
+lr, images_per_s, val_top1, val_top5, val_top1_coarse; the params `derived.val_top1_uniform`,
+`derived.val_top1_majority` and `derived.val_top1_coarse_majority` say what guessing scores), the subset as a
+dataset input, the backbone as an MLflow model (`backbone/`, with `state_dict.pt` + `backbone.json` as extra
+files, loadable with `torch.load(..., weights_only=True)`), and a registered model version `<arch>-<subset name>` with the alias
 `current` (`models:/small-full@current`). Pre-training computes no transfer metric: benchmarks read the model.
 
 Checkpoints go to `checkpoint_dir` (default: the cache, keyed by the config and the subset digest) at every
@@ -219,6 +220,18 @@ def coarse_labels(manifest: pd.DataFrame, level: str) -> torch.Tensor:
     return torch.tensor([codes[majority[label]] for label in range(int(manifest["label"].max()) + 1)])
 
 
+def reference_accuracies(manifest: pd.DataFrame, coarse_of_label: torch.Tensor) -> dict[str, float]:
+    """What the val metrics are read against: top-1 of a uniform guess over the labels, and the val share of
+    the most common label and coarse label (what always answering it scores)."""
+    val = torch.as_tensor(manifest.loc[manifest["split"] == "val", "label"].to_numpy(), dtype=torch.long)
+    if not len(val):
+        return {}
+    share = lambda labels: round(float(torch.bincount(labels).max()) / len(labels), 4)  # noqa: E731
+    return {"derived.val_top1_uniform": round(1.0 / len(coarse_of_label), 4), "derived.val_top1_majority": share(val),
+            "derived.coarse_classes": int(coarse_of_label.unique().numel()),
+            "derived.val_top1_coarse_majority": share(coarse_of_label[val])}
+
+
 def lr_lambda(config: PretrainConfig, total_steps: int) -> Callable[[int], float]:
     """The learning-rate multiplier after `step` steps: linear warm-up, then cosine or step decay."""
     warmup = int(total_steps * (config.warmup_fraction or 0))
@@ -373,7 +386,8 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
                    "derived.device": str(device), "derived.world_size": world_size,
                    "derived.global_batch_size": config.batch_size * world_size,
                    "derived.train_images": int((manifest["split"] == "train").sum()),
-                   "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader"}  # fmt: skip
+                   "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader",
+                   **reference_accuracies(manifest, coarse)}  # fmt: skip
         tracking.log_params(derived)
 
     last_save = time.monotonic()
