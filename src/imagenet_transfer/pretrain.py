@@ -10,7 +10,8 @@ lr, images_per_s, val_top1, val_top5, val_top1_coarse; the params `derived.val_t
 `derived.val_top1_majority` and `derived.val_top1_coarse_majority` say what guessing scores), the subset as a
 dataset input, the backbone as an MLflow model (`backbone/`, with `state_dict.pt` + `backbone.json` as extra
 files, loadable with `torch.load(..., weights_only=True)`), and a registered model version `<arch>-<subset name>`
-with the alias `current` (`models:/small-full@current`). Pre-training computes no transfer metric: benchmarks read the model.
+with the alias `current` (`models:/small-full@current`). Pre-training computes no transfer metric: benchmarks
+read the model.
 
 Checkpoints go to `checkpoint_dir` (default: the cache, keyed by the config and the subset digest) at every
 epoch end and every `checkpoint_minutes`; running the same command again resumes the same MLflow run from
