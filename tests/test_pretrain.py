@@ -20,8 +20,9 @@ def config(tiny_world, tmp_path, **overrides):
     return PretrainConfig(**{**base, **overrides})
 
 
-def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path):
+def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path, capsys):
     summary = run_pretrain(config(tiny_world, tmp_path, subset="e3-127", model_name="small-tiny-e3"))
+    assert "guessing scores val_top1" in capsys.readouterr().out
     run = mlflow.get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pretrain"
     assert run.data.params["arch"] == "small" and run.data.params["derived.total_iterations"] == "3"

@@ -382,13 +382,18 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
     coarse = coarse_labels(manifest, config.coarse_level)
     if is_main:
+        guess = reference_accuracies(manifest, coarse)
+        if guess:
+            print(f"guessing scores val_top1 {guess['derived.val_top1_uniform']:.3f} (uniform) or "
+                  f"{guess['derived.val_top1_majority']:.3f} (most common label), val_top1_coarse "
+                  f"{guess['derived.val_top1_coarse_majority']:.3f} (most common of {guess['derived.coarse_classes']} "
+                  f"{config.coarse_level} labels)")  # fmt: skip
         derived = {"derived.num_classes": num_classes, "derived.batches_per_epoch": per_epoch,
                    "derived.total_iterations": total, "derived.epochs": epochs, "derived.workers": workers,
                    "derived.device": str(device), "derived.world_size": world_size,
                    "derived.global_batch_size": config.batch_size * world_size,
                    "derived.train_images": int((manifest["split"] == "train").sum()),
-                   "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader",
-                   **reference_accuracies(manifest, coarse)}  # fmt: skip
+                   "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader", **guess}  # fmt: skip
         tracking.log_params(derived)
 
     last_save = time.monotonic()
