@@ -227,7 +227,10 @@ def reference_accuracies(manifest: pd.DataFrame, coarse_of_label: torch.Tensor) 
     val = torch.as_tensor(manifest.loc[manifest["split"] == "val", "label"].to_numpy(), dtype=torch.long)
     if not len(val):
         return {}
-    share = lambda labels: round(float(torch.bincount(labels).max()) / len(labels), 4)  # noqa: E731
+
+    def share(labels: torch.Tensor) -> float:  # of the most common label
+        return round(float(torch.bincount(labels).max()) / len(labels), 4)
+
     return {"derived.val_top1_uniform": round(1.0 / len(coarse_of_label), 4), "derived.val_top1_majority": share(val),
             "derived.coarse_classes": int(coarse_of_label.unique().numel()),
             "derived.val_top1_coarse_majority": share(coarse_of_label[val])}
