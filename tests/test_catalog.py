@@ -1,3 +1,7 @@
+import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -5,7 +9,7 @@ import pytest
 
 from conftest import cli, realdata
 from imagenet_transfer import catalog as catalog_module
-from imagenet_transfer.catalog import DEMO, hash_file_names, load_catalog, read_catalog, write_catalog
+from imagenet_transfer.catalog import DEMO, hash_file_names, load_catalog, read_catalog, source_digest, write_catalog
 from imagenet_transfer.errors import UserError
 
 WNIDS = ["n01440764", "n01443537", "n02084071"]
@@ -130,3 +134,173 @@ def test_file_name_hash_ignores_folders_and_separates_names():
     assert h[0] == h[1] == h[2] and len({h[0], h[3], h[4], h[5], h[6]}) == 5
     chunked = pd.Series(pd.arrays.ArrowStringArray(__import__("pyarrow").chunked_array([paths[:3], paths[3:]])))
     assert (hash_file_names(chunked) == h).all()
+
+
+# -- devkit contents, hidden names ------------------------------------------------------------------------
+def make_flat_val(root: Path, truth: str = "2\n1\n3\n", devkit: str = ".") -> Path:
+    make_imagenet(root, val="flat")
+    for i in (1, 2, 3):
+        touch(root / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+    (root / devkit).mkdir(parents=True, exist_ok=True)
+    (root / devkit / "map_clsloc.txt").write_text("n02084071 1 dog\nn01440764 2 tench\nn01443537 3 goldfish\n")
+    (root / devkit / "ILSVRC2012_validation_ground_truth.txt").write_text(truth)
+    return root
+
+
+def rewrite_keeping_mtimes(path: Path, text: str) -> None:
+    """Rewrite `path` in place, then restore its own and its folders' modification times."""
+    keep = [(p, p.stat()) for p in (path, *path.parents[:3])]
+    path.write_text(text)
+    for p, st in keep:
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def val_labels(root: Path) -> list[str]:
+    return load_catalog(root).query("split == 'val'").sort_values("path")["wnid"].astype(str).tolist()
+
+
+@pytest.mark.parametrize("devkit", [".", "meta"])
+def test_devkit_ground_truth_rewritten_in_place_relabels_val(tmp_path, devkit):
+    root = make_flat_val(tmp_path / "src", devkit=devkit)
+    assert val_labels(root) == ["n01440764", "n02084071", "n01443537"]
+    rewrite_keeping_mtimes(root / devkit / "ILSVRC2012_validation_ground_truth.txt", "3\n2\n1\n")
+    assert val_labels(root) == ["n01443537", "n01440764", "n02084071"]
+
+
+def test_devkit_class_map_rewritten_in_place_relabels_val(tmp_path):
+    root = make_flat_val(tmp_path / "src")
+    assert val_labels(root) == ["n01440764", "n02084071", "n01443537"]
+    rewrite_keeping_mtimes(root / "map_clsloc.txt", "n01440764 1 tench\nn02084071 2 dog\nn01443537 3 goldfish\n")
+    assert val_labels(root) == ["n02084071", "n01440764", "n01443537"]
+
+
+def add_hidden(root: Path, layout: str) -> None:
+    """Hidden files and folders where a Mac or an interrupted copy leaves them."""
+    touch(root / ".DS_Store")
+    if layout == "flat":
+        touch(root / f"._{WNIDS[0]}_1.JPEG")
+        touch(root / f".{WNIDS[1]}_9.JPEG")
+        touch(root / ".partial" / f"{WNIDS[0]}_5.JPEG")
+        return
+    touch(root / "train" / WNIDS[0] / f"._{WNIDS[0]}_1.JPEG")
+    touch(root / "train" / WNIDS[0] / ".DS_Store")
+    touch(root / "train" / f".{WNIDS[1]}.partial" / f"{WNIDS[1]}_7.JPEG")
+    touch(root / "train" / ".DS_Store")
+    touch(root / "val" / ".DS_Store")
+    touch(root / "val" / ".partial" / "ILSVRC2012_val_00000009.JPEG")
+    if layout == "foldered val":
+        touch(root / "val" / WNIDS[0] / "._ILSVRC2012_val_00000001.JPEG")
+    else:
+        touch(root / "val" / "._ILSVRC2012_val_00000001.JPEG")
+
+
+def make_layout(root: Path, layout: str) -> Path:
+    if layout == "flat":
+        for w in WNIDS:
+            touch(root / f"{w}_1.JPEG")
+        return root
+    return make_flat_val(root) if layout == "flat val" else make_imagenet(root)
+
+
+@pytest.mark.parametrize("layout", ["foldered val", "flat val", "flat"])
+def test_hidden_files_and_folders_are_never_catalogued(tmp_path, layout):
+    clean = load_catalog(make_layout(tmp_path / "clean", layout))
+    root = make_layout(tmp_path / "src", layout)
+    add_hidden(root, layout)
+    cat = load_catalog(root)
+    relative = sorted(str(Path(p).relative_to(root)) for p in cat["path"])
+    assert relative == sorted(str(Path(p).relative_to(tmp_path / "clean")) for p in clean["path"])
+    assert not any(part.startswith(".") for r in relative for part in Path(r).parts)
+    assert sorted(cat["wnid"].astype(str)) == sorted(clean["wnid"].astype(str))
+
+
+# -- source_digest -------------------------------------------------------------------------------------------
+def test_source_digest_is_stable_and_read_from_the_cached_catalog(tmp_path, monkeypatch):
+    root = make_flat_val(tmp_path / "src")
+    digest = source_digest(root)
+    assert re.fullmatch(r"[0-9a-f]{32}", digest)
+    scans = []
+    real_scan = catalog_module.scan
+    monkeypatch.setattr(catalog_module, "scan", lambda r: scans.append(r) or real_scan(r))
+    assert source_digest(root) == digest and source_digest(str(root) + "/") == digest and scans == []
+    load_catalog(root)
+    assert source_digest(root) == digest and scans == []
+
+
+def test_source_digest_is_the_listing_not_the_location_or_hidden_files(tmp_path):
+    root = make_flat_val(tmp_path / "a")
+    shutil.copytree(root, tmp_path / "b")
+    digest = source_digest(root)
+    assert source_digest(tmp_path / "b") == digest
+    add_hidden(tmp_path / "b", "flat val")
+    assert source_digest(tmp_path / "b") == digest
+
+
+def test_source_digest_changes_when_an_image_is_added_or_renamed(tmp_path):
+    root = make_imagenet(tmp_path / "src")
+    before = source_digest(root)
+    touch(root / "train" / WNIDS[1] / f"{WNIDS[1]}_new.JPEG")
+    added = source_digest(root)
+    (root / "train" / WNIDS[1] / f"{WNIDS[1]}_new.JPEG").rename(root / "train" / WNIDS[1] / f"{WNIDS[1]}_other.JPEG")
+    assert len({before, added, source_digest(root)}) == 3
+
+
+@pytest.mark.parametrize("name", ["ILSVRC2012_validation_ground_truth.txt", "map_clsloc.txt"])
+def test_source_digest_changes_when_a_devkit_file_changes(tmp_path, name):
+    root = make_flat_val(tmp_path / "src", devkit="meta")
+    before = source_digest(root)
+    text = (root / "meta" / name).read_text()
+    rewrite_keeping_mtimes(root / "meta" / name, text + "\n")
+    assert source_digest(root) != before
+
+
+def make_world_part(world: Path, sha: str, name: str = "imagenet") -> Path:
+    part = make_imagenet(world / name)
+    (world / "world.json").write_text(json.dumps({"files": {name: {"count": 13, "bytes": 0, "sha256": sha}}}))
+    return part
+
+
+def test_source_digest_of_a_world_part_is_its_sha256_in_world_json(tmp_path):
+    part = make_world_part(tmp_path / "world", "ab" * 32)
+    first = source_digest(part)
+    assert first == ("ab" * 32)[:32]
+    make_world_part(tmp_path / "world", "cd" * 32)
+    assert source_digest(part) == ("cd" * 32)[:32]
+    other = make_imagenet(tmp_path / "world" / "other")  # not listed in world.json: identified by its listing
+    assert source_digest(other) == source_digest(make_imagenet(tmp_path / "plain")) != first
+
+
+def test_source_digest_refuses_a_bad_world_json(tmp_path):
+    part = make_world_part(tmp_path / "world", "not a digest")
+    with pytest.raises(UserError, match="world.json: files.imagenet.sha256 is 'not a digest'; expected"):
+        source_digest(part)
+    (tmp_path / "world" / "world.json").write_text("{")
+    with pytest.raises(UserError, match="world.json is corrupt"):
+        source_digest(part)
+
+
+def test_source_digest_of_parquet_catalogs_is_their_content(tmp_path):
+    frame = pd.DataFrame({"path": ["/a/x.JPEG", "/a/y.JPEG"], "wnid": ["n01440764", "n01443537"]})
+    frame.to_parquet(tmp_path / "a.parquet")
+    shutil.copy(tmp_path / "a.parquet", tmp_path / "copy.parquet")
+    frame.assign(wnid=["n01440764", "n02084071"]).to_parquet(tmp_path / "b.parquet")
+    a = source_digest(tmp_path / "a.parquet")
+    assert re.fullmatch(r"[0-9a-f]{32}", a)
+    assert source_digest(str(tmp_path / "copy.parquet")) == a != source_digest(tmp_path / "b.parquet")
+
+
+def test_source_digest_of_the_demo_catalog_is_stable():
+    digest = source_digest(DEMO)
+    assert re.fullmatch(r"[0-9a-f]{32}", digest) and source_digest(DEMO) == digest
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing", "source .*missing does not exist"),
+        (lambda d: d / "gone.parquet", "catalog .*gone.parquet cannot be read"),
+    ],
+)
+def test_source_digest_refuses_missing_sources(tmp_path, make, message):
+    with pytest.raises(UserError, match=message):
+        source_digest(make(tmp_path))

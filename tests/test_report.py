@@ -1,7 +1,10 @@
 """The report: tables from MLflow with mean ± std over seeds (checked by hand), deltas, the paper's numbers
-or "not published", plots, Markdown + self-contained HTML, a report run; bad input."""
+or "not published", plots, Markdown + self-contained HTML, a report run; the newest FINISHED grid run (one that
+did not finish is skipped, alone it exits 2), grid runs with steps or metrics missing (made by hand); bad input."""
 
+import shutil
 import statistics
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -117,3 +120,128 @@ def test_an_experiment_without_the_full_variant_is_compared_to_the_grids_full_ru
     assert "voc07_map_mean" not in table.columns  # only the experiment's own metrics
     header, rows = display_rows(experiment_table(part), ["voc12_action_map"])
     assert rows[1][3:6] == [f"56.00 ± {statistics.stdev([55.0, 57.0]):.2f}", "-6.00", NOT_PUBLISHED]
+
+
+# -- grid runs made by hand (a store of their own per test) -------------------------------------------------
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty SQLite store's file, its tables created once (copies of it are new stores, fast)."""
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def hand_store(empty_store, tmp_path, monkeypatch):
+    """An empty store of this test's own: its grid runs are made by hand and must not meet the smoke grid."""
+    (tmp_path / "hand").mkdir()
+    shutil.copy(empty_store, tmp_path / "hand" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'hand' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.configure()
+    return uri
+
+
+def hand_run(stage, start, status="FINISHED", metrics=None, params=None, steps=None):
+    """A run tagged `stage`, started at `start` (ms), ended with `status`; `steps` becomes its steps.json."""
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(tracking.experiment_id(), start_time=start, tags={"stage": stage}).info.run_id
+    for name, value in (metrics or {}).items():
+        client.log_metric(run_id, name, value)
+    for name, value in (params or {}).items():
+        client.log_param(run_id, name, value)
+    if steps is not None:
+        client.log_dict(run_id, steps, "steps.json")
+    client.set_terminated(run_id, status, end_time=start + 1000)
+    return run_id
+
+
+def step(stage, variant="full", seed=0, run_id="", benchmark=""):
+    """A row of a grid run's step table, as `run_grid` writes it."""
+    return {"experiment": "ER", "variant": variant, "paper_variant": "full" if variant == "full" else None, "seed": seed,
+            "num_classes": 40 if variant == "full" else 10, "num_fine_classes": 40, "train_images": 960,
+            "images_per_class": 24.0, "arch": "small", "stage": stage, "benchmark": benchmark,
+            "step_key": f"{stage}-{variant}-{seed}-{benchmark}", "reused": False, "seconds": 0.1, "run_id": run_id}  # fmt: skip
+
+
+def transfer_step(variant, seed, run_id):
+    return step("transfer", variant, seed, run_id, "voc12_action")
+
+
+def report_runs():
+    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'report'", output_format="list")
+
+
+T0 = 1_700_000_000_000  # ms: the hand-made runs' start times, oldest first
+
+
+def test_a_grid_run_that_did_not_finish_is_not_reported_and_alone_exits_2(hand_store, tmp_path, capsys):
+    pretrain = hand_run("pretrain", T0)
+    failed = hand_run("reproduce", T0 + 1000, "FAILED", steps=[step("subset"), step("pretrain", run_id=pretrain)])
+    killed = hand_run("reproduce", T0 + 2000, "KILLED", steps=[step("subset")])
+    assert cli("report", "--out", tmp_path / "rep") == 2
+    message = capsys.readouterr().err
+    assert "stage=reproduce with status FINISHED" in message and hand_store in message
+    assert f"{killed} (KILLED), {failed} (FAILED)" in message and "imagenet-transfer reproduce" in message
+
+    for grid_run, expected in ((failed, f"--grid-run {failed} is a reproduce run with status FAILED; expected a FINISHED one"),
+                               (killed, "status KILLED; expected a FINISHED one"),
+                               (pretrain, f"--grid-run {pretrain} is a pretrain run; expected a reproduce run"),
+                               ("0" * 32, f"--grid-run {'0' * 32}: no such run in the tracking store {hand_store}")):  # fmt: skip
+        assert cli("report", "--out", tmp_path / "rep", "--grid-run", grid_run) == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists() and not report_runs() and not running()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rep")] == []  # no temporary folder left
+
+
+def test_a_newer_unfinished_grid_run_is_skipped_for_the_newest_finished_one(hand_store, tmp_path, capsys):
+    ok = [hand_run("transfer", T0 + i, metrics={"voc12_action_map": v}) for i, v in enumerate((60.0, 64.0, 50.0))]
+    lost = hand_run("transfer", T0 + 10, "FAILED")  # a transfer run that failed: no metric
+    older = hand_run("reproduce", T0 + 100, params={"grid_name": "old-grid", "profile": "smoke"},
+                     steps=[transfer_step("full", 0, ok[0])])  # fmt: skip
+    finished = hand_run("reproduce", T0 + 200, params={"grid_name": "hand-grid", "profile": "smoke"},
+                        steps=[step("subset"), step("pretrain"), transfer_step("full", 0, ok[0]), transfer_step("full", 1, ok[1]),
+                               step("subset", "e3-127"), step("pretrain", "e3-127"), transfer_step("e3-127", 0, ok[2]),
+                               transfer_step("e3-127", 1, lost), transfer_step("e3-127", 2, "")])  # fmt: skip
+    failed = hand_run("reproduce", T0 + 300, "FAILED", steps=[step("subset"), transfer_step("full", 0, lost)])
+    assert cli("report", "--out", tmp_path / "rep") == 0
+    err = capsys.readouterr().err
+    assert f"reporting grid run {finished} (grid hand-grid" in err and older not in err
+    assert f"skipped 1 newer grid run(s) that did not finish: {failed} (FAILED)" in err
+    markdown = (tmp_path / "rep" / "report.md").read_text()
+    assert f"reproduce run `{finished}` (FINISHED)" in markdown and f"{failed} (FAILED)" in markdown
+    assert f"| full | 40 | 24 | 62.00 ± {statistics.stdev([60.0, 64.0]):.2f} | — | {NOT_PUBLISHED} |" in markdown
+    assert f"| e3-127 | 10 | 24 | 50.00 | -12.00 | {NOT_PUBLISHED} |" in markdown  # steps without a metric: not counted
+    table = pd.read_csv(tmp_path / "rep" / "tables" / "ER.csv").set_index("variant")
+    assert table.loc["e3-127", "voc12_action_map_n"] == 1
+    (report_run,) = report_runs()
+    assert report_run.data.tags["grid_run_id"] == finished and report_run.info.status == "FINISHED"
+
+    assert cli("report", "--out", tmp_path / "old", "--grid-run", older) == 0  # an older finished one, by id
+    assert "reporting grid run " + older in capsys.readouterr().err
+    assert "skipped" not in (tmp_path / "old" / "report.md").read_text() and not running()
+
+
+def test_a_finished_grid_run_without_transfer_results_gives_a_report_that_says_so(hand_store, tmp_path):
+    lost = hand_run("transfer", T0, "FAILED")
+    hand_run("reproduce", T0 + 100, steps=[step("subset"), step("pretrain"), transfer_step("full", 0, lost)])
+    hand_run("trial", T0 + 200, metrics={"objective": 41.5}, params={"num_classes": 20, "budget": 240})
+    assert cli("report", "--out", tmp_path / "rep") == 0
+    markdown = (tmp_path / "rep" / "report.md").read_text()
+    assert "No transfer results in the grid run: none of its transfer steps has a metric." in markdown
+    assert [p.name for p in (tmp_path / "rep" / "plots").iterdir()] == ["budget_study_classes_vs_objective.png"]
+    assert not list((tmp_path / "rep" / "tables").iterdir())
+
+
+def test_a_report_without_a_tracking_store_exits_2_and_creates_none(tmp_path, monkeypatch, capsys):
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", missing)
+    assert cli("report", "--out", tmp_path / "rep") == 2
+    message = capsys.readouterr().err
+    assert f"stage=reproduce with status FINISHED in the tracking store {missing}, which does not exist" in message
+    assert "imagenet-transfer reproduce" in message
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert cli("report") == 2  # the default store, ./mlruns/mlflow.db
+    assert "mlruns/mlflow.db, which does not exist" in capsys.readouterr().err
+    assert not {"nowhere", "mlruns", "reports", "rep"} & {p.name for p in tmp_path.iterdir()}  # no store, no report

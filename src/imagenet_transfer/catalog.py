@@ -2,7 +2,8 @@
 
 Input: a source folder in one of the layouts below, or a catalog already stored as Parquet.
 Output: a pandas DataFrame; a scanned source is cached as Parquet under `cache_dir()/catalogs/` and
-re-scanned only when one of its folders changed (files added, removed or renamed).
+re-scanned only when one of its folders changed (files added, removed or renamed) or the content of its
+devkit files changed.
 
 Layouts (`imagenet-transfer catalog scan DIR` tells which one it found):
   imagenet   train/<wnid>/*.JPEG, and optionally val/ foldered by wnid (val/<wnid>/*.JPEG) or flat
@@ -10,7 +11,11 @@ Layouts (`imagenet-transfer catalog scan DIR` tells which one it found):
              and map_clsloc.txt in the source, its val/, devkit/data/ or meta/ folder
   flat       <wnid>_*.JPEG directly in the folder (split "train"), e.g. a sample of one image per class
   builtin:demo  a listing shaped like ILSVRC-2012 at 1/16 scale, with no image files (`demo_catalog`)
-Paths are stored absolute. Only folder listings are read: no image is opened or stat'ed.
+Paths are stored absolute. Only folder listings are read: no image is opened or stat'ed. Names starting
+with "." (`.DS_Store`, `._*` resource forks, `.partial` folders) are never catalogued.
+
+`source_digest` identifies a source's content: a .parquet by its bytes, a synthetic world part by the hash
+in world.json, a folder by its listing (names, wnids, splits) and devkit files; images are not re-hashed.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import hashlib
 import json
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imagenet_transfer.errors import UserError
@@ -35,6 +42,9 @@ WNID = re.compile(r"n\d{8}")
 FLAT_NAME = re.compile(r"(n\d{8})_")
 VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})\.", re.IGNORECASE)
 DEVKIT_FILES = ("ILSVRC2012_validation_ground_truth.txt", "map_clsloc.txt")
+DEVKIT_FOLDERS = (".", "val", "devkit/data", "meta")  # searched in this order, relative to the source
+CACHE_FORMAT = 2  # 2: devkit contents in the fingerprint, hidden names skipped, listing digest stored
+DIGEST_CHARS = 32
 LAYOUT_HELP = (
     "expected an ImageNet layout (train/<wnid>/*.JPEG, optional val/), "
     "a flat folder of <wnid>_*.JPEG files, or a catalog .parquet with columns path, wnid"
@@ -48,21 +58,47 @@ def load_catalog(source: str | Path, *, refresh: bool = False) -> pd.DataFrame:
     source = Path(source).expanduser()
     if source.suffix == ".parquet":
         return read_catalog(source)
+    return _cached(_source_folder(source), refresh=refresh, read=True)[0]
+
+
+def source_digest(source: str | Path) -> str:
+    """A hex digest of the content of a pre-training source (any `load_catalog` source), for cache keys.
+
+    A .parquet: the SHA-256 of its bytes; DEMO: of the demo rows; a part of a synthetic world (its parent
+    holds world.json listing it): the part's `sha256` there; any other folder: the digest of its listing
+    and devkit files, computed when it is scanned and kept with the cached catalog.
+    """
+    if str(source) == DEMO:
+        return _demo_digest()
+    source = Path(source).expanduser()
+    if source.suffix == ".parquet":
+        return _file_digest(source)
+    root = _source_folder(source)
+    return _world_part_digest(root) or _cached(root, refresh=False, read=False)[1]
+
+
+def _source_folder(source: Path) -> Path:
     if not source.is_dir():
         raise UserError(f"source {source} does not exist or is not a folder; {LAYOUT_HELP}")
-    root = source.resolve()
+    return source.resolve()
+
+
+def _cached(root: Path, *, refresh: bool, read: bool) -> tuple[pd.DataFrame | None, str]:
+    """The catalog of folder `root` (None unless `read`) and its listing digest, from the cache when current."""
     cached = cache_dir() / "catalogs" / f"{hashlib.sha1(str(root).encode()).hexdigest()[:16]}.parquet"
-    stamp = fingerprint(root)
+    devkit = _devkit_hashes(root)
+    stamp = _fingerprint(root, devkit)
     if not refresh and cached.exists():
         try:
-            meta = pq.read_schema(cached).metadata or {}
-            if json.loads(meta.get(b"imagenet_transfer", b"{}")).get("fingerprint") == stamp:
-                return read_catalog(cached)
+            meta = json.loads((pq.read_schema(cached).metadata or {}).get(b"imagenet_transfer", b"{}"))
+            if meta.get("fingerprint") == stamp and isinstance(meta.get("digest"), str):
+                return (read_catalog(cached) if read else None), meta["digest"]
         except (OSError, ValueError, pa.ArrowException, UserError):
             pass  # an unreadable cache is rebuilt below
     catalog = scan(root)
-    write_catalog(catalog, cached, {"source": str(root), "fingerprint": stamp})
-    return catalog
+    digest = _listing_digest(catalog, root, devkit)
+    write_catalog(catalog, cached, {"source": str(root), "fingerprint": stamp, "digest": digest})
+    return catalog, digest
 
 
 def scan(root: Path) -> pd.DataFrame:
@@ -115,14 +151,44 @@ def write_catalog(catalog: pd.DataFrame, path: Path, metadata: dict | None = Non
 
 
 def fingerprint(root: Path) -> str:
-    """Modification times of the source and its class folders: changes when files come or go."""
-    stamps = []
+    """Modification times of the source and its class folders (changes when files come or go), and the
+    SHA-256 of the devkit files the val labels are read from (changes when they are rewritten)."""
+    return _fingerprint(root, _devkit_hashes(root))
+
+
+def _fingerprint(root: Path, devkit: dict[str, str]) -> str:
+    stamps: list = [("format", CACHE_FORMAT), ("devkit", sorted(devkit.items()))]
     for folder in (root, root / "train", root / "val"):
         if folder.is_dir():
             stamps.append((str(folder), folder.stat().st_mtime_ns))
             with os.scandir(folder) as entries:
-                stamps += sorted((e.path, e.stat().st_mtime_ns) for e in entries if e.is_dir())
+                stamps += sorted((e.path, e.stat().st_mtime_ns) for e in entries if _visible(e.name) and e.is_dir())
     return hashlib.sha1(json.dumps(stamps).encode()).hexdigest()
+
+
+def _listing_digest(catalog: pd.DataFrame, root: Path, devkit: dict[str, str] | None = None) -> str:
+    """A digest of a scanned catalog: file names relative to `root`, wnid and split of every row (in any
+    order), and the devkit files' content hashes (`_devkit_hashes`)."""
+    names = pc.utf8_slice_codeunits(_strings(catalog["path"]), len(str(root).rstrip("/")) + 1)
+    tab = pa.scalar("\t", pa.large_string())
+    rows = pc.binary_join_element_wise(names, _strings(catalog["wnid"]), _strings(catalog["split"]), tab)
+    rows = rows.take(pc.sort_indices(rows))  # any row order gives the same digest
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + len(rows) + 1]
+    h = hashlib.sha256(f"catalog listing {CACHE_FORMAT}\n".encode())
+    h.update(np.diff(offsets).tobytes())  # row lengths, then the rows' bytes
+    if len(rows):
+        h.update(memoryview(rows.buffers()[2])[offsets[0] : offsets[-1]])
+    h.update(json.dumps(sorted((devkit or {}).items())).encode())
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def _strings(column: pd.Series) -> pa.LargeStringArray:
+    array = pa.array(column)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if isinstance(array.type, pa.DictionaryType):
+        array = array.dictionary_decode()
+    return array.cast(pa.large_string())
 
 
 def describe(catalog: pd.DataFrame) -> pd.DataFrame:
@@ -131,14 +197,18 @@ def describe(catalog: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- layouts ----------------------------------------------------------------------------------
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    return _visible(name) and name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _scan_foldered(folder: Path, split: str) -> pd.DataFrame:
     paths, wnids = [], []
     with os.scandir(folder) as entries:
-        class_dirs = sorted((e.name, e.path) for e in entries if e.is_dir())
+        class_dirs = sorted((e.name, e.path) for e in entries if _visible(e.name) and e.is_dir())
     strays = [name for name, _ in class_dirs if not WNID.fullmatch(name)]
     if strays:
         raise UserError(f"{folder} holds folder(s) not named by wnid: {', '.join(strays[:5])}; {LAYOUT_HELP}")
@@ -153,7 +223,7 @@ def _scan_foldered(folder: Path, split: str) -> pd.DataFrame:
 def _scan_val(root: Path) -> pd.DataFrame:
     val = root / "val"
     with os.scandir(val) as entries:
-        entries = list(entries)
+        entries = [e for e in entries if _visible(e.name)]
     if any(e.is_dir() for e in entries):
         return _scan_foldered(val, "val")
     images = sorted(e.name for e in entries if _is_image(e.name))
@@ -170,20 +240,41 @@ def _scan_val(root: Path) -> pd.DataFrame:
     return pd.DataFrame({"path": paths, "wnid": wnids, "split": "val"})
 
 
+def _devkit_folder(root: Path) -> Path | None:
+    """The first folder of `DEVKIT_FOLDERS` that holds both devkit files, if any."""
+    for name in DEVKIT_FOLDERS:
+        folder = root / name
+        if all((folder / f).is_file() for f in DEVKIT_FILES):
+            return folder
+    return None
+
+
+def _devkit_hashes(root: Path) -> dict[str, str]:
+    """The SHA-256 of each devkit file `_devkit_labels` would read, by path relative to `root`."""
+    folder = _devkit_folder(root)
+    if folder is None:
+        return {}
+    try:
+        contents = {(folder / f).relative_to(root).as_posix(): (folder / f).read_bytes() for f in DEVKIT_FILES}
+    except OSError as err:
+        raise UserError(f"devkit files in {folder} cannot be read ({err}); expected readable {' and '.join(DEVKIT_FILES)}") from None
+    return {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+
+
 def _devkit_labels(root: Path) -> list[str]:
     """Validation wnids in image order, from the devkit's ground truth and map_clsloc.txt."""
-    for folder in (root, root / "val", root / "devkit" / "data", root / "meta"):
-        if all((folder / f).is_file() for f in DEVKIT_FILES):
-            ids = {}
-            for line in (folder / "map_clsloc.txt").read_text().splitlines():
-                if line.strip():
-                    wnid, devkit_id, _ = line.split(maxsplit=2)
-                    ids[devkit_id] = wnid
-            lines = (folder / DEVKIT_FILES[0]).read_text().split()
-            try:
-                return [ids[i] for i in lines]
-            except KeyError as err:
-                raise UserError(f"{folder / DEVKIT_FILES[0]}: devkit id {err} is not in map_clsloc.txt") from None
+    folder = _devkit_folder(root)
+    if folder is not None:
+        ids = {}
+        for line in (folder / "map_clsloc.txt").read_text().splitlines():
+            if line.strip():
+                wnid, devkit_id, _ = line.split(maxsplit=2)
+                ids[devkit_id] = wnid
+        lines = (folder / DEVKIT_FILES[0]).read_text().split()
+        try:
+            return [ids[i] for i in lines]
+        except KeyError as err:
+            raise UserError(f"{folder / DEVKIT_FILES[0]}: devkit id {err} is not in map_clsloc.txt") from None
     raise UserError(
         f"{root / 'val'} is a flat folder of images but {' and '.join(DEVKIT_FILES)} were not found in "
         f"{root}, its val/, devkit/data/ or meta/; expected them, or val/ foldered by wnid"
@@ -274,3 +365,43 @@ def demo_catalog(seed: int = 0) -> pd.DataFrame:
         wnids += [wnid] * (n_train + 3)
         splits += ["train"] * n_train + ["val"] * 3
     return _frame(pd.DataFrame({"path": paths, "wnid": wnids, "split": splits}))
+
+
+@lru_cache(maxsize=1)
+def _demo_digest() -> str:
+    """A digest of the demo catalog's rows (path, wnid, split, in order)."""
+    demo = demo_catalog()
+    rows = demo["path"] + "\t" + demo["wnid"].astype(str) + "\t" + demo["split"].astype(str)
+    return hashlib.sha256(("demo\n" + "\n".join(rows)).encode()).hexdigest()[:DIGEST_CHARS]
+
+
+# -- digests of other sources -------------------------------------------------------------------------
+def _file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as err:
+        raise UserError(f"catalog {path} cannot be read ({err.strerror or err}); expected a .parquet file with columns path, wnid") from None
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def _world_part_digest(root: Path) -> str | None:
+    """The `sha256` that the world.json beside `root` lists for the part named like `root`, or None when
+    `root` is not a part of a synthetic world."""
+    manifest = root.parent / "world.json"
+    if not manifest.is_file():
+        return None
+    try:
+        world = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{manifest} is corrupt ({err}); expected the world.json of a synthetic world") from None
+    files = world.get("files") if isinstance(world, dict) else None
+    if not isinstance(files, dict) or root.name not in files:
+        return None
+    sha = files[root.name].get("sha256") if isinstance(files[root.name], dict) else None
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise UserError(f"{manifest}: files.{root.name}.sha256 is {sha!r}; expected the part's 64-hex-digit SHA-256")
+    return sha[:DIGEST_CHARS]

@@ -149,9 +149,9 @@ def synth(
     partitions: Annotated[Optional[int], typer.Option(help="SUN397 partitions (default: the size's)")] = None,
 ) -> None:
     """Generate the embedded synthetic world (ImageNet, VOC2007, VOC2012 action and SUN397 formats)."""
-    from imagenet_transfer.synthetic import generate, read_world
+    from imagenet_transfer.synthetic import read_world, run_synth
 
-    root = generate(out, seed=seed, size=size, resolution=resolution, partitions=partitions)
+    root = run_synth(out, seed=seed, size=size, resolution=resolution, partitions=partitions)
     counts = read_world(root).get("counts", {})
     print("\n".join(f"{k}: {v}" for k, v in counts.items() if not isinstance(v, dict)))
     print(root)
@@ -257,13 +257,11 @@ def transfer_all(
     quick: Annotated[bool, typer.Option("--quick", help="a toy size of every benchmark")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
-    """Run every benchmark on one backbone (one MLflow run each)."""
-    from imagenet_transfer.transfer.runner import BENCHMARKS, make_config, run_benchmark
+    """Run every benchmark on one backbone: one MLflow run holding a child run per benchmark."""
+    from imagenet_transfer.transfer.runner import run_all
 
-    for name in BENCHMARKS:
-        metrics = run_benchmark(name, backbone, make_config(name, quick=quick), device=device)
+    for name, metrics in run_all(backbone, quick=quick, device=device).items():
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("voc07_ap_", "voc12_action_ap_"))))
-
 
 
 # -- budget study ---------------------------------------------------------------------------------

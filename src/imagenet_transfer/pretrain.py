@@ -13,19 +13,19 @@ files, loadable with `torch.load(..., weights_only=True)`), and a registered mod
 with the alias `current` (`models:/small-full@current`). Pre-training computes no transfer metric: benchmarks
 read the model.
 
-Checkpoints go to `checkpoint_dir` (default: the cache, keyed by the config and the subset digest) at every
-epoch end and every `checkpoint_minutes`; running the same command again resumes the same MLflow run from
-the last checkpoint, and a finished one returns its model version without training again.
+Checkpoints go to `checkpoint_dir` (default: the cache, keyed by the config, the subset digest, the source's
+content digest, the code version and the tracking store) at every epoch end and every `checkpoint_minutes`;
+running the same command again resumes the same MLflow run from the last checkpoint, and a finished one returns
+its model version without training again, as long as that run and model version exist in the current store.
+Everything that can be checked (options, subset, loaders) is checked before the run starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -168,11 +167,13 @@ class PretrainConfig:
         need(self.checkpoint_minutes >= 0, f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0")
         need(0 <= self.max_skipped_fraction <= 1, f"max_skipped_fraction={self.max_skipped_fraction}: expected 0..1")
 
-    def key(self, subset_digest: str) -> str:
-        """Identity of the training (config minus operational fields, plus the data): names checkpoints."""
+    def key(self, upstream: str) -> str:
+        """Identity of the training (config minus operational fields, plus the data, the code and the store it is
+        logged in): names checkpoints, so a checkpoint resumes only the same training into the same store."""
+        from imagenet_transfer.provenance import cache_key
+
         content = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.OPERATIONAL}
-        content["subset_digest"] = subset_digest
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+        return cache_key("pretrain", content, upstream, length=16)
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,26 @@ class ResolvedSubset:
     spec_yaml: str
     spec_digest: str
     location: str
-    run_id: str | None
+    source_digest: str  # the content of the source it was built from ("" when unknown)
+    built: Any = None  # a Subset built from a preset or spec, written and logged (`record`) inside the run
+    source: str = ""
+    run_id: str | None = None  # its subset run, once logged
+
+    def record(self) -> ResolvedSubset:
+        """Write and log a built subset (a run of its own, a child of the active run); as is otherwise."""
+        if self.built is None:
+            return self
+        from imagenet_transfer.subsets import log_subset
+
+        folder, run_id = log_subset(self.built, self.source)
+        return dataclasses.replace(self, location=str(folder), built=None, run_id=run_id)
 
 
-def resolve_subset(subset: str, source: str, seed: int | None = None) -> ResolvedSubset:
-    """A subset folder or manifest as is; a preset or spec file built (and logged) from `source`."""
-    from imagenet_transfer.subsets import load_spec, make_subset, manifest_digest, read_manifest
+def resolve_subset(subset: str, source: str) -> ResolvedSubset:
+    """A subset folder or manifest as is; a preset or spec file built in memory from `source` (bad input fails
+    here, before any run starts; `record()` writes and logs it)."""
+    from imagenet_transfer.catalog import load_catalog, source_digest
+    from imagenet_transfer.subsets import build_subset, load_spec, manifest_digest, read_manifest
 
     path = Path(subset).expanduser()
     if path.suffix == ".parquet" or (path.is_dir() and (path / "manifest.parquet").exists()):
@@ -198,14 +213,16 @@ def resolve_subset(subset: str, source: str, seed: int | None = None) -> Resolve
         spec_yaml = (folder / "spec.yaml").read_text() if (folder / "spec.yaml").exists() else ""
         return ResolvedSubset(
             manifest, info.get("name", folder.name), info.get("digest") or manifest_digest(manifest), spec_yaml,
-            info.get("spec_digest", ""), str(path), None,
+            info.get("spec_digest", ""), str(path), info.get("source_digest", ""),
         )  # fmt: skip
     is_file = path.suffix in (".yaml", ".yml")
     spec = load_spec(None if is_file else subset, path if is_file else None)
     from imagenet_transfer.synthetic import default_source
 
-    built, folder, run_id = make_subset(spec, source or default_source(), adopt_env_run=False)
-    return ResolvedSubset(built.manifest, spec.name, built.digest, spec.to_yaml(), spec.digest, str(folder), run_id)
+    source = source or default_source()
+    built = build_subset(load_catalog(source), spec)
+    return ResolvedSubset(built.manifest, spec.name, built.digest, spec.to_yaml(), spec.digest, "",
+                          source_digest(source), built, str(source))  # fmt: skip
 
 
 def coarse_labels(manifest: pd.DataFrame, level: str) -> torch.Tensor:
@@ -253,9 +270,12 @@ def lr_lambda(config: PretrainConfig, total_steps: int) -> Callable[[int], float
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
-def checkpoint_folder(config: PretrainConfig, subset_digest: str) -> Path:
+def checkpoint_folder(config: PretrainConfig, subset: ResolvedSubset) -> Path:
+    """The checkpoint folder of this training: keyed by the config, the subset and its source's content, the
+    code version and the tracking store (a checkpoint resumes its run, which lives in one store)."""
     folder = Path(config.checkpoint_dir) if config.checkpoint_dir else cache_dir() / "checkpoints"
-    folder = folder / f"{config.arch}-{config.key(subset_digest)}"
+    upstream = f"{subset.digest}:{subset.source_digest}:{tracking.store_id()}"
+    folder = folder / f"{config.arch}-{config.key(upstream)}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".probe-{os.getpid()}"
@@ -290,38 +310,42 @@ def run_pretrain(
     `on_epoch(epoch, metrics)` after every epoch's validation and checkpoint, on the main process (a study
     reports intermediate values there; an exception it raises ends the run).
     """
-    config = config.resolve()
+    given, config = config, config.resolve()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if config.gpus > 1 and world_size == 1:
         return _launch_torchrun(config)
     rank = int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
     device = _device(config, rank, world_size)
     if world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
-    subset = resolve_subset(config.subset, config.source) if rank == 0 else None
+    subset = resolve_subset(config.subset, config.source) if is_main else None
     if world_size > 1:  # every rank trains on rank 0's subset
         holder = [subset]
         torch.distributed.broadcast_object_list(holder, src=0)
         subset = holder[0]
-    folder = checkpoint_folder(config, subset.digest)
-    state = load_checkpoint(folder)
-    done = folder / "done.json"
-    if done.exists():  # every rank sees the same folder
-        summary = json.loads(done.read_text())
-        if rank == 0:
+    folder = checkpoint_folder(config, subset)
+    found = _same_on_all_ranks(_checked_checkpoint(folder) if is_main else None, world_size)
+    if found.get("done"):
+        summary = found["done"]
+        if is_main:
             print(f"already trained: {summary['model_uri']} (run {summary['run_id']}); nothing to do")
+            command_run = tracking.command_run_id()
+            if command_run:  # the run `mlflow run` made points at the run that holds the model
+                tracking.follow(command_run, summary["run_id"], "pretrain")
         return summary
+    state = load_checkpoint(folder) if found.get("resume") else None
+    setup = _prepare(config, subset, device, state, rank, world_size)  # bad input fails here, before any run
 
-    is_main = rank == 0
-    params = {k: v for k, v in dataclasses.asdict(config).items()}
     run_context = (
         tracking.start_run(
-            "pretrain", params=params, run_name=f"pretrain-{config.arch}-{subset.name}",
+            "pretrain", params=dataclasses.asdict(given), resolved={**dataclasses.asdict(config), "device": device.type},
+            run_name=f"pretrain {config.arch} {subset.name} seed {config.seed}",
             run_id=state["run_id"] if state else None, system_metrics=True,
-            tags={"arch": config.arch, "subset_name": subset.name, "subset_digest": subset.digest,
-                  "spec_digest": subset.spec_digest, "schedule": config.schedule, "checkpoint_dir": str(folder),
-                  **({"subset_run_id": subset.run_id} if subset.run_id else {})},
+            tags={"arch": config.arch, "recipe": config.recipe, "subset_name": subset.name,
+                  "subset_digest": subset.digest, "spec_digest": subset.spec_digest,
+                  "source_digest": subset.source_digest, "schedule": config.schedule, "checkpoint_dir": str(folder)},
         )  # fmt: skip
         if is_main
         else _no_run()
@@ -329,27 +353,97 @@ def run_pretrain(
     with run_context as run:
         if is_main:
             if state:
-                _note_resume(run.info.run_id)
+                mlflow.set_tag("resumed", "true")
+            subset = subset.record()  # the subset's own run, a child of this one
+            if subset.run_id:
+                mlflow.set_tag("subset_run_id", subset.run_id)
             tracking.log_dataset(
                 subset.manifest, name=subset.name, source=subset.location, digest=subset.digest, context="pretrain",
                 tags={"spec_digest": subset.spec_digest},
             )  # fmt: skip
-        model, summary = _train(config, subset, device, folder, state, run.info.run_id if is_main else "", rank,
+        model, summary = _train(config, subset, setup, device, folder, run.info.run_id if is_main else "", rank,
                                 world_size, is_main, on_step, on_epoch)  # fmt: skip
         if is_main:
             summary.update(_log_backbone(config, subset, model, folder))
             summary["run_id"] = run.info.run_id
-            done.write_text(json.dumps(summary, indent=2))
+            (folder / "done.json").write_text(json.dumps({**summary, "store": tracking.store_id()}, indent=2))
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return summary
 
 
-def _train(config, subset, device, folder, state, run_id, rank, world_size, is_main, on_step, on_epoch):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _checked_checkpoint(folder: Path) -> dict[str, Any]:
+    """What the checkpoint folder may give in this tracking store: `done` (the summary of a finished training whose
+    run and model version exist here), `resume` (a checkpoint whose run exists here and did not finish), or
+    nothing (the folder is cleared: its run or model is gone from the store)."""
+    client = mlflow.MlflowClient()
+    done, path = folder / "done.json", folder / "checkpoint.pt"
 
+    def exists(run_id: str) -> Any:
+        try:
+            return client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return None
+
+    if done.exists():
+        summary = json.loads(done.read_text())
+        run = exists(summary.get("run_id", ""))
+        model = summary.get("model_name") and summary.get("model_version")
+        if run is not None and run.info.status == "FINISHED" and (not model or _version_exists(client, summary)):
+            return {"done": summary}
+        print(f"the finished training in {folder} was logged to a run or model that this tracking store does not "
+              f"hold ({summary.get('model_uri', '')}, run {summary.get('run_id', '')}): training again")  # fmt: skip
+        done.unlink()
+        path.unlink(missing_ok=True)
+        return {}
+    if path.exists():
+        run_id = torch.load(path, map_location="cpu", weights_only=False).get("run_id", "")
+        run = exists(run_id)
+        if run is not None and run.info.status != "FINISHED":
+            return {"resume": True}
+        print(f"the checkpoint in {folder} belongs to run {run_id}, which this store does not hold unfinished: "
+              "training from the start")  # fmt: skip
+        path.unlink()
+    return {}
+
+
+def _version_exists(client, summary: dict[str, Any]) -> bool:
+    try:
+        client.get_model_version(summary["model_name"], str(summary["model_version"]))
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def _same_on_all_ranks(value: Any, world_size: int) -> Any:
+    """Rank 0's `value` on every rank."""
+    if world_size > 1:
+        holder = [value]
+        torch.distributed.broadcast_object_list(holder, src=0)
+        value = holder[0]
+    return value
+
+
+@dataclass
+class _Setup:
+    """Everything a training needs, built before its run starts (so that bad input leaves no run behind)."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module  # the module stepped: compiled and/or DDP-wrapped `model`
+    train_loader: Any
+    val_loader: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    coarse: torch.Tensor
+    shards: Any
+    workers: int
+    total: int
+    epochs: int
+    position: tuple[int, int, int]  # step, epoch, batch to start from
+
+
+def _prepare(config, subset, device, state, rank, world_size) -> _Setup:
     from imagenet_transfer.data import default_workers, make_loader
-    from imagenet_transfer.engine import evaluate, train_steps
     from imagenet_transfer.models import build_backbone
     from imagenet_transfer.shard_loader import make_shard_loader, select_shards
 
@@ -366,24 +460,36 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
     build = partial(make_shard_loader, shards) if shards else partial(make_loader, manifest)
     train_loader = build("train", batch_size=config.batch_size, train=True, seed=config.seed, **loader_args)
     has_val = bool((manifest["split"] == "val").any())
-    val_loader = build("val", batch_size=max(config.batch_size, 128), train=False, **loader_args) if has_val and is_main else None
+    val_loader = build("val", batch_size=max(config.batch_size, 128), train=False, **loader_args) if has_val and rank == 0 else None
     per_epoch = len(train_loader)
     total = config.iterations if config.schedule == "iterations" else config.epochs * per_epoch
-    epochs = math.ceil(total / per_epoch)
-
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
-    step, epoch, batch = 0, 0, 0
+    position = (0, 0, 0)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, epoch, batch = state["step"], state["epoch"], state["batch"]
+        position = (state["step"], state["epoch"], state["batch"])
     net = torch.compile(model) if config.compile else model
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
     coarse = coarse_labels(manifest, config.coarse_level)
+    return _Setup(model, net, train_loader, val_loader, optimizer, scheduler, coarse, shards, workers, total,
+                  math.ceil(total / per_epoch), position)  # fmt: skip
+
+
+def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_main, on_step, on_epoch):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from imagenet_transfer.engine import evaluate, train_steps
+
+    manifest = subset.manifest
+    model, net, train_loader, val_loader = setup.model, setup.net, setup.train_loader, setup.val_loader
+    optimizer, scheduler, coarse, shards = setup.optimizer, setup.scheduler, setup.coarse, setup.shards
+    total, epochs, per_epoch = setup.total, setup.epochs, len(train_loader)
+    step, epoch, batch = setup.position
     if is_main:
         guess = reference_accuracies(manifest, coarse)
         if guess:
@@ -391,8 +497,8 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
                   f"{guess['derived.val_top1_majority']:.3f} (most common label), val_top1_coarse "
                   f"{guess['derived.val_top1_coarse_majority']:.3f} (most common of {guess['derived.coarse_classes']} "
                   f"{config.coarse_level} labels)")  # fmt: skip
-        derived = {"derived.num_classes": num_classes, "derived.batches_per_epoch": per_epoch,
-                   "derived.total_iterations": total, "derived.epochs": epochs, "derived.workers": workers,
+        derived = {"derived.num_classes": int(manifest["label"].max()) + 1, "derived.batches_per_epoch": per_epoch,
+                   "derived.total_iterations": total, "derived.epochs": epochs, "derived.workers": setup.workers,
                    "derived.device": str(device), "derived.world_size": world_size,
                    "derived.global_batch_size": config.batch_size * world_size,
                    "derived.train_images": int((manifest["split"] == "train").sum()),
@@ -452,7 +558,9 @@ def _train(config, subset, device, folder, state, run_id, rank, world_size, is_m
 def _log_backbone(config: PretrainConfig, subset: ResolvedSubset, model: torch.nn.Module, folder: Path) -> dict:
     name = config.model_name or f"{config.arch}-{subset.name}"
     pairs = subset.manifest[["label", "label_wnid"]].drop_duplicates().sort_values("label")
-    info = {"backbone": model.config(), "label_wnids": pairs["label_wnid"].astype(str).tolist(), "subset_name": subset.name, "subset_digest": subset.digest, "spec_digest": subset.spec_digest}
+    info = {"backbone": model.config(), "label_wnids": pairs["label_wnid"].astype(str).tolist(),
+            "subset_name": subset.name, "subset_digest": subset.digest, "spec_digest": subset.spec_digest,
+            "source_digest": subset.source_digest, "recipe": config.recipe, "seed": config.seed}  # fmt: skip
     version = tracking.log_backbone(
         model, info, name=name if config.register else None,
         tags={"arch": config.arch, "subset_name": subset.name, "subset_digest": subset.digest,
@@ -487,15 +595,8 @@ def _launch_torchrun(config: PretrainConfig) -> dict[str, Any]:
         done = subprocess.run(command)
     if done.returncode:
         raise SystemExit(done.returncode)
-    folder = checkpoint_folder(config, resolve_subset(config.subset, config.source).digest)
+    folder = checkpoint_folder(config, resolve_subset(config.subset, config.source))
     return json.loads((folder / "done.json").read_text())
-
-
-def _note_resume(run_id: str) -> None:
-    outer = os.environ.get("MLFLOW_RUN_ID")
-    if outer and outer != run_id:  # `mlflow run` made a new run; training continues in the original one
-        mlflow.MlflowClient().set_tag(outer, "continued_in_run", run_id)
-    mlflow.set_tag("resumed", "true")
 
 
 class _no_run:

@@ -1,11 +1,13 @@
 """The report: the paper grid's numbers from MLflow, shaped like the paper's tables, beside its published ones.
 
-    imagenet-transfer report                       # the newest reproduce run -> reports/<UTC time>/
+    imagenet-transfer report                       # the newest finished reproduce run -> reports/<UTC time>/
     imagenet-transfer report --out reports/paper --grid-run 4f1c...
 
-Input: MLflow only (no files on the side): the newest reproduce run (tag stage=reproduce) or `--grid-run`,
-its step table `steps.json`, the metrics of the transfer runs it lists, and any budget-study trial runs
-(tag stage=trial, params `num_classes`, metric `objective`, tag `study_name`).
+Input: MLflow only (no files on the side): the newest FINISHED reproduce run (tag stage=reproduce) or
+`--grid-run` (a FINISHED one), its step table `steps.json`, the metrics of the transfer runs it lists, and any
+budget-study trial runs (tag stage=trial, params `num_classes`, metric `objective`, tag `study_name`). A newer
+grid run that did not finish (FAILED, KILLED, RUNNING: some steps only) is skipped and named; with no finished
+grid run, or a `--grid-run` that is none, the report exits with code 2 before it writes anything.
 Output (a folder, written whole or not at all, and the same files as artifacts of a run tagged stage=report):
     report.md, report.html      one table per experiment: rows = data variant, columns = benchmark metrics,
                                 cells = mean ± std over seeds, Δ to the full-data baseline, the paper's number
@@ -23,6 +25,7 @@ import html
 import math
 import os
 import shutil
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,22 +66,44 @@ RANDOM_LABEL = "random init (no pre-training)"
 
 
 # -- reading MLflow ----------------------------------------------------------------------------------------
-def find_grid_run(grid_run_id: str | None = None):
-    """The reproduce run to report: `grid_run_id`, else the newest FINISHED one, else the newest at all."""
+def find_grid_run(grid_run_id: str | None = None) -> tuple:
+    """The grid run to report and the newer grid runs skipped for it: `grid_run_id`, which must be a FINISHED
+    reproduce run, else the newest FINISHED reproduce run of the store (any experiment); UserError otherwise.
+    A grid run that did not finish (FAILED, KILLED, still RUNNING) holds some steps' results only."""
     import mlflow
 
+    uri = mlflow.get_tracking_uri()
     if grid_run_id:
         try:
             run = mlflow.get_run(grid_run_id)
         except mlflow.exceptions.MlflowException:
-            raise UserError(f"--grid-run {grid_run_id}: no such run in {mlflow.get_tracking_uri()}") from None
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            raise UserError(f"--grid-run {grid_run_id}: no such run in the tracking store {uri}; expected the id of a "
+                            "FINISHED reproduce run (tag stage=reproduce)")  # fmt: skip
         if run.data.tags.get("stage") != "reproduce":
-            raise UserError(f"--grid-run {grid_run_id} is a {run.data.tags.get('stage', 'untagged')} run; expected a reproduce run")
-        return run
+            raise UserError(f"--grid-run {grid_run_id} is a {run.data.tags.get('stage', 'untagged')} run; expected a "
+                            "reproduce run (tag stage=reproduce, from `imagenet-transfer reproduce`)")  # fmt: skip
+        if run.info.status != "FINISHED":
+            raise UserError(f"--grid-run {grid_run_id} is a reproduce run with status {run.info.status}; expected a "
+                            "FINISHED one (it holds some steps' results only: `imagenet-transfer reproduce` with the "
+                            "same grid resumes it)")  # fmt: skip
+        return run, []
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'reproduce'",
                               order_by=["attributes.start_time DESC"], output_format="list")  # fmt: skip
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    return (finished or runs or [None])[0]
+    for position, run in enumerate(runs):
+        if run.info.status == "FINISHED":
+            return run, runs[:position]
+    unfinished = f"; found {len(runs)} that did not finish ({_describe(runs)})" if runs else ""
+    raise UserError(f"no grid run to report: expected a run tagged stage=reproduce with status FINISHED in the "
+                    f"tracking store {uri} (any experiment){unfinished}; run `imagenet-transfer reproduce` first (it "
+                    "resumes an unfinished grid), or pass --grid-run ID")  # fmt: skip
+
+
+def _describe(runs: list, most: int = 5) -> str:
+    """`id (STATUS), ...` of the first `most` runs."""
+    listed = ", ".join(f"{r.info.run_id} ({r.info.status})" for r in runs[:most])
+    return listed + (f" and {len(runs) - most} more" if len(runs) > most else "")
 
 
 def grid_results(run) -> pd.DataFrame:
@@ -90,7 +115,7 @@ def grid_results(run) -> pd.DataFrame:
         steps = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/steps.json")
     except Exception:  # a grid run that stopped before its first step
         steps = []
-    transfer = [s for s in steps if s["stage"] == "transfer" and s.get("run_id")]
+    transfer = [s for s in steps if s.get("stage") == "transfer" and s.get("run_id")]
     ids = sorted({s["run_id"] for s in transfer})
     metrics: dict[str, dict[str, float]] = {}
     for start in range(0, len(ids), 100):
@@ -100,7 +125,7 @@ def grid_results(run) -> pd.DataFrame:
             metrics[found.info.run_id] = found.data.metrics
     rows = []
     for step in transfer:
-        for metric in MAIN_METRICS.get(step["benchmark"], ()):
+        for metric in MAIN_METRICS.get(step.get("benchmark"), ()):
             value = metrics.get(step["run_id"], {}).get(metric)
             if value is not None:
                 rows.append({k: step.get(k) for k in ("experiment", "variant", "paper_variant", "seed", "arch", "benchmark",
@@ -204,7 +229,7 @@ def display_rows(table: pd.DataFrame, metrics: list[str]) -> tuple[list[str], li
 
 # -- plots -------------------------------------------------------------------------------------------------
 def _series(results: pd.DataFrame, x: str, keep) -> dict[str, pd.DataFrame]:
-    picked = results[results["variant"].map(keep)].drop_duplicates(["run_id", "metric"])
+    picked = results[results["variant"].map(keep).astype(bool)].drop_duplicates(["run_id", "metric"])
     out = {}
     for metric, part in picked.groupby("metric", sort=False):
         stats = part.groupby(x)["value"].agg(["mean", "std"]).reset_index().sort_values(x)
@@ -297,8 +322,10 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame, questions: dict[str, str]) -> None:
-    """Write report.md, report.html, tables/*.csv and plots/*.png into `folder`."""
+def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame, questions: dict[str, str],
+                 skipped: list | None = None) -> None:  # fmt: skip
+    """Write report.md, report.html, tables/*.csv and plots/*.png into `folder` (`skipped`: newer grid runs
+    that did not finish, named in the introduction)."""
     (folder / "tables").mkdir(parents=True)
     (folder / "plots").mkdir()
     label = f" ({run.data.params.get('grid_name', '')}, {run.data.params.get('profile', '')})" if run is not None else ""
@@ -310,6 +337,8 @@ def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame,
         params = run.data.params
         intro.append(f"Grid `{params.get('grid_name', '')}` at scale `{params.get('profile', '')}` — reproduce run "
                      f"`{run.info.run_id}` ({run.info.status}), {seeds} seed(s) per variant.")  # fmt: skip
+    if skipped:
+        intro.append(f"Not reported: {len(skipped)} newer grid run(s) that did not finish, {_describe(skipped)}.")
     intro.append("Cells: mean ± std over seeds (sample std; a single seed shows the value alone); Δ: difference to the "
                  f"`{BASELINE}` variant's mean, same backbone. “paper”: the value PAPER.md publishes for the paper's "
                  "variant this row stands for (AlexNet on ImageNet — not comparable in absolute terms to the embedded "
@@ -326,8 +355,8 @@ def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame,
         md += [f"## {heading}", "", _markdown_table(header, rows), "", f"Paper's finding: {finding}", ""]
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), f"<p>Paper's finding: {html.escape(finding)}</p>"]
     if results.empty:
-        md += ["No transfer results in the grid run yet.", ""]
-        body.append("<p>No transfer results in the grid run yet.</p>")
+        md += ["No transfer results in the grid run: none of its transfer steps has a metric.", ""]
+        body.append("<p>No transfer results in the grid run: none of its transfer steps has a metric.</p>")
     md += ["## Plots", ""]
     body.append("<h2>Plots</h2>")
     for name, caption in plots.items():
@@ -345,27 +374,32 @@ def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame,
 
 
 def write_report(out: str | Path | None = None, *, grid_run_id: str | None = None) -> Path:
-    """Build the report from MLflow into `out` (default `reports/<UTC timestamp>`) and log it as a run."""
+    """Build the report from MLflow into `out` (default `reports/<UTC timestamp>`) and log it as a run.
+    Every input is checked (UserError) before the report run starts or any file is written."""
     import mlflow
 
     from imagenet_transfer import tracking
 
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"  # configure's
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():  # reading would create it
+        raise UserError(f"no grid run to report: expected a run tagged stage=reproduce with status FINISHED in the "
+                        f"tracking store {uri}, which does not exist; run `imagenet-transfer reproduce` first, or set "
+                        "MLFLOW_TRACKING_URI to the store the grid ran in")  # fmt: skip
     tracking.configure()
-    run = find_grid_run(grid_run_id)
+    run, skipped = find_grid_run(grid_run_id)
     trials = trial_results()
-    if run is None and trials.empty:
-        raise UserError(f"nothing to report in {mlflow.get_tracking_uri()}: no reproduce run and no budget-study trial; "
-                        "expected `imagenet-transfer reproduce` (or a budget study) first")  # fmt: skip
-    results = grid_results(run) if run is not None else _no_results()
-    questions = {}
-    if run is not None:
-        try:
-            questions = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/experiments.json")
-        except Exception:
-            questions = {}
+    results = grid_results(run)
+    try:
+        questions = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/experiments.json")
+    except Exception:
+        questions = {}
     out = Path(out) if out else Path("reports") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder; expected a new folder for the report")
+    params = run.data.params
+    note = f"; skipped {len(skipped)} newer grid run(s) that did not finish: {_describe(skipped)}" if skipped else ""
+    print(f"reporting grid run {run.info.run_id} (grid {params.get('grid_name', '')}, scale {params.get('profile', '')}, "
+          f"{run.info.status}, {len(results)} metric value(s)){note}", file=sys.stderr)  # fmt: skip
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -373,8 +407,8 @@ def write_report(out: str | Path | None = None, *, grid_run_id: str | None = Non
     except OSError as err:
         raise UserError(f"--out {out} cannot be written ({err.strerror}); expected a writable folder") from None
     try:
-        build_report(tmp, run, results, trials, questions)
-        tags = {"grid_run_id": run.info.run_id} if run is not None else {}
+        build_report(tmp, run, results, trials, questions, skipped)
+        tags = {"grid_run_id": run.info.run_id}
         with tracking.start_run("report", params={"out": str(out), **tags}, tags=tags, run_name="report"):
             mlflow.log_artifacts(str(tmp))
         if out.exists():
@@ -383,8 +417,3 @@ def write_report(out: str | Path | None = None, *, grid_run_id: str | None = Non
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _no_results() -> pd.DataFrame:
-    return pd.DataFrame(columns=RESULT_COLUMNS)
-

@@ -15,9 +15,10 @@ Where the scale sets `baselines: true`, every experiment's benchmarks also run o
 randomly initialised (`random:ARCH@RES`, variant `random`), after the pre-trained steps: the report's
 reference for "better than no pre-training at all".
 
-A step is skipped when a FINISHED run carries its `step_key`: the hash of the stage, its normalised config,
-its upstream input (subset digest for pre-training, the model version for a benchmark) and the package
-version. A pre-training reuses the registered model version, a benchmark the metrics. So an interrupted
+A step is skipped when a FINISHED run in the current tracking store carries its `step_key`: the hash of the
+stage, its normalised config, its upstream input (the subset digest and the source's content digest for a
+subset or pre-training, the model version for a benchmark) and the code version (`provenance.code_version`).
+A pre-training reuses the registered model version (when it still exists in the store), a benchmark the metrics. So an interrupted
 grid resumes where it stopped, and a finished one costs nothing to rerun. Each step runs under an exclusive
 file lock named by its key (in the cache folder): a second `reproduce` on the same machine and store waits for a
 step the first is running and then reuses its result, so two grids that overlap never train the same thing twice.
@@ -26,9 +27,6 @@ step the first is running and then reuses its result, so two grids that overlap 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,19 +255,11 @@ class Plan:
                 + sum(len(b.benchmarks) for b in self.baselines))
 
 
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("imagenet-transfer")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def step_key(stage: str, config: dict[str, Any], upstream: str) -> str:
-    """hash(stage, normalised config, upstream digest or model version, package version)."""
-    content = {"stage": stage, "config": config, "upstream": upstream, "version": package_version()}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    """hash(stage, normalised config, upstream digests or model version, code version)."""
+    from imagenet_transfer.provenance import cache_key
+
+    return cache_key(stage, config, upstream)
 
 
 @dataclass(frozen=True)
@@ -314,7 +304,7 @@ def make_plan(
 ) -> Plan:  # fmt: skip
     """Resolve the grid at a scale into units; builds every subset in memory (no run) so that a variant
     that does not fit the source fails here, before anything starts."""
-    from imagenet_transfer.catalog import load_catalog
+    from imagenet_transfer.catalog import load_catalog, source_digest
     from imagenet_transfer.pretrain import PretrainConfig
     from imagenet_transfer.subsets import build_subset, preset
     from imagenet_transfer.transfer.runner import make_config
@@ -339,6 +329,7 @@ def make_plan(
             raise UserError("--scale real needs --source: the ImageNet folder (train/<wnid>/, val/) or a catalog .parquet")
     paths = {**(settings.get("data") or {}), **(data or {})}
     catalog = load_catalog(source)
+    content = source_digest(source)
 
     configs: dict[str, dict[str, Any]] = {}  # experiment -> benchmark -> Config
     for exp_id in dict.fromkeys(e.experiment for e in entries):
@@ -372,7 +363,7 @@ def make_plan(
             summary = built.summary()
             subsets[name] = SubsetPlan(
                 name, spec, built.digest, summary["num_labels"], summary["num_fine_classes"], summary["train_images"],
-                step_key("subset", spec.params(), built.digest),
+                step_key("subset", spec.params(), f"{built.digest}:{content}"),
             )  # fmt: skip
             del built  # a real-scale manifest is large; it is rebuilt when the subset step runs
         try:
@@ -384,7 +375,7 @@ def make_plan(
         trained = {k: v for k, v in dataclasses.asdict(config).items()
                    if k not in PretrainConfig.OPERATIONAL + ("subset", "source")}  # fmt: skip
         units.append(Unit(entry.experiment, entry.variant, entry.arch, entry.seed, subsets[name], config,
-                          step_key("pretrain", trained, subsets[name].digest), configs[entry.experiment]))  # fmt: skip
+                          step_key("pretrain", trained, f"{subsets[name].digest}:{content}"), configs[entry.experiment]))  # fmt: skip
     baselines = []
     if settings.get("baselines", False):  # one random backbone per experiment and arch, at the unit's resolution
         for unit in units:
@@ -446,62 +437,57 @@ def run_grid(
     done: dict[str, dict[str, Any]] = {}  # step key -> outputs, within this grid run
     started = time.monotonic()
     with tracking.start_run("reproduce", params=params, tags={"grid": plan.grid.name, "scale": plan.profile},
-                            run_name=f"reproduce-{plan.grid.name}-{plan.profile}") as grid_run:  # fmt: skip
+                            run_name=f"reproduce {plan.grid.name} {plan.profile}") as grid_run:  # fmt: skip
         grid_id = grid_run.info.run_id
         client.log_artifact(grid_id, plan.grid.path)  # the grid file as run, and what each experiment asks
         client.log_dict(grid_id, {e: plan.grid.experiments[e].question for e in params["only"].split(",") if e}, "experiments.json")
-        outer = os.environ.pop("MLFLOW_RUN_ID", None)  # steps start runs of their own, not `mlflow run`'s
-        try:
 
-            def record(unit: Unit | Baseline, stage: str, key: str, outputs: dict[str, Any], reused: bool, took: float,
-                       benchmark: str = "") -> None:  # fmt: skip
-                seconds[stage] += took
-                if isinstance(unit, Baseline):
-                    variant = {"variant": RANDOM, "paper_variant": None, "seed": 0, "num_classes": 0,
-                               "num_fine_classes": 0, "train_images": 0, "images_per_class": 0.0}  # fmt: skip
-                else:
-                    variant = {"variant": unit.variant.preset, "paper_variant": unit.variant.paper, "seed": unit.seed,
-                               "num_classes": unit.subset.num_labels, "num_fine_classes": unit.subset.num_fine_classes,
-                               "train_images": unit.subset.train_images,
-                               "images_per_class": round(unit.subset.images_per_class, 3)}  # fmt: skip
-                row = {"experiment": unit.experiment, **variant, "arch": unit.arch, "stage": stage, "benchmark": benchmark,
-                       "step_key": key, "reused": reused, "seconds": round(took, 3), **outputs}  # fmt: skip
-                records.append(row)
-                client.log_dict(grid_id, records, "steps.json")  # written as it goes: an interrupted grid keeps it
-                what = f"{stage} {benchmark}".strip()
-                state = "reused" if reused else f"ran in {took:.1f} s"
-                console.print(f"[{len(records)}/{plan.steps}] {unit.experiment} {row['variant']} {unit.arch} "
-                              f"seed {row['seed']} {what}: {state}")  # fmt: skip
-                if on_step is not None:
-                    on_step(row)
+        def record(unit: Unit | Baseline, stage: str, key: str, outputs: dict[str, Any], reused: bool, took: float,
+                   benchmark: str = "") -> None:  # fmt: skip
+            seconds[stage] += took
+            if isinstance(unit, Baseline):
+                variant = {"variant": RANDOM, "paper_variant": None, "seed": 0, "num_classes": 0,
+                           "num_fine_classes": 0, "train_images": 0, "images_per_class": 0.0}  # fmt: skip
+            else:
+                variant = {"variant": unit.variant.preset, "paper_variant": unit.variant.paper, "seed": unit.seed,
+                           "num_classes": unit.subset.num_labels, "num_fine_classes": unit.subset.num_fine_classes,
+                           "train_images": unit.subset.train_images,
+                           "images_per_class": round(unit.subset.images_per_class, 3)}  # fmt: skip
+            row = {"experiment": unit.experiment, **variant, "arch": unit.arch, "stage": stage, "benchmark": benchmark,
+                   "step_key": key, "reused": reused, "seconds": round(took, 3), **outputs}  # fmt: skip
+            records.append(row)
+            client.log_dict(grid_id, records, "steps.json")  # written as it goes: an interrupted grid keeps it
+            what = f"{stage} {benchmark}".strip()
+            state = "reused" if reused else f"ran in {took:.1f} s"
+            console.print(f"[{len(records)}/{plan.steps}] {unit.experiment} {row['variant']} {unit.arch} "
+                          f"seed {row['seed']} {what}: {state}")  # fmt: skip
+            if on_step is not None:
+                on_step(row)
 
-            subsets_seen: set[str] = set()
-            for unit in plan.units:
-                tags = {"grid": plan.grid.name, "experiment": unit.experiment, "variant": unit.variant.preset,
-                        "seed": str(unit.seed)}  # fmt: skip
-                with tracking.nested_under(grid_id, tags):
-                    folder, outputs, reused, took = _subset_step(unit.subset, plan.source, done)
-                    if unit.subset.key not in subsets_seen:
-                        subsets_seen.add(unit.subset.key)
-                        record(unit, "subset", unit.subset.key, outputs, reused, took)
-                    links = {**tags, "mlflow.parentRunId": grid_id}
-                    outputs, reused, took = _pretrain_step(unit, folder, done, client, device, links)
-                    record(unit, "pretrain", unit.pretrain_key, outputs, reused, took)
-                    model_uri = outputs["model_uri"]
-                    for name, config in unit.benchmarks.items():
-                        key = step_key(f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), model_uri)
-                        t_outputs, reused, took = _transfer_step(name, model_uri, config, key, done, device)
-                        record(unit, "transfer", key, t_outputs, reused, took, benchmark=name)
-            for baseline in plan.baselines:  # after every pre-trained result: the reference lines of the report
-                tags = {"grid": plan.grid.name, "experiment": baseline.experiment, "variant": RANDOM, "seed": "0"}
-                with tracking.nested_under(grid_id, tags):
-                    for name, config in baseline.benchmarks.items():
-                        key = step_key(f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), baseline.backbone)
-                        t_outputs, reused, took = _transfer_step(name, baseline.backbone, config, key, done, device)
-                        record(baseline, "transfer", key, t_outputs, reused, took, benchmark=name)
-        finally:
-            if outer is not None:
-                os.environ["MLFLOW_RUN_ID"] = outer
+        subsets_seen: set[str] = set()
+        for unit in plan.units:
+            tags = {"grid": plan.grid.name, "experiment": unit.experiment, "variant": unit.variant.preset,
+                    "seed": str(unit.seed)}  # fmt: skip
+            with tracking.nested_under(grid_id, tags):
+                folder, outputs, reused, took = _subset_step(unit.subset, plan.source, done)
+                if unit.subset.key not in subsets_seen:
+                    subsets_seen.add(unit.subset.key)
+                    record(unit, "subset", unit.subset.key, outputs, reused, took)
+                links = {**tags, "mlflow.parentRunId": grid_id}
+                outputs, reused, took = _pretrain_step(unit, folder, done, client, device, links)
+                record(unit, "pretrain", unit.pretrain_key, outputs, reused, took)
+                model_uri = outputs["model_uri"]
+                for name, config in unit.benchmarks.items():
+                    key = step_key(f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), model_uri)
+                    t_outputs, reused, took = _transfer_step(name, model_uri, config, key, done, device)
+                    record(unit, "transfer", key, t_outputs, reused, took, benchmark=name)
+        for baseline in plan.baselines:  # after every pre-trained result: the reference lines of the report
+            tags = {"grid": plan.grid.name, "experiment": baseline.experiment, "variant": RANDOM, "seed": "0"}
+            with tracking.nested_under(grid_id, tags):
+                for name, config in baseline.benchmarks.items():
+                    key = step_key(f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), baseline.backbone)
+                    t_outputs, reused, took = _transfer_step(name, baseline.backbone, config, key, done, device)
+                    record(baseline, "transfer", key, t_outputs, reused, took, benchmark=name)
         total = time.monotonic() - started
         metrics = {f"seconds_{stage}": value for stage, value in seconds.items()}
         metrics.update(seconds_total=total, steps_run=sum(not r["reused"] for r in records),
@@ -526,7 +512,7 @@ def _subset_step(subset: SubsetPlan, source: str, done: dict) -> tuple[Path, dic
             reused = True
         else:
             with tracking.nested_under(None, {"step_key": subset.key}):
-                _, folder, run_id = make_subset(subset.spec, source, folder, adopt_env_run=False)
+                _, folder, run_id = make_subset(subset.spec, source, folder)
             outputs, reused = {"run_id": run_id, "subset_digest": subset.digest}, False
     done[subset.key] = outputs
     return folder, outputs, reused, time.monotonic() - started
@@ -549,7 +535,7 @@ def _pretrain_locked(unit: Unit, folder: Path, client, device: str, links: dict[
 
     key = unit.pretrain_key
     found = _find_finished(key)
-    uri = found and (found.data.tags.get("model_uri") or _registered_uri(client, found.info.run_id))
+    uri = found and _registered_uri(client, found.info.run_id)  # the model version must exist in this store
     if uri:
         outputs, reused = {"run_id": found.info.run_id, "model_uri": uri}, True
     else:
@@ -569,7 +555,7 @@ def _pretrain_locked(unit: Unit, folder: Path, client, device: str, links: dict[
 
 def _materialise(subset: SubsetPlan, source: str, folder: Path) -> None:
     """Write the subset folder again when its run exists but the cache lost it (same digest, no new run)."""
-    from imagenet_transfer.catalog import load_catalog
+    from imagenet_transfer.catalog import load_catalog, source_digest
     from imagenet_transfer.subsets import build_subset, write_subset
 
     if not (folder / "subset.json").exists():
@@ -577,7 +563,7 @@ def _materialise(subset: SubsetPlan, source: str, folder: Path) -> None:
         if built.digest != subset.digest:
             raise UserError(f"subset {subset.preset}: the source {source} changed while the grid ran (digest "
                             f"{built.digest}, planned {subset.digest}); expected an unchanged source")  # fmt: skip
-        write_subset(built, folder, source=source)
+        write_subset(built, folder, source=source, source_digest=source_digest(source))
 
 
 def _registered_uri(client, run_id: str) -> str | None:

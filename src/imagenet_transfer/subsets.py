@@ -338,7 +338,7 @@ def _mix(values: np.ndarray, seed: int) -> np.ndarray:
 
 
 # -- writing --------------------------------------------------------------------------------------
-def write_subset(subset: Subset, out: Path, source: str = "") -> Path:
+def write_subset(subset: Subset, out: Path, source: str = "", source_digest: str = "") -> Path:
     """Write the subset folder atomically: a temporary sibling folder renamed into place."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -355,7 +355,7 @@ def write_subset(subset: Subset, out: Path, source: str = "") -> Path:
         subset.classes.to_csv(tmp / "classes.tsv", sep="\t", index=False)
         subset.counts.to_csv(tmp / "counts.tsv", sep="\t", index=False)
         (tmp / "spec.yaml").write_text(subset.spec.to_yaml())
-        (tmp / "subset.json").write_text(json.dumps({**subset.summary(), "source": source}, indent=2) + "\n")
+        (tmp / "subset.json").write_text(json.dumps({**subset.summary(), "source": source, "source_digest": source_digest}, indent=2) + "\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -394,30 +394,41 @@ def read_manifest(path: Path) -> pd.DataFrame:
     return manifest
 
 
-def make_subset(
-    spec: SubsetSpec, source: str | Path, out: Path | None = None, *, adopt_env_run: bool = True
-) -> tuple[Subset, Path, str]:
+def make_subset(spec: SubsetSpec, source: str | Path, out: Path | None = None) -> tuple[Subset, Path, str]:
     """Build `spec` from `source`, write it (default: content-addressed in the cache) and log a run.
 
-    Everything that can fail on bad input happens before the MLflow run starts; the run records
-    the spec as params, the digests as tags, the manifest as a dataset input and the folder as
-    artifacts under `subset/`. Returns the subset, its folder and the run id.
+    Everything that can fail on bad input happens before the MLflow run starts (`log_subset` starts it).
+    Returns the subset, its folder and the run id.
     """
-    from imagenet_transfer import tracking
     from imagenet_transfer.catalog import load_catalog
 
     subset = build_subset(load_catalog(source), spec)
-    out = Path(out) if out is not None else cache_dir() / "subsets" / f"{spec.name}-{subset.digest}"
+    folder, run_id = log_subset(subset, source, out)
+    return subset, folder, run_id
+
+
+def subset_folder(subset: Subset, out: Path | None = None) -> Path:
+    """Where a subset is written: `out`, or the cache by name and digest."""
+    return Path(out) if out is not None else cache_dir() / "subsets" / f"{subset.spec.name}-{subset.digest}"
+
+
+def log_subset(subset: Subset, source: str | Path, out: Path | None = None) -> tuple[Path, str]:
+    """Write a built subset and log it as a run (stage=subset): the spec as params, the digests as tags, the
+    manifest as a dataset input and the folder as artifacts under `subset/`. Returns the folder and run id."""
+    from imagenet_transfer import tracking
+    from imagenet_transfer.catalog import source_digest
+
+    spec, out = subset.spec, subset_folder(subset, out)
     summary = subset.summary()
-    tags = {"subset_name": spec.name, "subset_digest": subset.digest, "spec_digest": spec.digest}
-    with tracking.start_run(
-        "subset", params={"subset": spec.params()}, tags=tags, run_name=f"subset-{spec.name}", adopt_env_run=adopt_env_run
-    ) as run:
-        write_subset(subset, out, source=str(source))
+    content = source_digest(source)
+    tags = {"subset_name": spec.name, "subset_digest": subset.digest, "spec_digest": spec.digest,
+            "source_digest": content}  # fmt: skip
+    with tracking.start_run("subset", params={"subset": spec.params()}, tags=tags, run_name=f"subset {spec.name}") as run:
+        write_subset(subset, out, source=str(source), source_digest=content)
         tracking.log_dataset(
             subset.manifest, name=spec.name, source=str(out), digest=subset.digest, context="subset",
             tags={"spec_digest": spec.digest},
         )  # fmt: skip
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int)})
         mlflow.log_artifacts(str(out), artifact_path="subset")
-    return subset, out, run.info.run_id
+    return out, run.info.run_id

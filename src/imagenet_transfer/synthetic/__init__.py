@@ -64,10 +64,32 @@ from imagenet_transfer.synthetic.plan import SIZES, WorldSize
 from imagenet_transfer.synthetic.world import PARTS, default_world_dir, generate, present_parts, read_world, verify_world
 
 __all__ = ["PARTS", "SIZES", "WorldSize", "default_source", "default_world_dir", "generate", "present_parts", "read_world",
-           "verify_world"]
+           "run_synth", "verify_world"]
 
 
 def default_source() -> str:
     """The default world's pre-training source (`imagenet/`), generated on first use (about 1 min on 2 cores;
     only that part: the transfer parts are added when a benchmark first needs them)."""
     return str(generate(parts=("imagenet",)) / "imagenet")
+
+
+def run_synth(out=None, *, seed: int = 0, size: str = "default", resolution: int | None = None,
+              partitions: int | None = None):
+    """`generate` the whole world as an MLflow run (stage=synth): the options as params, the folder and content
+    digest as tags, the counts as metrics and world.json as an artifact. Returns the world's root."""
+    import mlflow
+
+    from imagenet_transfer import tracking
+    from imagenet_transfer.synthetic.plan import check_options
+
+    check_options(size, resolution, partitions, seed)  # bad options fail before the run starts
+    params = {"size": size, "seed": seed, "resolution": resolution, "partitions": partitions, "out": out or ""}
+    with tracking.start_run("synth", params=params, run_name=f"synth {size} seed {seed}"):
+        root = generate(out, seed=seed, size=size, resolution=resolution, partitions=partitions)
+        world = read_world(root)
+        tracking.log_params({"out": str(root), **world["options"]}, prefix="resolved.")
+        mlflow.set_tags({"world": str(root), "content_sha256": world["content_sha256"],
+                         "generator_version": str(world["version"])})  # fmt: skip
+        mlflow.log_metrics({k: float(v) for k, v in world.get("counts", {}).items() if isinstance(v, (int, float))})
+        mlflow.log_artifact(str(root / "world.json"))
+    return root

@@ -73,14 +73,41 @@ def _parse(text: str, hint: Any, where: str) -> Any:
         raise UserError(f"{where}: {text!r} is not a valid {getattr(hint, '__name__', hint)}") from None
 
 
+def check_data(name: str, config) -> None:
+    """Find the benchmark's data (its readers' layout checks raise UserError naming the folder), before any run."""
+    from imagenet_transfer.transfer.common import world_part
+
+    if name == "voc07_det":
+        from imagenet_transfer.transfer.voc07_det import find_voc2007
+
+        find_voc2007(config.data)
+    elif name == "voc12_action":
+        from imagenet_transfer.transfer.voc12_action import voc2012_root
+
+        voc2012_root(config.data)
+    elif name == "sun397":
+        from imagenet_transfer.transfer.sun397 import find_sun397
+
+        find_sun397(config.data or world_part("sun397"))
+    elif name == "probe":
+        from imagenet_transfer.catalog import load_catalog
+
+        load_catalog(config.data or world_part("imagenet"))
+
+
 def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> dict[str, float]:
-    """Resolve the backbone, run the benchmark in an MLflow run, log its result; return the metrics."""
+    """Resolve the backbone, run the benchmark in an MLflow run, log its result; return the metrics.
+
+    The run carries the backbone's pre-training as params (`backbone.subset_name`, `backbone.subset_digest`,
+    `backbone.arch`, `backbone.recipe`, ...), so filtering `tags.benchmark = 'voc07_det'` in the MLflow UI lists
+    one row per pre-training variant with its metric."""
     import torch
 
     from imagenet_transfer.transfer.common import resolve_backbone
 
     module = benchmark_module(name)
     net, info = resolve_backbone(backbone)
+    check_data(name, config)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     tags = {
         "benchmark": name, "backbone": backbone, "backbone_arch": info["backbone"]["arch"],
@@ -89,8 +116,15 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
         "spec_digest": info.get("spec_digest", ""),
         "evaluate_on": getattr(config, "evaluate_on", "test"),  # val: scored on data held out from training
     }  # fmt: skip
-    params = {"benchmark": name, "backbone": backbone, "device": str(target), "config": dataclasses.asdict(config)}
-    with tracking.start_run("transfer", params=params, tags=tags, run_name=f"{name}-{tags['model_name'] or backbone}"):
+    pretraining = {"arch": info["backbone"]["arch"], "subset_name": info.get("subset_name", ""),
+                   "subset_digest": info.get("subset_digest", ""), "recipe": info.get("recipe", ""),
+                   "seed": info.get("seed", ""), "model_name": info.get("model_name", ""),
+                   "model_version": info.get("model_version", "")}  # fmt: skip
+    params = {"benchmark": name, "backbone": backbone, "device": device, "config": dataclasses.asdict(config)}
+    shown = f"{tags['model_name']} v{tags['model_version']}" if tags["model_name"] else backbone
+    with tracking.start_run("transfer", params=params, resolved={"device": str(target)}, tags=tags,
+                            run_name=f"{name} on {shown}"):  # fmt: skip
+        tracking.log_params(pretraining, prefix="backbone.")
         result = module.run(net, info, config, device=target)
         finite = {k: float(v) for k, v in result.metrics.items() if math.isfinite(float(v))}
         mlflow.log_metrics(finite)  # an AP that is undefined (no positive) is left out, as from the means
@@ -101,3 +135,19 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
         for file_name, table in result.tables.items():
             mlflow.log_text(table.to_csv(index=False), file_name)
     return result.metrics
+
+
+HEADLINE = {"voc07_det": "voc07_map", "voc12_action": "voc12_action_map", "sun397": "sun397_acc"}
+
+
+def run_all(backbone: str, *, quick: bool = False, device: str = "auto") -> dict[str, dict[str, float]]:
+    """Every benchmark on one backbone: a run (stage=transfer-all) holding one child run per benchmark and
+    the children's metrics; returns each benchmark's metrics."""
+    results = {}
+    with tracking.start_run("transfer-all", params={"backbone": backbone, "quick": quick, "device": device},
+                            tags={"backbone": backbone}, run_name=f"all benchmarks on {backbone}"):  # fmt: skip
+        for name in BENCHMARKS:
+            results[name] = run_benchmark(name, backbone, make_config(name, quick=quick), device=device)
+            mlflow.log_metrics({k: float(v) for k, v in results[name].items()
+                                if math.isfinite(float(v)) and not k.startswith(("voc07_ap_", "voc12_action_ap_"))})  # fmt: skip
+    return results
