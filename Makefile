@@ -5,6 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 SUBSET ?= full
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export MLFLOW_EXPERIMENT_NAME ?= imagenet-transfer
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup run test bench

@@ -183,3 +183,15 @@ def test_ddp_under_torchrun_on_cpu(tiny_world, tmp_path):
 def test_shipped_pretrain_configs_resolve(path):
     config = PretrainConfig.from_file(path).resolve()
     assert config.schedule in ("epochs", "iterations") and config.lr > 0
+
+
+def test_a_source_too_small_for_one_batch_exits_2_and_starts_no_run(tiny_world, tmp_path, capsys):
+    small = tmp_path / "four"
+    small.mkdir()
+    for image in sorted((tiny_world / "imagenet" / "train").rglob("*.JPEG"))[:4]:
+        shutil.copy(image, small / image.name)
+    before = len(mlflow.search_runs(search_all_experiments=True))
+    assert cli("pretrain", "--source", small, "--recipe", "smoke", "--batch-size", "16", "--device", "cpu",
+               "--checkpoint-dir", tmp_path / "ckpt") == 2  # fmt: skip
+    assert "cannot fill one batch of 16" in capsys.readouterr().err
+    assert len(mlflow.search_runs(search_all_experiments=True)) == before  # neither a pretrain nor a subset run

@@ -91,7 +91,7 @@ def catalog_scan(
 # -- subset ---------------------------------------------------------------------------------------
 @subset_app.command("build")
 def subset_build(
-    preset: Annotated[Optional[str], typer.Option(help="preset name, see `subset presets`")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="preset name, see `subset presets` (default: full)")] = None,
     spec: Annotated[Optional[Path], typer.Option(help="YAML subset spec (instead of --preset)")] = None,
     catalog: Annotated[Optional[Path], typer.Option(help="catalog .parquet with columns path, wnid[, split]")] = None,
     source: Annotated[Optional[str], typer.Option(help="source folder to scan, or builtin:demo (default: the embedded world)")] = None,
@@ -103,7 +103,7 @@ def subset_build(
 
     if catalog is not None and source is not None:
         raise UserError("--catalog and --source contradict each other: give one")
-    subset_spec = load_spec(preset, spec).with_seed(seed)
+    subset_spec = load_spec(preset or (None if spec else "full"), spec).with_seed(seed)
     if catalog is None and source is None:
         from imagenet_transfer.synthetic import default_source
 
@@ -164,7 +164,7 @@ def pretrain(
     subset: Annotated[str, typer.Option(help="preset name, spec .yaml, subset folder or manifest.parquet")] = "full",
     source: Annotated[str, typer.Option(help="source for presets/specs (default: the embedded world)")] = "",
     arch: Annotated[str, typer.Option(help="caffe_alexnet, alexnet, resnet18, resnet50 or small")] = "small",
-    recipe: Annotated[str, typer.Option(help="world, paper, paper-epochs or smoke")] = "world",
+    recipe: Annotated[str, typer.Option(help="paper, paper-epochs, world, world-long or smoke")] = "world",
     resolution: Optional[int] = None,
     schedule: Annotated[Optional[str], typer.Option(help="epochs or iterations (default: the recipe's)")] = None,
     epochs: Optional[int] = None,
@@ -182,7 +182,7 @@ def pretrain(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     gpus: Annotated[int, typer.Option(help="GPUs to train on with DDP (torchrun)")] = 1,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model")] = False,
-    coarse_level: Annotated[str, typer.Option(help="label set of val_top1_coarse")] = "top-down-127",
+    coarse_level: Annotated[str, typer.Option(help="label set of val_top1_coarse: top-down-127, top-down-10, bottom-up-79 or bottom-up-9")] = "top-down-127",
     checkpoint_dir: str = "",
     checkpoint_minutes: float = 5.0,
     max_skipped_fraction: float = 0.001,
@@ -255,12 +255,13 @@ def transfer_run(
 def transfer_all(
     backbone: Backbone = "models:/small-full@current",
     quick: Annotated[bool, typer.Option("--quick", help="a toy size of every benchmark")] = False,
+    data: Annotated[str, typer.Option(help="a folder holding every benchmark's data, laid out like a world (VOCdevkit/, SUN397/ + Partitions/, imagenet/); default: the embedded world")] = "",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Run every benchmark on one backbone: one MLflow run holding a child run per benchmark."""
     from imagenet_transfer.transfer.runner import run_all
 
-    for name, metrics in run_all(backbone, quick=quick, device=device).items():
+    for name, metrics in run_all(backbone, quick=quick, data=data, device=device).items():
         print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("voc07_ap_", "voc12_action_ap_"))))
 
 
@@ -346,22 +347,74 @@ def report(
     print(folder)
 
 
+# -- MLproject entry points: derived from the commands above ---------------------------------------------------
+def _command(words: list[str]):
+    """The click command of `imagenet-transfer WORDS...` (a trailing argument, such as a benchmark, is skipped)."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for word in words:
+        if word not in getattr(command, "commands", {}):
+            break
+        command = command.commands[word]
+    return command
+
+
+def entrypoint_parameters(words: list[str]) -> dict[str, str | None]:
+    """The MLproject parameters of the command `words`: every option, by name, with its default as a string
+    (None for a required option: `mlflow run` then asks for it)."""
+    params = {}
+    for param in _command(words).params:
+        if param.param_type_name != "option" or param.name in ENTRYPOINT_EXCLUDED:
+            continue
+        default = param.default
+        text = "" if default is None or default == () else str(default).lower() if isinstance(default, bool) else str(default)
+        params[param.opts[0].removeprefix("--").replace("-", "_")] = None if param.required else text
+    return params
+
+
+ENTRYPOINT_EXCLUDED = ("config", "create_only")  # CLI-only: a YAML of options; a study's set-up step
+
+
+def mlproject(entry_points: dict[str, tuple[str, list[str]]]) -> str:
+    """The MLproject file for `{name: (script, command words)}`: every option of each command is a parameter."""
+    lines = ["name: imagenet-transfer", "",
+             "# Generated by scripts/build_mlproject.py from the `imagenet-transfer` commands: edit the commands, then",
+             "# rerun it. Without conda, pass --env-manager local (no environment variable sets it), and export the",
+             "# project's tracking URI first:  export MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db",
+             "conda_env: conda.yaml", "", "entry_points:"]  # fmt: skip
+    for name, (script, words) in entry_points.items():
+        params = entrypoint_parameters(words)
+        lines += [f"  {name}:", "    parameters:"]
+        lines += [f"      {key}: {{type: string}}" if value is None else f'      {key}: {{type: string, default: "{value}"}}'
+                  for key, value in params.items()]  # fmt: skip
+        args = " ".join(f"--{key.replace('_', '-')} {{{key}}}" for key in params)
+        lines += [f'    command: "python {script} {args}"', ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def run_entrypoint(command: list[str], argv: list[str]) -> None:
     """Run `command` with MLproject-style `--name value` pairs, dropping empty (unset) values.
 
-    `--set "a=1,b=2"` becomes `--set a=1 --set b=2`; `--quick true|false` (and `--smoke`, `--compile`) becomes
-    the flag or nothing; `--data "a=x,b=y"` becomes `--data a=x --data b=y`.
+    A flag's value `true|false` becomes the flag (`--quick`, `--compile`) or its negative (`--no-register`);
+    an option taken many times (`--set`, `--data`) splits at commas before `key=`: `--set "a=1,b=2"` becomes
+    `--set a=1 --set b=2`.
     """
+    options = {opt: param for param in _command(command).params for opt in param.opts}
     args = list(command)
     for i in range(0, len(argv) - 1, 2):
         name, value = argv[i], argv[i + 1]
+        param = options.get(name)
         if value == "":
             continue
-        if name in ("--set", "--data"):
+        if param is None:  # not an option of the command: typer says so
+            args += [name, value]
+        elif getattr(param, "is_flag", False):
+            on = value.lower() in ("true", "1", "yes")
+            args += [name] if on else param.secondary_opts[:1]
+        elif getattr(param, "multiple", False):
             for item in _split_settings(value):
                 args += [name, item]
-        elif name in ("--quick", "--smoke", "--compile"):
-            args += [name] if value.lower() in ("true", "1", "yes") else []
         else:
             args += [name, value]
     main(args)

@@ -137,17 +137,23 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
     return result.metrics
 
 
-HEADLINE = {"voc07_det": "voc07_map", "voc12_action": "voc12_action_map", "sun397": "sun397_acc"}
 
-
-def run_all(backbone: str, *, quick: bool = False, device: str = "auto") -> dict[str, dict[str, float]]:
+def run_all(backbone: str, *, quick: bool = False, data: str = "", device: str = "auto") -> dict[str, dict[str, float]]:
     """Every benchmark on one backbone: a run (stage=transfer-all) holding one child run per benchmark and
-    the children's metrics; returns each benchmark's metrics."""
+    the children's headline metrics; returns each benchmark's metrics. `data`: a folder holding every
+    benchmark's data as a world lays it out (VOCdevkit/, SUN397/ + Partitions/, imagenet/); "" = the embedded world."""
+    from pathlib import Path
+
+    configs = {}
+    for name in BENCHMARKS:
+        target = str(Path(data) / "imagenet") if data and name == "probe" else data
+        configs[name] = make_config(name, [f"data={target}"] if target else None, quick=quick)
+        check_data(name, configs[name])  # every benchmark's data before the first run
     results = {}
-    with tracking.start_run("transfer-all", params={"backbone": backbone, "quick": quick, "device": device},
+    with tracking.start_run("transfer-all", params={"backbone": backbone, "quick": quick, "data": data, "device": device},
                             tags={"backbone": backbone}, run_name=f"all benchmarks on {backbone}"):  # fmt: skip
-        for name in BENCHMARKS:
-            results[name] = run_benchmark(name, backbone, make_config(name, quick=quick), device=device)
+        for name, config in configs.items():
+            results[name] = run_benchmark(name, backbone, config, device=device)
             mlflow.log_metrics({k: float(v) for k, v in results[name].items()
                                 if math.isfinite(float(v)) and not k.startswith(("voc07_ap_", "voc12_action_ap_"))})  # fmt: skip
     return results
