@@ -5,7 +5,6 @@ import json
 import shutil
 
 import mlflow
-import pytest
 
 from imagenet_transfer import provenance
 from imagenet_transfer.pretrain import PretrainConfig, run_pretrain

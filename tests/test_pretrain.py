@@ -121,11 +121,13 @@ def test_a_corrupt_image_is_skipped_and_counted_up_to_a_threshold(tiny_world, tm
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(arch="vgg"), "unknown architecture 'vgg'"),
+        (dict(arch="vgg"), "arch = 'vgg': expected 'caffe_alexnet', 'alexnet', 'resnet18', 'resnet50' or 'small'"),
         (dict(arch="caffe_alexnet", resolution=64), "caffe_alexnet"),
-        (dict(recipe="fast"), "unknown recipe 'fast'"),
+        (dict(recipe="fast"), "recipe = 'fast': expected 'paper', 'paper-epochs', 'world', 'world-long' or 'smoke'"),
+        (dict(lr=-0.1), "lr = -0.1: expected greater than 0"),
+        (dict(schedule="epochs", iterations=None), "schedule='epochs' needs epochs"),
         (dict(gpus=4), "gpus=4 but 0 CUDA device"),
-        (dict(schedule="forever"), "schedule='forever'"),
+        (dict(schedule="forever"), "schedule = 'forever': expected 'epochs' or 'iterations'"),
         (dict(subset="e1-100000"), "needs more train images"),
     ],
 )
@@ -155,10 +157,10 @@ def test_unwritable_checkpoint_dir_and_mismatched_manifest(tiny_world, tmp_path)
 
 def test_cli_exit_codes(tiny_world, tmp_path, capsys):
     assert cli("pretrain", "--arch", "vgg", "--source", tiny_world / "imagenet") == 2
-    assert "unknown architecture" in capsys.readouterr().err
+    assert "arch = 'vgg': expected 'caffe_alexnet'" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text(json.dumps({"recipe": "smoke", "iterations": 2, "bogus": 1}))
     assert cli("pretrain", "--config", tmp_path / "c.yaml") == 2
-    assert "unknown key(s) bogus" in capsys.readouterr().err
+    assert "unknown key 'bogus' (valid: subset, source, arch" in capsys.readouterr().err
 
 
 def test_ddp_under_torchrun_on_cpu(tiny_world, tmp_path):

@@ -138,10 +138,12 @@ def test_layer_the_backbone_lacks_and_bad_options(tiny_world, tmp_path):
     assert probe.probe_layer(resnet, "") == "pool5"
     with pytest.raises(UserError, match="fc7 does not exist in a resnet18 backbone; it has pool5"):
         probe.run(resnet, {}, probe.Config.quick(data=str(tiny_world / "imagenet"), layer="fc7"), progress=False)
-    with pytest.raises(UserError, match="expected some of knn, linear, coarse"):
+    with pytest.raises(UserError, match="parts.0 = 'svm': expected 'knn', 'linear' or 'coarse'"):
         probe.Config(parts=("svm",))
-    with pytest.raises(UserError, match="METHOD-K"):
+    with pytest.raises(UserError, match="coarse_level = '127': expected METHOD-K"):
         probe.Config(coarse_level="127")
+    with pytest.raises(UserError, match="layer = 'conv5': expected '', 'pool5', 'fc6' or 'fc7'"):
+        probe.Config(layer="conv5")
     (tmp_path / "no-val").mkdir()
     (tmp_path / "no-val" / "train").symlink_to(tiny_world / "imagenet" / "train")
     with pytest.raises(UserError, match="0 val images; expected both"):

@@ -303,5 +303,7 @@ def test_format_auto_takes_raw_only_when_it_fits_the_ram_share():
     assert choose_format(1000, 256, 0.5, ram_bytes=2 * raw_bytes) == "raw"
     assert choose_format(1000, 256, 0.5, ram_bytes=2 * raw_bytes - 1) == "jpeg"
     assert choose_format(1000, 256, 0.25, ram_bytes=2 * raw_bytes) == "jpeg"
-    with pytest.raises(UserError, match="unknown shard format 'png'"):
+    with pytest.raises(UserError, match="format = 'png': expected 'raw' or 'jpeg'"):
         ShardOptions(format="png")
+    with pytest.raises(UserError, match="side = 4: expected greater than or equal to 8"):
+        ShardOptions(side=4)

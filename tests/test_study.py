@@ -150,8 +150,10 @@ def test_bad_input_exits_2_and_leaves_nothing_running(tiny_world, tmp_path, caps
     assert cli(*cli_args(settings(tiny_world, tmp_path, storage=server))) == 2
     err = capsys.readouterr().err
     assert "storage postgresql://study:***@127.0.0.1:9/optuna cannot be reached" in err and "secret" not in err
-    assert cli(*cli_args(settings(tiny_world, tmp_path, objective=("voc07_det",)))) == 2
-    assert "expected benchmarks with a validation split" in capsys.readouterr().err
+    args = cli_args(base)
+    args[args.index("--objective") + 1] = "voc07_det"
+    assert cli(*args) == 2
+    assert "objective.0 = 'voc07_det': expected 'voc12_action' or 'sun397'" in capsys.readouterr().err
     assert len(mlflow.search_runs(search_all_experiments=True)) == before  # refused before any run
 
     assert cli(*cli_args(base), "--create-only") == 0

@@ -174,15 +174,21 @@ def test_layer_the_backbone_lacks_is_a_user_error(tiny_world):
 
 
 def test_bad_config_values_list_the_choices(net, tmp_path):
-    with pytest.raises(UserError, match="expected one of linear, finetune"):
+    with pytest.raises(UserError, match="protocol = 'svm': expected 'linear' or 'finetune'"):
         sun397_cls.Config(protocol="svm")
-    with pytest.raises(UserError, match="expected some of pool5, fc6, fc7"):
+    with pytest.raises(UserError, match="layers.0 = 'conv5': expected 'pool5', 'fc6' or 'fc7'"):
         sun397_cls.Config(layers=("conv5",))
-    with pytest.raises(UserError, match="strictly between 0 and 1"):
+    with pytest.raises(UserError, match="val_fraction = 0: expected greater than 0"):
         sun397_cls.Config(val_fraction=0)
+    with pytest.raises(UserError, match=r"partitions = \(1, 1\): expected distinct partition numbers"):
+        sun397_cls.Config(partitions=(1, 1))
+    with pytest.raises(UserError, match="partitions.0 = 0: expected greater than 0"):
+        sun397_cls.Config(partitions=(0,))
+    with pytest.raises(UserError, match=r"partitions = \[1, 2\]: expected a valid tuple"):  # the callers pass tuples
+        sun397_cls.Config(partitions=[1, 2])
     with pytest.raises(UserError, match="no Partitions/ClassName.txt"):
         sun397_cls.run(net, {}, sun397_cls.Config(data=str(tmp_path)), progress=False)
-    assert sun397_cls.Config(partitions=[1, 2]).partitions == (1, 2)
+    assert sun397_cls.Config(partitions=(1, 2)).partitions == (1, 2)
 
 
 def test_image_listed_but_absent_is_counted_and_tolerated(tiny_world, tmp_path):

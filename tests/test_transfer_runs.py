@@ -16,15 +16,49 @@ from imagenet_transfer.transfer.runner import make_config, run_benchmark
 
 
 def test_settings_are_parsed_by_the_config_field_types():
-    config = make_config("sun397", ["partitions=1,2", "protocol=linear"], quick=True)
+    config = make_config("sun397", ["partitions=1,2", "protocol=linear", "layers=fc6, fc7", "l2_grid=1e-3"], quick=True)
     assert config.partitions == (1, 2) and config.protocol == "linear"
-    assert make_config("voc12_action", ["context=true", "epochs=3"]).context is True
+    assert config.layers == ("fc6", "fc7") and config.l2_grid == (1e-3,)
+    voc12 = make_config("voc12_action", ["context=true", "epochs=3", "lr=0.1"])
+    assert voc12.context is True and voc12.epochs == 3 and voc12.lr == 0.1
+    assert make_config("voc07_det", ["anchor_sizes=", "flip=no"]).anchor_sizes == ()
     with pytest.raises(UserError, match="KEY one of: data"):
         make_config("probe", ["bogus=1"])
-    with pytest.raises(UserError, match="not a valid int"):
+    with pytest.raises(UserError, match="--set epochs=many: 'many' is not a valid int"):
         make_config("voc12_action", ["epochs=many"])
+    with pytest.raises(UserError, match="--set partitions=1,one: 'one' is not a valid int"):
+        make_config("sun397", ["partitions=1,one"])
+    with pytest.raises(UserError, match="--set context=maybe: 'maybe' is not a valid bool"):
+        make_config("voc12_action", ["context=maybe"])
+    with pytest.raises(UserError, match="--set partitions=1,1: expected distinct partition numbers"):
+        make_config("sun397", ["partitions=1,1"])
     with pytest.raises(UserError, match="unknown benchmark 'imagenet'"):
         make_config("imagenet")
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("epochz=3", "--set 'epochz=3': expected KEY=VALUE with KEY one of: data, context, margin"),
+    ("loss=hinge", "--set loss=hinge: expected 'softmax' or 'bce'"),
+    ("evaluate_on=train", "--set evaluate_on=train: expected 'test' or 'val'"),
+    ("holdout=0.7", "--set holdout=0.7: expected less than 0.5"),
+    ("epochs=0", "--set epochs=0: expected greater than or equal to 1"),
+])  # fmt: skip
+def test_a_bad_setting_exits_2_naming_the_field_and_the_allowed_values(setting, expected, capsys):
+    before = len(mlflow.search_runs(search_all_experiments=True))
+    assert cli("transfer", "run", "voc12_action", "--backbone", "random:small@32", "--quick", "--set", setting,
+               "--device", "cpu") == 2  # fmt: skip
+    assert expected in capsys.readouterr().err.replace("\n", "")
+    assert len(mlflow.search_runs(search_all_experiments=True)) == before
+
+
+def test_a_comma_separated_setting_is_a_tuple(monkeypatch):
+    import imagenet_transfer.transfer.runner as runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_benchmark", lambda name, backbone, config, device: seen.update(config=config) or {})
+    assert cli("transfer", "run", "sun397", "--backbone", "random:small@32", "--quick", "--set", "partitions=1,2",
+               "--set", "protocol=finetune", "--device", "cpu") == 0  # fmt: skip
+    assert seen["config"].partitions == (1, 2) and seen["config"].protocol == "finetune"
 
 
 def test_a_transfer_run_is_tagged_with_its_backbone_and_logs_results(tiny_world):

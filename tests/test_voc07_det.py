@@ -5,6 +5,7 @@ run on the tiny world with `Config.quick()`.
 """
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -129,10 +130,19 @@ def test_bad_input_is_a_user_error(voc_copy, tmp_path):
         load_split(voc_copy, "dup")
 
 
-@pytest.mark.parametrize("bad", [dict(iterations=-1), dict(batch_size="4"), dict(batch_size=0),
-                                 dict(anchor_sizes=(0.0,)), dict(flip=1), dict(lr_drop=1.5), dict(roi_pool="avg")])  # fmt: skip
-def test_bad_config_is_a_user_error(bad):
-    with pytest.raises(UserError, match="voc07_det config"):
+@pytest.mark.parametrize("bad, expected", [
+    (dict(iterations=-1), "iterations = -1: expected greater than or equal to 0"),
+    (dict(batch_size="4"), "batch_size = '4': expected a valid integer"),
+    (dict(batch_size=0), "batch_size = 0: expected greater than or equal to 1"),
+    (dict(anchor_sizes=(0.0,)), "anchor_sizes.0 = 0.0: expected greater than 0"),
+    (dict(aspect_ratios=()), "aspect_ratios = (): Tuple should have at least 1 item"),
+    (dict(flip=1), "flip = 1: expected a valid boolean"),
+    (dict(lr_drop=1.5), "lr_drop = 1.5: expected less than or equal to 1"),
+    (dict(roi_pool="avg"), "roi_pool = 'avg': expected 'max' or 'align'"),
+    (dict(anchor_size=(8.0,)), "unknown key 'anchor_size'"),
+])  # fmt: skip
+def test_bad_config_is_a_user_error_naming_the_field_and_what_was_expected(bad, expected):
+    with pytest.raises(UserError, match=re.escape(expected)):
         Config(**bad)
 
 

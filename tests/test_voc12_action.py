@@ -232,14 +232,17 @@ def test_lists_that_disagree_and_missing_images(copy_of):
 
 
 def test_bad_config(voc12):
-    with pytest.raises(UserError, match="unknown loss 'hinge'; expected one of softmax, bce"):
+    with pytest.raises(UserError, match="loss = 'hinge': expected 'softmax' or 'bce'"):
         Config(loss="hinge")
-    with pytest.raises(UserError, match="holdout=0.7, expected"):
+    with pytest.raises(UserError, match="holdout = 0.7: expected less than 0.5"):
         Config(holdout=0.7)
-    with pytest.raises(UserError, match="epochs='3'; expected int"):
+    with pytest.raises(UserError, match="evaluate_on = 'train': expected 'test' or 'val'"):
+        Config(evaluate_on="train")
+    with pytest.raises(UserError, match="epochs = '3': expected a valid integer"):
         Config(epochs="3")
-    with pytest.raises(UserError, match="context=1; expected bool"):
+    with pytest.raises(UserError, match="context = 1: expected a valid boolean"):
         Config(context=1)
+    assert Config(lr=1).lr == 1.0 and Config.quick(loss="bce").replace(epochs=3).to_dict()["loss"] == "bce"
     with pytest.raises(UserError, match="cannot fill one batch"):
         run(*resolve_backbone("random:small@32"), Config.quick(data=str(voc12), batch_size=10_000),
             progress=False)

@@ -46,6 +46,7 @@ def run_prepare(subset: str, source: str = "", *, format: str = "auto", short_si
                 out: str | Path | None = None, workers: int | None = None,
                 on_shard: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Prepare the shards of `subset` (resuming, or verifying finished ones) and log the run; returns a summary."""
+    import mlflow
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from imagenet_transfer.data import default_workers
@@ -65,9 +66,11 @@ def run_prepare(subset: str, source: str = "", *, format: str = "auto", short_si
               "resolution": resolution, "quality": quality, "images_per_shard": images_per_shard,
               "ram_share": ram_share, "out": str(out or ""), "workers": workers,
               "derived.format": options.format, "derived.side": options.side}  # fmt: skip
-    tags = {"subset_name": resolved.name, "subset_digest": resolved.digest, "shards": str(folder),
-            **({"subset_run_id": resolved.run_id} if resolved.run_id else {})}  # fmt: skip
-    with tracking.start_run("prepare", params=params, tags=tags, run_name=f"prepare-{resolved.name}") as run:
+    tags = {"subset_name": resolved.name, "subset_digest": resolved.digest, "shards": str(folder)}
+    with tracking.start_run("prepare", params=params, tags=tags, run_name=f"prepare {resolved.name}") as run:
+        resolved = resolved.record()  # a preset or spec: its subset run, a child of this one
+        if resolved.run_id:
+            mlflow.set_tag("subset_run_id", resolved.run_id)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         started = time.perf_counter()
         existed = (folder / "index.json").exists()
@@ -83,8 +86,6 @@ def run_prepare(subset: str, source: str = "", *, format: str = "auto", short_si
                    "written_images": float(written), "seconds": seconds,
                    "images_per_s": (written or len(manifest)) / max(seconds, 1e-9),  # written (or verified) per s
                    "skipped_images": float(skipped)}  # fmt: skip
-        import mlflow
-
         mlflow.set_tag("reused", str(existed).lower())
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(folder / "index.json"), "shards")

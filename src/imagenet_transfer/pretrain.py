@@ -33,15 +33,19 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import mlflow
 import pandas as pd
 import torch
 import yaml
 
+from pydantic import Field
+
 from imagenet_transfer import tracking
+from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
+from imagenet_transfer.models import ARCHITECTURES
 from imagenet_transfer.paths import cache_dir
 
 # The recipes: named tables of training hyper-parameters; CLI options override single values.
@@ -70,66 +74,67 @@ RECIPES: dict[str, dict[str, Any]] = {
 SCHEDULES = ("epochs", "iterations")
 DECAYS = ("cosine", "step")
 COARSE_LEVELS = ("top-down-127", "top-down-10", "bottom-up-79", "bottom-up-9")
+Recipe = Literal[tuple(RECIPES)]
+Arch = Literal[tuple(ARCHITECTURES)]
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Every knob of a pre-training. None means "the recipe's value" (or the architecture's default)."""
+class PretrainConfig(Settings):
+    """Every knob of a pre-training. None means "the recipe's value" (or the architecture's default).
+    The `pretrain` command's options and the MLproject entry point's parameters are these fields."""
 
     subset: str = "full"  # preset name, spec .yaml, subset folder or manifest.parquet
     source: str = ""  # where presets/specs take images from; "" = the embedded world
-    arch: str = "small"
-    resolution: int | None = None
-    recipe: str = "world"
-    schedule: str | None = None  # epochs | iterations
-    epochs: int | None = None
-    iterations: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    decay: str | None = None  # cosine | step
-    step_fraction: float | None = None  # step decay: lr x0.1 every this fraction of the run
-    warmup_fraction: float | None = None
-    dropout: float | None = None
-    seed: int = 0
-    workers: int | None = None
-    device: str = "auto"  # auto | cpu | cuda
-    gpus: int = 1
+    arch: Arch = "small"
+    resolution: int | None = Field(None, ge=1)
+    recipe: Recipe = "world"
+    schedule: Literal[SCHEDULES] | None = None
+    epochs: int | None = Field(None, ge=1)
+    iterations: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # the batch of one process
+    lr: float | None = Field(None, gt=0)
+    momentum: float | None = Field(None, ge=0)
+    weight_decay: float | None = Field(None, ge=0)
+    decay: Literal[DECAYS] | None = None
+    step_fraction: float | None = Field(None, gt=0, le=1)  # step decay: lr x0.1 every this fraction of the run
+    warmup_fraction: float | None = Field(None, ge=0, lt=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
+    workers: int | None = Field(None, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: int = Field(1, ge=1)
     compile: bool = False
-    coarse_level: str = "top-down-127"
+    coarse_level: Literal[COARSE_LEVELS] = "top-down-127"
     checkpoint_dir: str = ""
-    checkpoint_minutes: float = 5.0
-    max_skipped_fraction: float = 0.001
-    input_pipeline: str = "auto"  # auto (shards on CUDA when prepared) | loader | shards, see shard_loader
+    checkpoint_minutes: float = Field(5.0, ge=0)
+    max_skipped_fraction: float = Field(0.001, ge=0, le=1)
+    input_pipeline: Literal["auto", "loader", "shards"] = "auto"  # auto: shards on CUDA when prepared
     shards: str = ""  # a prepared shard folder; "" = looked up in the cache by the subset's digest
     model_name: str = ""
     register: bool = True
 
     # fields that do not change what is trained (excluded from the checkpoint key)
-    OPERATIONAL = ("workers", "device", "gpus", "checkpoint_dir", "checkpoint_minutes", "register", "model_name",
-                   "input_pipeline", "shards")
+    OPERATIONAL: ClassVar[tuple[str, ...]] = ("workers", "device", "gpus", "checkpoint_dir", "checkpoint_minutes",
+                                              "register", "model_name", "input_pipeline", "shards")
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> PretrainConfig:
+        """The options of a YAML file, with `overrides` (the CLI's, None = not given) on top."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise UserError(f"config file {path} cannot be read ({err}); expected YAML of pretrain options") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path}: expected a mapping of pretrain options")
+        try:
+            return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        except UserError as err:
+            raise UserError(f"config file {path}: {err}") from None
 
     def resolve(self) -> PretrainConfig:
-        """Apply the recipe and the architecture's defaults, and check every value."""
+        """Apply the recipe and the architecture's defaults, and check what the recipe left open."""
         from imagenet_transfer.models import architecture, check_resolution, default_resolution
 
-        if self.recipe not in RECIPES:
-            raise UserError(f"unknown recipe {self.recipe!r}; expected one of: {', '.join(RECIPES)}")
-        architecture(self.arch)  # raises, listing the architectures
-        values = {k: v for k, v in dataclasses.asdict(self).items()}
+        values = self.to_dict()
         for key, value in RECIPES[self.recipe].items():
             if values[key] is None:
                 values[key] = value
@@ -142,37 +147,19 @@ class PretrainConfig:
             values["schedule"] = "epochs"
         values["resolution"] = check_resolution(self.arch, values["resolution"] or default_resolution(self.arch))
         config = PretrainConfig(**values)
-        config._check()
+        if (config.epochs if config.schedule == "epochs" else config.iterations) is None:
+            raise UserError(f"pretrain option schedule={config.schedule!r} needs {config.schedule}: expected a positive "
+                            f"integer (recipe {config.recipe!r} has none)")  # fmt: skip
+        if config.decay == "step" and config.step_fraction is None:
+            raise UserError("pretrain option step_fraction: expected a fraction in (0, 1] with decay=step")
         return config
-
-    def _check(self) -> None:
-        def need(ok: bool, what: str) -> None:
-            if not ok:
-                raise UserError(f"pretrain option {what}")
-
-        need(self.schedule in SCHEDULES, f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
-        need(self.decay in DECAYS, f"decay={self.decay!r}: expected one of {', '.join(DECAYS)}")
-        budget = self.epochs if self.schedule == "epochs" else self.iterations
-        need(isinstance(budget, int) and budget >= 1, f"{self.schedule}={budget!r}: expected a positive integer")
-        need(self.batch_size >= 1, f"batch_size={self.batch_size}: expected >= 1")
-        need(self.lr > 0 and self.momentum >= 0 and self.weight_decay >= 0, "lr/momentum/weight_decay: expected lr > 0, others >= 0")
-        need(self.decay != "step" or (self.step_fraction or 0) > 0, "step_fraction: expected > 0 with decay=step")
-        need(0 <= (self.warmup_fraction or 0) < 1, f"warmup_fraction={self.warmup_fraction}: expected 0 <= f < 1")
-        need(self.dropout is None or 0 <= self.dropout < 1, f"dropout={self.dropout}: expected 0 <= p < 1")
-        need(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: expected auto, cpu or cuda")
-        need(self.gpus >= 1, f"gpus={self.gpus}: expected >= 1")
-        need(self.input_pipeline in ("auto", "loader", "shards"),
-             f"input_pipeline={self.input_pipeline!r}: expected auto, loader or shards")
-        need(self.coarse_level in COARSE_LEVELS, f"coarse_level={self.coarse_level!r}: expected one of {', '.join(COARSE_LEVELS)}")
-        need(self.checkpoint_minutes >= 0, f"checkpoint_minutes={self.checkpoint_minutes}: expected >= 0")
-        need(0 <= self.max_skipped_fraction <= 1, f"max_skipped_fraction={self.max_skipped_fraction}: expected 0..1")
 
     def key(self, upstream: str) -> str:
         """Identity of the training (config minus operational fields, plus the data, the code and the store it is
         logged in): names checkpoints, so a checkpoint resumes only the same training into the same store."""
         from imagenet_transfer.provenance import cache_key
 
-        content = {k: v for k, v in dataclasses.asdict(self).items() if k not in self.OPERATIONAL}
+        content = {k: v for k, v in self.to_dict().items() if k not in self.OPERATIONAL}
         return cache_key("pretrain", content, upstream, length=16)
 
 
@@ -340,7 +327,7 @@ def run_pretrain(
 
     run_context = (
         tracking.start_run(
-            "pretrain", params=dataclasses.asdict(given), resolved={**dataclasses.asdict(config), "device": device.type},
+            "pretrain", params=given.to_dict(), resolved={**config.to_dict(), "device": device.type},
             run_name=f"pretrain {config.arch} {subset.name} seed {config.seed}",
             run_id=state["run_id"] if state else None, system_metrics=True,
             tags={"arch": config.arch, "recipe": config.recipe, "subset_name": subset.name,
@@ -513,7 +500,7 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
             save_checkpoint(folder, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": step, "epoch": next_epoch, "batch": next_batch,
-                "run_id": run_id, "config": dataclasses.asdict(config), "subset_digest": subset.digest,
+                "run_id": run_id, "config": config.to_dict(), "subset_digest": subset.digest,
             })  # fmt: skip
         last_save = time.monotonic()
 
@@ -589,7 +576,7 @@ def _launch_torchrun(config: PretrainConfig) -> dict[str, Any]:
     _device(config, 0, 1)  # refuses more GPUs than exist
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(dataclasses.asdict(config)))
+        path.write_text(yaml.safe_dump(config.to_dict()))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.gpus}",
                    "-m", "imagenet_transfer.cli", "pretrain", "--config", str(path)]  # fmt: skip
         done = subprocess.run(command)

@@ -26,7 +26,6 @@ step the first is running and then reuses its result, so two grids that overlap 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +118,7 @@ def load_grid(path: str | Path) -> Grid:
             overrides = overrides or {}
             if not isinstance(overrides, dict):
                 fail(f"{where}, benchmark {name}", "expected a mapping of config fields")
-            valid = [f.name for f in dataclasses.fields(_config_class(name))]
+            valid = list(_config_class(name).field_names())
             unknown = sorted(set(overrides) - set(valid))
             if unknown:
                 fail(f"{where}, benchmark {name}", f"unknown config key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
@@ -138,7 +137,7 @@ def load_grid(path: str | Path) -> Grid:
         if "world" in settings and settings["world"] not in ("tiny", "default", "large"):
             fail(f"scales.{profile}.world", f"unknown world size {settings['world']!r}; expected tiny, default or large")
         pretrain = settings.get("pretrain") or {}
-        valid = [f.name for f in dataclasses.fields(PretrainConfig) if f.name not in GRID_OWNED]
+        valid = [name for name in PretrainConfig.field_names() if name not in GRID_OWNED]
         if not isinstance(pretrain, dict) or set(pretrain) - set(valid):
             fail(f"scales.{profile}.pretrain", f"expected a mapping of pretrain options among {', '.join(valid)}")
         settings["pretrain"] = dict(pretrain)
@@ -345,8 +344,8 @@ def make_plan(
                 raise UserError(f"benchmark {name} of {exp_id} at scale {scale} needs its data: --data {name}=PATH")
             overrides = {"data": target, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}}
             try:
-                configs[exp_id][name] = dataclasses.replace(config, **overrides)
-            except (TypeError, UserError) as err:
+                configs[exp_id][name] = config.replace(**overrides)
+            except UserError as err:
                 raise UserError(f"grid file {grid.path}, experiment {exp_id}, benchmark {name}: {err}") from None
 
     subsets: dict[str, SubsetPlan] = {}
@@ -372,7 +371,7 @@ def make_plan(
                                     **settings["pretrain"]).resolve()  # fmt: skip
         except (TypeError, UserError) as err:
             raise UserError(f"grid file {grid.path}, scales.{profile}.pretrain: {err}") from None
-        trained = {k: v for k, v in dataclasses.asdict(config).items()
+        trained = {k: v for k, v in config.to_dict().items()
                    if k not in PretrainConfig.OPERATIONAL + ("subset", "source")}  # fmt: skip
         units.append(Unit(entry.experiment, entry.variant, entry.arch, entry.seed, subsets[name], config,
                           step_key("pretrain", trained, f"{subsets[name].digest}:{content}"), configs[entry.experiment]))  # fmt: skip
@@ -389,7 +388,7 @@ def make_plan(
 def _normalised(config, world_root: str, world_hash: str) -> dict[str, Any]:
     """A benchmark config as a plain dict with the world's folder replaced by its content hash, so the
     same world found at another path gives the same key."""
-    values = dataclasses.asdict(config)
+    values = config.to_dict()
     if world_root and isinstance(values.get("data"), str) and values["data"].startswith(world_root):
         values["data"] = f"world:{world_hash}" + values["data"][len(world_root):]
     return values
@@ -541,7 +540,7 @@ def _pretrain_locked(unit: Unit, folder: Path, client, device: str, links: dict[
     else:
         _materialise(unit.subset, unit.pretrain.source, folder)
         with tracking.nested_under(None, {"step_key": key}):
-            summary = run_pretrain(dataclasses.replace(unit.pretrain, subset=str(folder), device=device))
+            summary = run_pretrain(unit.pretrain.replace(subset=str(folder), device=device))
         if not summary.get("model_version"):
             raise UserError(f"pre-training of {unit.variant.preset} registered no model; expected register=True")
         run_tags = client.get_run(summary["run_id"]).data.tags

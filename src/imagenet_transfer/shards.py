@@ -33,11 +33,14 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
+from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.paths import cache_dir
 
@@ -51,21 +54,13 @@ def shards_root() -> Path:
     return cache_dir() / "shards"
 
 
-@dataclass(frozen=True)
-class ShardOptions:
+class ShardOptions(Settings):
     """How images are stored: `format` raw|jpeg, square `side` px, JPEG `quality`, records per shard file."""
-    format: str = "jpeg"
-    side: int = 256
-    quality: int = 90
-    images_per_shard: int = 1024
 
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise UserError(f"unknown shard format {self.format!r}; expected one of {', '.join(FORMATS)} (or auto)")
-        if not 8 <= self.side <= 4096 or not 1 <= self.quality <= 100 or self.images_per_shard < 1:
-            raise UserError(f"shard options side={self.side} quality={self.quality} images_per_shard="
-                            f"{self.images_per_shard}; expected 8 <= side <= 4096, 1 <= quality <= 100, "
-                            "images_per_shard >= 1")
+    format: Literal[FORMATS] = "jpeg"
+    side: int = Field(256, ge=8, le=4096)
+    quality: int = Field(90, ge=1, le=100)
+    images_per_shard: int = Field(1024, ge=1)
 
     @property
     def record_bytes(self) -> int:
@@ -74,7 +69,7 @@ class ShardOptions:
 
     def key(self, manifest_digest: str) -> str:
         """Names the shard folder: the manifest's digest and every option that changes the bytes."""
-        fields = asdict(self) | {"manifest_digest": manifest_digest, "version": FORMAT_VERSION}
+        fields = self.to_dict() | {"manifest_digest": manifest_digest, "version": FORMAT_VERSION}
         if self.format == "raw":
             fields.pop("quality")
         blob = json.dumps(fields, sort_keys=True).encode()
@@ -311,7 +306,7 @@ def _write_index(folder: Path, metas: list[dict], options: ShardOptions, manifes
     with open(tmp, "wb") as out:
         np.savez(out, **arrays)
     os.replace(tmp, folder / "index.npz")
-    info = {"key": key, "version": FORMAT_VERSION, "manifest_digest": manifest_digest, "options": asdict(options),
+    info = {"key": key, "version": FORMAT_VERSION, "manifest_digest": manifest_digest, "options": options.to_dict(),
             "counts": {s: len(columns[s]["row"]) for s in SPLITS}, "bytes": sum(s["bytes"] for s in shards),
             "shards": shards, "skipped": skipped, "index_sha256": _sha256(folder / "index.npz")}  # fmt: skip
     info["self_sha256"] = _self_digest(info)
@@ -392,8 +387,8 @@ class ShardSet:
             raise UserError(f"shards in {folder} were prepared from manifest {info['manifest_digest']}, but the "
                             f"manifest now has digest {manifest_digest}; expected shards of this manifest "
                             "(prepare them again: they are never read stale)")
-        if options is not None and info["options"] != asdict(options):
-            raise UserError(f"shards in {folder} have options {info['options']}; expected {asdict(options)}")
+        if options is not None and info["options"] != options.to_dict():
+            raise UserError(f"shards in {folder} have options {info['options']}; expected {options.to_dict()}")
         npz = folder / "index.npz"
         if not npz.exists() or _sha256(npz) != info["index_sha256"]:
             raise UserError(f"{npz} is missing or does not match the checksum in index.json; expected the "

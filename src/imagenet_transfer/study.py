@@ -30,7 +30,6 @@ joins the study (a second worker) or continues it (a restart): `n_trials` counts
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -39,11 +38,13 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
+from pydantic import Field, model_validator
 
 from imagenet_transfer import tracking
+from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
 
 OBJECTIVE_METRICS = {"voc12_action": "voc12_action_map", "sun397": "sun397_acc"}  # benchmarks with evaluate_on
@@ -52,45 +53,61 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none", "threshold:<val_top1 %>")
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """Every knob of a budget study; checked by `check()` before anything runs."""
+class StudyConfig(Settings):
+    """Every knob of a budget study. The `budget-study` command's options and the MLproject entry point's
+    parameters are these fields; `check()` adds what needs the data (budget vs source, the C range)."""
 
-    budget: int  # B: train images of every trial's subset
-    n_trials: int = 3  # finished (complete or pruned) trials the study should hold, over all workers
+    budget: int = Field(ge=1)  # B: train images of every trial's subset
+    n_trials: int = Field(3, ge=1)  # finished (complete or pruned) trials the study should hold, over all workers
     study_name: str = ""  # "" = budget-<B>
     storage: str = ""  # Optuna RDB URL, or a .log/.journal file; "" = sqlite beside the MLflow store
-    objective: tuple[str, ...] = ("voc12_action",)  # benchmark(s) maximised, each on its validation split
-    min_classes: int | None = None  # C range; None = the smallest C whose B/C images every class has
-    max_classes: int | None = None  # None = every class of the source (at most B)
+    objective: tuple[Literal[tuple(OBJECTIVE_METRICS)], ...] = Field(("voc12_action",), min_length=1)  # maximised on val
+    min_classes: int | None = Field(None, ge=1)  # C range; None = the smallest C whose B/C images every class has
+    max_classes: int | None = Field(None, ge=1)  # None = every class of the source (at most B)
     log_classes: bool = True  # sample C on a log scale
-    labels: tuple[str, ...] = ("fine",)  # label granularities searched: fine, bottom-up-K, top-down-K
-    class_rules: tuple[str, ...] = ("random",)  # class-selection rules searched
+    labels: tuple[str, ...] = Field(("fine",), min_length=1)  # label granularities searched: fine, bottom-up-K, top-down-K
+    class_rules: tuple[Literal[CLASS_RULES], ...] = Field(("random",), min_length=1)  # class-selection rules searched
     source: str = ""  # pre-training source (default: the embedded world)
     arch: str = "small"
     recipe: str = "world"
-    iterations: int | None = None  # pre-training overrides of the recipe
-    epochs: int | None = None
-    batch_size: int | None = None
+    iterations: int | None = Field(None, ge=1)  # pre-training overrides of the recipe
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
     benchmark_settings: tuple[str, ...] = ()  # BENCHMARK.KEY=VALUE, e.g. sun397.partitions=1
     quick: bool = False  # the benchmarks' toy size
-    seed: int = 0  # class choice, pre-training and samplers
-    sampler: str = "tpe"
-    pruner: str = "median"
-    heartbeat_interval: int = 60  # RDB storages: seconds between a running trial's heartbeats
-    grace_period: int = 180  # a running trial without a heartbeat for this long is failed (and retried)
-    max_retry: int = 2  # retries of a trial whose worker died
-    workers: int | None = None  # data-loading processes of pre-training
-    device: str = "auto"
+    seed: int = Field(0, ge=0)  # class choice, pre-training and samplers
+    sampler: Literal[SAMPLERS] = "tpe"
+    pruner: str = "median"  # median, hyperband, none or threshold:<val_top1 %>
+    heartbeat_interval: int = Field(60, ge=1)  # RDB storages: seconds between a running trial's heartbeats
+    grace_period: int = Field(180, ge=1)  # a running trial without a heartbeat for this long is failed (and retried)
+    max_retry: int = Field(2, ge=0)  # retries of a trial whose worker died
+    workers: int | None = Field(None, ge=0)  # data-loading processes of pre-training
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    def __post_init__(self) -> None:
-        for name in ("objective", "labels", "class_rules", "benchmark_settings"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = [part.strip() for part in value.split(",") if part.strip()]
-            object.__setattr__(self, name, tuple(value))
-        if not self.study_name:
-            object.__setattr__(self, "study_name", f"budget-{self.budget}")
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_and_name(cls, data: Any) -> Any:
+        """Comma-separated text or lists for the tuple fields; the default study name from the budget."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in ("objective", "labels", "class_rules", "benchmark_settings"):
+                value = data.get(name)
+                if isinstance(value, str):
+                    data[name] = tuple(part.strip() for part in value.split(",") if part.strip())
+                elif isinstance(value, list):
+                    data[name] = tuple(value)
+            if not data.get("study_name") and isinstance(data.get("budget"), int):
+                data["study_name"] = f"budget-{data['budget']}"
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if len(set(self.objective)) != len(self.objective):
+            raise ValueError(f"objective {','.join(self.objective)} repeats a benchmark; expected each once")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"heartbeat_interval={self.heartbeat_interval}, grace_period={self.grace_period}: "
+                             "expected heartbeat_interval < grace_period")  # fmt: skip
+        return self
 
     @property
     def metrics(self) -> list[str]:
@@ -125,20 +142,7 @@ def check(config: StudyConfig) -> Pools:
         if not ok:
             raise UserError(f"budget study: {what}")
 
-    need(isinstance(config.budget, int) and config.budget >= 1, f"budget={config.budget!r}; expected a positive integer")
-    need(config.n_trials >= 1, f"n_trials={config.n_trials}; expected >= 1")
-    need(bool(config.objective), "objective is empty; expected one or more of " + ", ".join(OBJECTIVE_METRICS))
-    unknown = [b for b in config.objective if b not in OBJECTIVE_METRICS]
-    need(not unknown, f"objective {', '.join(unknown)}: expected benchmarks with a validation split: "
-                      f"{', '.join(OBJECTIVE_METRICS)}")  # fmt: skip
-    need(len(set(config.objective)) == len(config.objective), f"objective {','.join(config.objective)} repeats a benchmark")
-    bad = [r for r in config.class_rules if r not in CLASS_RULES]
-    need(config.class_rules and not bad, f"class_rules {','.join(bad) or '(none)'}; expected some of {', '.join(CLASS_RULES)}")
-    need(config.sampler in SAMPLERS, f"sampler={config.sampler!r}; expected one of {', '.join(SAMPLERS)}")
     make_pruner(config.pruner)
-    need(config.heartbeat_interval >= 1 and config.grace_period > config.heartbeat_interval,
-         f"heartbeat_interval={config.heartbeat_interval}, grace_period={config.grace_period}; expected "
-         "1 <= heartbeat_interval < grace_period")  # fmt: skip
     tax = load_taxonomy()
     for labels in config.labels:
         label_spec(labels, tax)
@@ -215,7 +219,7 @@ def benchmark_config(config: StudyConfig, name: str, evaluate_on: str):
                         f"BENCHMARK one of the objective's: {', '.join(config.objective)}")
     if any(s.startswith("evaluate_on=") for s in mine):
         raise UserError(f"budget study: {name}.evaluate_on is set by the study (val for trials, test at the end)")
-    return make_config(name, mine + [f"evaluate_on={evaluate_on}"], quick=config.quick)
+    return make_config(name, mine, quick=config.quick).replace(evaluate_on=evaluate_on)
 
 
 # -- Optuna: storage, sampler, pruner, study --------------------------------------------------------------------
@@ -359,12 +363,12 @@ def run_study(config: StudyConfig, *, create_only: bool = False) -> dict[str, An
     pools = check(config)
     study, shown = create_study(config, pools)
     run_id = _study_run_id(study)
-    params = {k: (",".join(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    params = {k: (",".join(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()}
     params["storage"] = shown
     params.update({"search.num_classes_low": pools.low, "search.num_classes_high": pools.high})
     # the first worker records the config as params; a joining or restarted one (whose n_trials, heartbeat or
     # device may differ) only updates the tag n_trials: params cannot change in MLflow
-    with tracking.start_run("study", params=None if run_id else params, run_name=f"study-{config.study_name}",
+    with tracking.start_run("study", params=None if run_id else params, run_name=f"study {config.study_name}",
                             tags={"study_name": config.study_name, "storage": shown, "n_trials": str(config.n_trials)},
                             run_id=run_id) as run:  # fmt: skip
         run_id = run.info.run_id
@@ -417,7 +421,7 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
     params = {"budget": config.budget, "images_per_class": images_per_class, **sampled}
     with tracking.nested_under(study_run_id, tags), tracking.start_run(
         "trial", params=params, tags={**tags, **({"retry_of_trial": str(retried)} if retried is not None else {})},
-        run_name=f"{config.study_name}-trial-{trial.number}",
+        run_name=f"{config.study_name} trial {trial.number}",
     ) as run:  # fmt: skip
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         name = f"e5-budget-{config.budget}-classes-{c}"

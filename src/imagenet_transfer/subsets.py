@@ -18,7 +18,6 @@ data is mounted: within a class, images are ranked by a seeded hash of their fil
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,14 +26,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import Field, model_validator
 
 from imagenet_transfer.catalog import hash_file_names, name_hashes
+from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.paths import cache_dir
 from imagenet_transfer.taxonomy import METHODS, SPLITS, Taxonomy, load_taxonomy
@@ -44,51 +45,44 @@ LABEL_RULES = ("fine",) + METHODS
 HALVES = ("a", "b", "ab")
 
 
-@dataclass(frozen=True)
-class SubsetSpec:
+class SubsetSpec(Settings):
     """One pre-training data variant. Fields left at their defaults mean "as in ImageNet"."""
 
     name: str = "full"
-    classes: str = "all"  # all | pascal-removed (E6) | random (E5: `num_classes`) | half (E7)
-    num_classes: int | None = None  # classes=random: how many, chosen with `seed`
-    split: str | None = None  # classes=half: random | minimal
-    half: str | None = None  # classes=half: a | b | ab (A+B)
-    images_per_class: int | None = None  # E1: N train images per class (None: all)
-    budget: int | None = None  # E5: total train images, spread evenly over the classes
-    labels: str = "fine"  # fine | bottom-up (E2) | top-down (E3)
-    label_classes: int | None = None  # K of the bottom-up/top-down label set (its size on all 1000 classes)
+    classes: Literal[CLASS_RULES] = "all"  # all | pascal-removed (E6) | random (E5: `num_classes`) | half (E7)
+    num_classes: int | None = Field(None, ge=1)  # classes=random: how many, chosen with `seed`
+    split: Literal[SPLITS] | None = None  # classes=half: random | minimal
+    half: Literal[HALVES] | None = None  # classes=half: a | b | ab (A+B)
+    images_per_class: int | None = Field(None, ge=1)  # E1: N train images per class (None: all)
+    budget: int | None = Field(None, ge=1)  # E5: total train images, spread evenly over the classes
+    labels: Literal[LABEL_RULES] = "fine"  # fine | bottom-up (E2) | top-down (E3)
+    label_classes: int | None = Field(None, ge=1)  # K of the bottom-up/top-down label set (its size on all 1000 classes)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        def fail(why: str) -> None:
-            raise UserError(f"subset spec {self.name!r}: {why}")
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except UserError as err:
+            raise UserError(f"subset spec {data.get('name', 'full')!r}: {str(err).removeprefix('SubsetSpec: ')}") from None
 
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            expected = {"name": str, "classes": str, "labels": str, "seed": int}.get(field.name)
-            if expected is None and field.name in ("num_classes", "images_per_class", "budget", "label_classes"):
-                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                    fail(f"{field.name} must be a positive integer, got {value!r}")
-            elif expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
-                fail(f"{field.name} must be {expected.__name__}, got {value!r}")
-        _choose("classes", self.classes, CLASS_RULES, self.name)
-        _choose("labels", self.labels, LABEL_RULES, self.name)
+    @model_validator(mode="after")
+    def _consistent(self) -> SubsetSpec:
         if (self.classes == "random") != (self.num_classes is not None):
-            fail("num_classes goes with classes: random, and classes: random needs num_classes")
-        if self.classes == "half":
-            _choose("split", self.split, SPLITS, self.name)
-            _choose("half", self.half, HALVES, self.name)
-        elif self.split is not None or self.half is not None:
-            fail("split and half go with classes: half")
+            raise ValueError("num_classes goes with classes: random, and classes: random needs num_classes")
+        if self.classes == "half" and (self.split is None or self.half is None):
+            raise ValueError(f"classes: half needs split (one of {', '.join(SPLITS)}) and half (one of {', '.join(HALVES)})")
+        if self.classes != "half" and (self.split is not None or self.half is not None):
+            raise ValueError("split and half go with classes: half")
         if self.budget is not None and self.images_per_class is not None:
-            fail("budget and images_per_class contradict each other: give one (budget / classes = images per class)")
+            raise ValueError("budget and images_per_class contradict each other: give one (budget / classes = images per class)")
         if self.budget is not None and self.num_classes is not None and self.budget < self.num_classes:
-            fail(f"a budget of {self.budget} images cannot give each of {self.num_classes} classes an image")
+            raise ValueError(f"a budget of {self.budget} images cannot give each of {self.num_classes} classes an image")
         if (self.labels == "fine") != (self.label_classes is None):
-            fail("label_classes (K) goes with labels: bottom-up or top-down, which need it")
+            raise ValueError("label_classes (K) goes with labels: bottom-up or top-down, which need it")
+        return self
 
     def params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.to_dict()
 
     @property
     def digest(self) -> str:
@@ -103,11 +97,10 @@ class SubsetSpec:
     def from_dict(cls, data: Any, source: str = "spec") -> SubsetSpec:
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a mapping of subset spec fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "spec") -> SubsetSpec:
@@ -118,12 +111,7 @@ class SubsetSpec:
         return cls.from_dict(data, source)
 
     def with_seed(self, seed: int | None) -> SubsetSpec:
-        return self if seed is None else dataclasses.replace(self, seed=seed)
-
-
-def _choose(field: str, value: Any, valid: tuple[str, ...], name: str) -> None:
-    if value not in valid:
-        raise UserError(f"subset spec {name!r}: {field} must be one of {', '.join(valid)}, got {value!r}")
+        return self if seed is None else self.replace(seed=seed)
 
 
 # -- presets --------------------------------------------------------------------------------------

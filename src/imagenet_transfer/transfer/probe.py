@@ -40,62 +40,49 @@ output labels are known. Runtime on the default world (200 classes, 20 train + 2
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import AfterValidator, Field, NonNegativeFloat
 
+from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import Result, world_part
 from imagenet_transfer.transfer.linear import L2_GRID, fit_linear, select_l2, top1_accuracy
 
-PARTS = ("knn", "linear", "coarse")
+Part = Literal["knn", "linear", "coarse"]
+PARTS = get_args(Part)
 K_CURVE = (1, 5, 10, 20, 50, 100)
 
 
-@dataclass(frozen=True)
-class Config:
+def _coarse_level(level: str) -> str:
+    method, _, count = level.rpartition("-")
+    if method not in ("top-down", "bottom-up") or not count.isdigit():
+        raise ValueError("expected METHOD-K, e.g. top-down-127 or bottom-up-79")
+    return level
+
+
+CoarseLevel = Annotated[str, AfterValidator(_coarse_level)]
+
+
+class Config(Settings):
     """E4 probe options; `quick()` is the smoke-test variant."""
 
     data: str = ""  # ImageNet-style source (train/<wnid>/, val/); "" = the embedded world's imagenet/
-    parts: tuple[str, ...] = ()  # some of knn, linear, coarse; () = every one that applies
-    layer: str = ""  # "" = fc7, or pool5 for a backbone without fc7
-    k: int = 20
-    train_per_class: int = 20  # training images per fine class (seeded sample); 0 = all
-    val_per_class: int = 0  # val images per fine class; 0 = all
-    val_fraction: float = 0.2  # of the training sample, to choose the linear probe's L2
-    l2_grid: tuple[float, ...] = L2_GRID
-    max_iter: int = 100
-    coarse_level: str = "top-down-127"  # METHOD-K, a label set of `taxonomy levels`
-    batch_size: int = 64
-    workers: int = 1  # decoding processes beside the forward pass
+    parts: tuple[Part, ...] = ()  # some of knn, linear, coarse; () = every one that applies
+    layer: Literal["", "pool5", "fc6", "fc7"] = ""  # "" = fc7, or pool5 for a backbone without fc7
+    k: int = Field(20, ge=1)
+    train_per_class: int = Field(20, ge=0)  # training images per fine class (seeded sample); 0 = all
+    val_per_class: int = Field(0, ge=0)  # val images per fine class; 0 = all
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # of the training sample, to choose the linear probe's L2
+    l2_grid: tuple[NonNegativeFloat, ...] = Field(L2_GRID, min_length=1)
+    max_iter: int = Field(100, ge=1)
+    coarse_level: CoarseLevel = "top-down-127"  # METHOD-K, a label set of `taxonomy levels`
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(1, ge=0)  # decoding processes beside the forward pass
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        def fail(why: str) -> None:
-            raise UserError(f"probe config: {why}")
-
-        for name in ("parts", "l2_grid"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, (int, float, str)) else tuple(value))
-        bad = [p for p in self.parts if p not in PARTS]
-        if bad:
-            fail(f"parts {bad}; expected some of {', '.join(PARTS)} (or none for all that apply)")
-        if self.layer not in ("", "pool5", "fc6", "fc7"):
-            fail(f"layer {self.layer!r}; expected pool5, fc6, fc7 or empty (fc7, pool5 for ResNets)")
-        for name in ("k", "batch_size", "max_iter"):
-            if getattr(self, name) < 1:
-                fail(f"{name} {getattr(self, name)}; expected a positive integer")
-        if self.train_per_class < 0 or self.val_per_class < 0 or self.workers < 0:
-            fail("train_per_class, val_per_class and workers must be >= 0 (0 = all images)")
-        if not 0 < self.val_fraction < 1:
-            fail(f"val_fraction {self.val_fraction}; expected a fraction strictly between 0 and 1")
-        if not self.l2_grid or any(not l2 >= 0 for l2 in self.l2_grid):
-            fail(f"l2_grid {self.l2_grid}; expected one or more non-negative strengths")
-        method, _, count = self.coarse_level.rpartition("-")
-        if method not in ("top-down", "bottom-up") or not count.isdigit():
-            fail(f"coarse_level {self.coarse_level!r}; expected METHOD-K, e.g. top-down-127 or bottom-up-79")
 
     @classmethod
     def quick(cls, **changes) -> Config:

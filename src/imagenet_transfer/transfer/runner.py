@@ -14,13 +14,15 @@ that produced it — with the config as params, the metrics, figures (PNG) and t
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
+import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import mlflow
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from imagenet_transfer import tracking
 from imagenet_transfer.errors import UserError
@@ -43,34 +45,72 @@ def make_config(name: str, settings: list[str] | None = None, *, quick: bool = F
     """The benchmark's Config (its `quick()` variant if asked) with `key=value` settings applied."""
     module = benchmark_module(name)
     config = module.Config.quick() if quick else module.Config()
-    hints = typing.get_type_hints(type(config))
+    fields = type(config).model_fields
     changes = {}
     for item in settings or []:
         key, sep, text = item.partition("=")
-        if not sep or key not in hints:
-            valid = ", ".join(f.name for f in dataclasses.fields(config))
-            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of: {valid}")
-        changes[key] = _parse(text, hints[key], f"--set {item}")
-    return dataclasses.replace(config, **changes)
-
-
-def _parse(text: str, hint: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        if text.lower() in ("", "none"):
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if not sep or key not in fields:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of: {', '.join(fields)}")
+        changes[key] = parse_setting(text, fields[key], f"--set {item}")
     try:
-        if origin is tuple:
-            return tuple(_parse(part, args[0], where) for part in text.split(",") if part)
-        if hint is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        return hint(text)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: {text!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+        return config.replace(**changes)
+    except UserError as err:  # a rule over several fields
+        raise UserError(f"{' '.join(f'--set {item}' for item in settings or [])}: {name} {err}") from None
+
+
+def parse_setting(text: str, field: FieldInfo, where: str) -> Any:
+    """`text` as a value of `field`, converted by pydantic's lax mode ("3" -> 3, "true" -> True) and checked
+    against the field's constraints: comma-separated items for a tuple, "" or "none" for None where None is
+    allowed. A bad value raises UserError naming `where` and what was expected."""
+    hint = field.annotation
+    if _allows_none(hint) and text.strip().lower() in ("", "none"):
+        return None
+    item = _tuple_item(hint)
+    value = text if item is None else tuple(part.strip() for part in text.split(",") if part.strip())
+    adapter = TypeAdapter(Annotated[(hint, *field.metadata)] if field.metadata else hint,
+                          config=ConfigDict(strict=False))  # fmt: skip
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as err:
+        errors = err.errors(include_url=False)
+        inner = any(e["loc"] for e in errors)  # a bad item says more than the length it leaves
+        problems = []
+        for error in errors:
+            if error["type"] == "too_short" and inner:
+                continue
+            message = error["msg"].removeprefix("Value error, ")
+            message = message.replace("Input should be ", "expected ").replace("Input ", "expected ")
+            if error["type"].endswith(("_parsing", "_type")):  # not text of the field's type
+                kind = _type_name(item if error["loc"] else hint)
+                listed = f" (expected comma-separated {kind} values)" if error["loc"] else ""
+                problems.append(f"{error['input']!r} is not a valid {kind}{listed}")
+            elif error["loc"]:  # one item of a tuple
+                problems.append(f"{error['input']!r}: {message}")
+            else:
+                problems.append(message)
+        raise UserError(f"{where}: {'; '.join(problems)}") from None
+
+
+def _allows_none(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _tuple_item(hint: Any) -> Any:
+    """The item type of a `tuple[X, ...]` (or an optional one), else None."""
+    if _allows_none(hint):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    args = typing.get_args(hint)
+    return args[0] if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis else None
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
 
 
 def check_data(name: str, config) -> None:
@@ -120,7 +160,7 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
                    "subset_digest": info.get("subset_digest", ""), "recipe": info.get("recipe", ""),
                    "seed": info.get("seed", ""), "model_name": info.get("model_name", ""),
                    "model_version": info.get("model_version", "")}  # fmt: skip
-    params = {"benchmark": name, "backbone": backbone, "device": device, "config": dataclasses.asdict(config)}
+    params = {"benchmark": name, "backbone": backbone, "device": device, "config": config.to_dict()}
     shown = f"{tags['model_name']} v{tags['model_version']}" if tags["model_name"] else backbone
     with tracking.start_run("transfer", params=params, resolved={"device": str(target)}, tags=tags,
                             run_name=f"{name} on {shown}"):  # fmt: skip

@@ -50,81 +50,65 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveInt
 from torch import nn
 
+from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import Result, world_part
 from imagenet_transfer.transfer.linear import L2_GRID, fit_linear, mean_per_class_accuracy, select_l2
 from imagenet_transfer.transfer.sun397 import (SUN397Layout, class_of, find_sun397, read_class_names,
                                                read_partition)
 
-PROTOCOLS = ("linear", "finetune")
-VECTOR_LAYERS = ("pool5", "fc6", "fc7")
-EVALUATE_ON = ("test", "val")
+Protocol = Literal["linear", "finetune"]
+PROTOCOLS = get_args(Protocol)
+VectorLayer = Literal["pool5", "fc6", "fc7"]
+VECTOR_LAYERS = get_args(VectorLayer)
+EvaluateOn = Literal["test", "val"]
+EVALUATE_ON = get_args(EvaluateOn)
 
 
-@dataclass(frozen=True)
-class Config:
+def _distinct(partitions: tuple[int, ...]) -> tuple[int, ...]:
+    if len(set(partitions)) != len(partitions):
+        raise ValueError("expected distinct partition numbers, e.g. 1,2,3")
+    return partitions
+
+
+Partitions = Annotated[tuple[PositiveInt, ...], AfterValidator(_distinct)]  # SUN397's Training/Testing_NN.txt numbers
+
+
+class Config(Settings):
     """SUN-CLS options; `quick()` is the smoke-test variant."""
 
     data: str = ""  # SUN397 root (SUN397/ and Partitions/); "" = the embedded world
-    protocol: str = "linear"  # linear | finetune
-    partitions: tuple[int, ...] = (1, 2, 3)
-    val_fraction: float = 0.2  # of each class's training images, for every choice (layer, L2, epoch)
+    protocol: Protocol = "linear"  # linear | finetune
+    partitions: Partitions = Field((1, 2, 3), min_length=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # of each class's training images, for every choice (layer, L2, epoch)
     seed: int = 0
-    evaluate_on: str = "test"  # test: the Testing lists | val: a part of the training lists, held out and scored
-    eval_fraction: float = 0.25  # evaluate_on=val: of each class's training images, held out and scored
-    max_missing_fraction: float = 0.001  # listed images absent on disk: tolerated (dropped) up to this fraction
-    batch_size: int = 64  # feature extraction and evaluation
-    workers: int = 1  # decoding processes beside the forward pass (extraction: 0.82 of pure inference, 0.76 with 0)
+    evaluate_on: EvaluateOn = "test"  # test: the Testing lists | val: a part of the training lists, held out and scored
+    # evaluate_on=val: of each class's training images, held out and scored
+    eval_fraction: float = Field(0.25, gt=0, lt=1)
+    # listed images absent on disk: tolerated (dropped) up to this fraction
+    max_missing_fraction: float = Field(0.001, ge=0, le=1)
+    batch_size: int = Field(64, ge=1)  # feature extraction and evaluation
+    # decoding processes beside the forward pass (extraction: 0.82 of pure inference, 0.76 with 0)
+    workers: int = Field(1, ge=0)
     # linear
-    layers: tuple[str, ...] = ()  # () = every one of pool5, fc6, fc7 the backbone has
-    l2_grid: tuple[float, ...] = L2_GRID
-    max_iter: int = 100  # L-BFGS iterations per fit
+    layers: tuple[VectorLayer, ...] = ()  # () = every one of pool5, fc6, fc7 the backbone has
+    l2_grid: tuple[NonNegativeFloat, ...] = Field(L2_GRID, min_length=1)
+    max_iter: int = Field(100, ge=1)  # L-BFGS iterations per fit
     # finetune
-    epochs: int = 12
-    train_batch_size: int = 32
-    lr: float = 0.01  # the new head
-    trunk_lr: float = 0.001  # every pre-trained layer
+    epochs: int = Field(12, ge=1)
+    train_batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.01, gt=0)  # the new head
+    trunk_lr: float = Field(0.001, ge=0)  # every pre-trained layer
     momentum: float = 0.9
     weight_decay: float = 5e-4
-
-    def __post_init__(self) -> None:
-        def fail(why: str) -> None:
-            raise UserError(f"sun397 config: {why}")
-
-        for name in ("partitions", "layers", "l2_grid"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, (int, float, str)) else tuple(value))
-        if self.protocol not in PROTOCOLS:
-            fail(f"protocol {self.protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-        if not self.partitions or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in self.partitions):
-            fail(f"partitions {self.partitions}; expected one or more partition numbers, e.g. 1,2,3")
-        if len(set(self.partitions)) != len(self.partitions):
-            fail(f"partitions {self.partitions} repeat a partition")
-        bad = [layer for layer in self.layers if layer not in VECTOR_LAYERS]
-        if bad:
-            fail(f"layers {bad}; expected some of {', '.join(VECTOR_LAYERS)} (or none for all the backbone has)")
-        if not 0 < self.val_fraction < 1:
-            fail(f"val_fraction {self.val_fraction}; expected a fraction strictly between 0 and 1")
-        if self.evaluate_on not in EVALUATE_ON:
-            fail(f"evaluate_on {self.evaluate_on!r}; expected one of {', '.join(EVALUATE_ON)}")
-        if not 0 < self.eval_fraction < 1:
-            fail(f"eval_fraction {self.eval_fraction}; expected a fraction strictly between 0 and 1")
-        if not 0 <= self.max_missing_fraction <= 1:
-            fail(f"max_missing_fraction {self.max_missing_fraction}; expected a fraction in [0, 1]")
-        if not self.l2_grid or any(not l2 >= 0 for l2 in self.l2_grid):
-            fail(f"l2_grid {self.l2_grid}; expected one or more non-negative strengths")
-        for name in ("batch_size", "max_iter", "epochs", "train_batch_size"):
-            if getattr(self, name) < 1:
-                fail(f"{name} {getattr(self, name)}; expected a positive integer")
-        if self.workers < 0 or self.lr <= 0 or self.trunk_lr < 0:
-            fail(f"workers {self.workers}, lr {self.lr}, trunk_lr {self.trunk_lr}; expected workers >= 0, lr > 0, "
-                 "trunk_lr >= 0")
 
     @classmethod
     def quick(cls, **changes) -> Config:

@@ -46,18 +46,19 @@ iteration); mAP (%) `random:small` 5.77, `small` pre-trained with the `world-lon
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import Field, PositiveFloat
 from torch import Tensor, nn
 
+from imagenet_transfer.config import Settings
 from imagenet_transfer.engine import sgd_step
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import Result, world_part
@@ -67,77 +68,48 @@ from imagenet_transfer.transfer.voc import VOC_CLASSES, read_annotation, read_im
 PAPER_MIN_SIZE = 600  # Fast R-CNN's input scale (shorter side) for VOC photos
 PAPER_MAX_RATIO = 1000 / 600  # and its cap on the longer side
 PHOTO_SIDE = 300  # images with a shorter median side than this are used at their own scale
-ROI_POOLS = ("max", "align")
+RoiPool = Literal["max", "align"]
+ROI_POOLS = get_args(RoiPool)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Settings):
     """The protocol's knobs; defaults fit the embedded world on 2 CPU cores (~5 min with `small`, see the header)."""
 
     data: str = ""  # VOCdevkit/VOC2007 folder (or a folder holding VOCdevkit/VOC2007); "" = the embedded world
     train_set: str = "trainval"
     test_set: str = "test"
-    iterations: int = 1000
-    batch_size: int = 4
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup: int = 50  # iterations of linear lr warm-up from lr/10
-    lr_drop: float = 0.75  # lr ×0.1 after this fraction of the iterations
+    iterations: int = Field(1000, ge=0)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(0.02, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup: int = Field(50, ge=0)  # iterations of linear lr warm-up from lr/10
+    lr_drop: float = Field(0.75, gt=0, le=1)  # lr ×0.1 after this fraction of the iterations
     flip: bool = True
-    min_size: int = 0  # shorter input side; 0 = from the data: 600 for photos, else the images' own (module docstring)
-    max_size: int = 0  # longer side cap; 0 = round(1000/600 × min_size)
-    anchor_sizes: tuple[float, ...] = ()  # anchor sides in input px; () = from the training boxes
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    rpn_pre_nms_train: int = 1000
-    rpn_post_nms_train: int = 300
-    rpn_pre_nms_test: int = 600
-    rpn_post_nms_test: int = 300  # Faster R-CNN's 300 test proposals
-    box_batch_size: int = 64  # sampled ROIs per image (Fast R-CNN's 64, 25 % foreground)
-    roi_pool: str = "max"  # max: Fast R-CNN's RoIPool; align: RoIAlign (2x2 samples a bin, slower backward on CPU)
-    resnet_head_dim: int = 512  # the fc added after a ResNet's parameter-free head
-    score_thresh: float = 0.05  # detections kept for evaluation (py-faster-rcnn's; lower never lowers AP but is slower)
-    detections_per_image: int = 100
-    eval_batch_size: int = 8
-    workers: int = 0  # DataLoader workers decoding JPEGs
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value, default = getattr(self, f.name), f.default
-            if isinstance(default, tuple):
-                ok = isinstance(value, tuple) and all(_number(v) and v > 0 for v in value)
-            elif isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, float):
-                ok = _number(value) and value >= 0
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            else:
-                ok = isinstance(value, str)
-            if not ok:
-                kind = type(default).__name__
-                what = {"int": "non-negative int", "float": "non-negative number", "tuple": "tuple of positive numbers"}
-                raise UserError(f"voc07_det config {f.name}={value!r}: expected a {what.get(kind, kind)} "
-                                f"(default {default!r})")
-        for name in ("batch_size", "eval_batch_size", "box_batch_size", "detections_per_image", "rpn_post_nms_train",
-                     "rpn_post_nms_test", "rpn_pre_nms_train", "rpn_pre_nms_test"):
-            if getattr(self, name) < 1:
-                raise UserError(f"voc07_det config {name}={getattr(self, name)}: expected at least 1")
-        if self.roi_pool not in ROI_POOLS:
-            raise UserError(f"voc07_det config roi_pool={self.roi_pool!r}: expected one of {', '.join(ROI_POOLS)}")
-        if not self.aspect_ratios or not 0 < self.lr_drop <= 1:
-            raise UserError("voc07_det config: aspect_ratios must not be empty and lr_drop must be in (0, 1]")
+    # shorter input side; 0 = from the data: 600 for photos, else the images' own (module docstring)
+    min_size: int = Field(0, ge=0)
+    max_size: int = Field(0, ge=0)  # longer side cap; 0 = round(1000/600 × min_size)
+    anchor_sizes: tuple[PositiveFloat, ...] = ()  # anchor sides in input px; () = from the training boxes
+    aspect_ratios: tuple[PositiveFloat, ...] = Field((0.5, 1.0, 2.0), min_length=1)
+    rpn_pre_nms_train: int = Field(1000, ge=1)
+    rpn_post_nms_train: int = Field(300, ge=1)
+    rpn_pre_nms_test: int = Field(600, ge=1)
+    rpn_post_nms_test: int = Field(300, ge=1)  # Faster R-CNN's 300 test proposals
+    box_batch_size: int = Field(64, ge=1)  # sampled ROIs per image (Fast R-CNN's 64, 25 % foreground)
+    roi_pool: RoiPool = "max"  # max: Fast R-CNN's RoIPool; align: RoIAlign (2x2 samples a bin, slower backward on CPU)
+    resnet_head_dim: int = Field(512, ge=0)  # the fc added after a ResNet's parameter-free head
+    # detections kept for evaluation (py-faster-rcnn's; lower never lowers AP but is slower)
+    score_thresh: float = Field(0.05, ge=0)
+    detections_per_image: int = Field(100, ge=1)
+    eval_batch_size: int = Field(8, ge=1)
+    workers: int = Field(0, ge=0)  # DataLoader workers decoding JPEGs
+    seed: int = Field(0, ge=0)
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
         """A few iterations on small batches: a smoke test of the whole path (seconds on the tiny world)."""
         return cls(**{**dict(iterations=3, batch_size=2, warmup=1, rpn_pre_nms_train=200, rpn_post_nms_train=64,
                              rpn_pre_nms_test=200, rpn_post_nms_test=64, box_batch_size=32), **overrides})  # fmt: skip
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- data --------------------------------------------------------------------------------------------------

@@ -47,83 +47,61 @@ out of `voc12_action_map` and of the metrics, and shown as such in the table and
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
 import torchvision.transforms.v2.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import Result, world_part
 from imagenet_transfer.transfer.voc import VOC_ACTIONS, read_annotation, read_image_set
 
-LOSSES = ("softmax", "bce")
+Loss = Literal["softmax", "bce"]
+LOSSES = get_args(Loss)
 SPLITS = ("train", "val")
-EVALUATE_ON = ("test", "val")
+EvaluateOn = Literal["test", "val"]
+EVALUATE_ON = get_args(EvaluateOn)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Settings):
     """Every knob of the benchmark; checked on creation (UserError naming the field and the valid values)."""
 
     data: str = ""  # a VOCdevkit/VOC2012 folder (or a folder holding VOCdevkit/VOC2012); "" = the embedded world
     context: bool = False  # add the whole image as a second stream (features concatenated)
-    margin: float = 0.1  # the person box grows by this fraction of its width/height on each side
-    jitter: float = 0.1  # training: random shift/scale of the enlarged box, as a fraction of its side
-    loss: str = "softmax"  # softmax | bce (see the module docstring)
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 0.01  # backbone (trunk, fc6, fc7)
-    head_lr_mult: float = 10.0  # the new head's lr = lr × this
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    holdout: float = 0.0  # fraction of train images held out for early stopping; 0 = keep the last epoch
-    evaluate_on: str = "test"  # test: score the val split (the benchmark's test) | val: score held-out train images
-    eval_fraction: float = 0.25  # evaluate_on=val: fraction of the train images held out and scored
+    margin: float = Field(0.1, ge=0, le=2)  # the person box grows by this fraction of its width/height on each side
+    # training: random shift/scale of the enlarged box, as a fraction of its side
+    jitter: float = Field(0.1, ge=0, lt=0.5)
+    loss: Loss = "softmax"  # softmax | bce (see the module docstring)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(0.01, gt=0)  # backbone (trunk, fc6, fc7)
+    head_lr_mult: float = Field(10.0, gt=0)  # the new head's lr = lr × this
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    # fraction of train images held out for early stopping; 0 = keep the last epoch
+    holdout: float = Field(0.0, ge=0, lt=0.5)
+    # test: score the val split (the benchmark's test) | val: score held-out train images
+    evaluate_on: EvaluateOn = "test"
+    # evaluate_on=val: fraction of the train images held out and scored
+    eval_fraction: float = Field(0.25, gt=0, lt=0.5)
     seed: int = 0
-    workers: int = 0  # DataLoader worker processes (decoding is cheap on the embedded world)
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = {"str": str, "bool": bool, "int": int, "float": (int, float)}[f.type]
-            if not isinstance(value, kind) or (f.type != "bool" and isinstance(value, bool)):
-                raise UserError(f"voc12_action config: {f.name}={value!r}; expected {f.type}")
-        if self.evaluate_on not in EVALUATE_ON:
-            raise UserError(f"voc12_action config: evaluate_on={self.evaluate_on!r}; expected one of "
-                            f"{', '.join(EVALUATE_ON)}")
-        if not 0 < self.eval_fraction < 0.5:
-            raise UserError(f"voc12_action config: eval_fraction={self.eval_fraction!r}, expected (0, 0.5)")
-        if self.loss not in LOSSES:
-            raise UserError(f"voc12_action config: unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
-        checks = {"margin": 0 <= self.margin <= 2, "jitter": 0 <= self.jitter < 0.5, "epochs": self.epochs >= 1,
-                  "batch_size": self.batch_size >= 2, "lr": self.lr > 0, "head_lr_mult": self.head_lr_mult > 0,
-                  "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
-                  "holdout": 0 <= self.holdout < 0.5, "workers": self.workers >= 0}  # fmt: skip
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            ranges = {"margin": "[0, 2]", "jitter": "[0, 0.5)", "epochs": "≥ 1", "batch_size": "≥ 2", "lr": "> 0",
-                      "head_lr_mult": "> 0", "momentum": "[0, 1)", "weight_decay": "≥ 0", "holdout": "[0, 0.5)",
-                      "workers": "≥ 0"}  # fmt: skip
-            problems = "; ".join(f"{k}={getattr(self, k)!r}, expected {ranges[k]}" for k in bad)
-            raise UserError(f"voc12_action config: {problems}")
+    workers: int = Field(0, ge=0)  # DataLoader worker processes (decoding is cheap on the embedded world)
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
         """A few seconds on the tiny world: smoke tests."""
         return cls(**{**dict(epochs=2, batch_size=8, holdout=0.0), **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # -- dataset ---------------------------------------------------------------------------------------------
