@@ -1,7 +1,6 @@
 """One declaration per interface: MLproject is generated from the CLI commands, and the CLI's options are the
 config's fields, with the same defaults and the same choices."""
 
-import dataclasses
 import importlib.util
 import re
 
@@ -49,11 +48,12 @@ def test_an_entry_point_declares_every_option_of_its_command_and_uses_each_param
 ])  # fmt: skip
 def test_a_command_s_options_are_its_config_s_fields_with_the_same_defaults(command, config_class, renamed, cli_only):
     module, _, name = config_class.rpartition(".")
-    fields = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    fields = getattr(importlib.import_module(module), name).model_fields
     cli = {renamed.get(k, k): p for k, p in options(*command).items() if k not in cli_only}
     assert set(cli) == set(fields), f"only in the CLI: {sorted(set(cli) - set(fields))}; only in the config: {sorted(set(fields) - set(cli))}"
     for key, field in fields.items():
-        if field.default is not dataclasses.MISSING:
+        assert field.is_required() == cli[key].required, key
+        if not field.is_required():
             default = ",".join(field.default) if isinstance(field.default, tuple) else field.default
             given = cli[key].default
             given = "" if given is None else ",".join(given) if isinstance(given, (list, tuple)) else given

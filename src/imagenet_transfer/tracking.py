@@ -269,8 +269,7 @@ def log_dataset(
     )  # fmt: skip
     input_tags = [InputTag(key, value) for key, value in dict(tags or {}).items()]
     input_tags.append(InputTag(MLFLOW_DATASET_CONTEXT, context))
-    run = mlflow.active_run() or mlflow.start_run()
-    mlflow.MlflowClient().log_inputs(run.info.run_id, datasets=[DatasetInput(entity, tags=input_tags)])
+    mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id, datasets=[DatasetInput(entity, tags=input_tags)])
 
 
 # -- backbones in the model registry ---------------------------------------------------------------
