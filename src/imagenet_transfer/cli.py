@@ -338,7 +338,7 @@ def reproduce(
 @app.command("report")
 def report(
     out: Annotated[Optional[Path], typer.Option(help="output folder (default: reports/<UTC timestamp>)")] = None,
-    grid_run: Annotated[str, typer.Option(help="the reproduce run to report (default: the newest)")] = "",
+    grid_run: Annotated[str, typer.Option(help="the reproduce run to report (default: the newest finished one)")] = "",
 ) -> None:
     """Tables per experiment beside the paper's numbers, plots, Markdown + HTML; logged as a report run."""
     from imagenet_transfer.report import write_report

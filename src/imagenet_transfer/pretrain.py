@@ -320,7 +320,7 @@ def run_pretrain(
             print(f"already trained: {summary['model_uri']} (run {summary['run_id']}); nothing to do")
             command_run = tracking.command_run_id()
             if command_run:  # the run `mlflow run` made points at the run that holds the model
-                tracking.follow(command_run, summary["run_id"], "pretrain")
+                tracking.follow(command_run, summary["run_id"], "pretrain", f"pretrain {config.arch} {subset.name}")
         return summary
     state = load_checkpoint(folder) if found.get("resume") else None
     setup = _prepare(config, subset, device, state, rank, world_size)  # bad input fails here, before any run

@@ -135,7 +135,7 @@ def start_run(
     env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # mlflow.start_run would otherwise always take it
     try:
         if run_id and command_run and command_run != run_id:  # results continue in `run_id`: link the two
-            follow(command_run, run_id, stage)
+            follow(command_run, run_id, stage, run_name or stage)
             command_run = None
         run_id = run_id or command_run
         if run_id:
@@ -173,13 +173,13 @@ def _experiment_for(parent: str | None) -> str:
     return experiment_id()
 
 
-def follow(command_run: str, run_id: str, stage: str) -> None:
-    """The run `mlflow run` made becomes a child of `run_id`, where the command's results go (a resumed
-    pre-training, a study that another worker started)."""
+def follow(command_run: str, run_id: str, stage: str, name: str) -> None:
+    """The run `mlflow run` made becomes a child of `run_id`, where the command's results are (a resumed or
+    finished pre-training, a study that another worker started), named after it."""
     client = mlflow.MlflowClient()
-    client.set_tag(command_run, "mlflow.parentRunId", run_id)
-    client.set_tag(command_run, "stage", stage)
-    client.set_tag(command_run, "continued_in_run", run_id)
+    for key, value in {"mlflow.parentRunId": run_id, "stage": stage, "continued_in_run": run_id,
+                       "mlflow.runName": f"{name} (results in {run_id[:8]})"}.items():  # fmt: skip
+        client.set_tag(command_run, key, value)
 
 
 @contextlib.contextmanager
