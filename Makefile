@@ -1,6 +1,6 @@
 # The README's commands. `make run` creates .venv (first time: ~2-3 min, mostly torch) and runs the
-# main job; `make test` runs the test suite. Both export the project's tracking URI, because
-# `mlflow run` otherwise creates its run in its own default store.
+# main job; `make test` runs the test suite; `make lint` checks style and formatting (ruff). They export the
+# project's tracking URI, because `mlflow run` otherwise creates its run in its own default store.
 VENV ?= .venv
 PYTHON ?= python3
 SUBSET ?= full
@@ -8,7 +8,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export MLFLOW_EXPERIMENT_NAME ?= imagenet-transfer
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test bench
+.PHONY: setup run test lint bench
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ run: setup
 
 test: setup
 	python -m pytest -q
+
+lint: setup
+	ruff check .
+	ruff format --check .
 
 bench: setup
 	python bench/subsets.py

@@ -27,12 +27,20 @@ def main() -> None:
 
     net, _ = resolve_backbone(args.backbone)
     paths = sorted(str(p) for p in world_part("imagenet/train").rglob("*.JPEG"))[: args.images]
-    ceiling = inference_speed(net, batch_size=args.batch_size, batches=max(2, args.images // args.batch_size // 4),
-                              layer=args.layer, device=args.device)  # fmt: skip
-    extracted = extract_features(net, paths, (args.layer,), batch_size=args.batch_size, workers=args.workers,
-                                 device=args.device, cache=False)
-    print(f"backbone {args.backbone} ({net.resolution} px), layer {args.layer}, {len(paths)} images, {args.device}, "
-          f"{torch.get_num_threads()} threads")
+    ceiling = inference_speed(
+        net,
+        batch_size=args.batch_size,
+        batches=max(2, args.images // args.batch_size // 4),
+        layer=args.layer,
+        device=args.device,
+    )
+    extracted = extract_features(
+        net, paths, (args.layer,), batch_size=args.batch_size, workers=args.workers, device=args.device, cache=False
+    )
+    print(
+        f"backbone {args.backbone} ({net.resolution} px), layer {args.layer}, {len(paths)} images, {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"pure inference (random tensors): {ceiling:8.0f} images/s")
     print(f"feature extraction (JPEG → features): {extracted.images_per_s:8.0f} images/s")
     print(f"ratio {extracted.images_per_s / ceiling:.2f} (target >= 0.80)")

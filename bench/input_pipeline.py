@@ -1,7 +1,7 @@
 """Input pipelines against the model-only ceiling: prepared shards (raw, JPEG) vs a torchvision-reference loader.
 
-    python bench/input_pipeline.py                     # CUDA: 20,000 ImageNet-shaped JPEGs, alexnet + resnet50 at 224, ~3-5 min
-    python bench/input_pipeline.py --device cpu        # CPU: shards vs loose JPEGs, small at 64, 600 images, ~2 min on 2 cores
+    python bench/input_pipeline.py                     # CUDA: 20,000 JPEGs, alexnet + resnet50 at 224, ~3-5 min
+    python bench/input_pipeline.py --device cpu        # CPU: shards vs JPEGs, small at 64, ~2 min on 2 cores
     python bench/input_pipeline.py --images 4000 --archs alexnet --steps 30 --out /tmp/t.md
 
 Needs only torch, torchvision, numpy and pillow (no network, no MLflow, no pandas on CUDA): it puts the project's
@@ -53,7 +53,9 @@ CPU_ARCHS = {"small": 64}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--archs", nargs="+", help="default: alexnet resnet50 on CUDA, small on CPU")
     parser.add_argument("--resolution", type=int, help="default: 224 (CUDA), 64 (CPU)")
@@ -62,8 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps (default 60 on CUDA, 8 on CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 15 on CUDA, 2 on CPU)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: every core but one)")
-    parser.add_argument("--device-decode", type=float, nargs="+", default=[0.5],
-                        help="shares of each JPEG batch the device decodes (one row each)")
+    parser.add_argument(
+        "--device-decode",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="shares of each JPEG batch the device decodes (one row each)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--threads", type=int, help="torch threads of this process (CPU)")
     parser.add_argument("--out", type=Path, help="Markdown table (default bench/input_pipeline-<device>.md)")
@@ -108,9 +115,15 @@ class ReferenceDataset(torch.utils.data.Dataset):
         from torchvision.transforms import v2
 
         self.paths = paths
-        self.transform = v2.Compose([v2.RandomResizedCrop(resolution, antialias=True), v2.RandomHorizontalFlip(),
-                                     v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-                                     v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])  # fmt: skip
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(resolution, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,10 +134,16 @@ class ReferenceDataset(torch.utils.data.Dataset):
 
 
 def reference_batches(paths: list[str], args, device: torch.device):
-    loader = torch.utils.data.DataLoader(ReferenceDataset(paths, args.resolution), batch_size=args.batch_size,
-                                         shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda",
-                                         drop_last=True, persistent_workers=args.workers > 0,
-                                         prefetch_factor=4 if args.workers else None)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ReferenceDataset(paths, args.resolution),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+        prefetch_factor=4 if args.workers else None,
+    )
     fmt = torch.channels_last
     while True:
         for images, labels in loader:
@@ -179,7 +198,9 @@ class Table:
         self.path, self.header, self.notes, self.lines = path, header, [], []
         self.rows: dict[tuple[str, str], float] = {}
 
-    def add(self, arch: str, what: str, value: float | str, ceiling: str = "ceiling", reference: str = "reference") -> None:
+    def add(
+        self, arch: str, what: str, value: float | str, ceiling: str = "ceiling", reference: str = "reference"
+    ) -> None:
         if isinstance(value, str):
             shown, a, c = value, "", ""
         else:
@@ -216,51 +237,104 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    header = (f"### Input pipelines — {card}, {cores} CPU cores, torch {torch.__version__}, torchvision "
-              f"{__import__('torchvision').__version__}, batch {args.batch_size}, {args.resolution} px, "
-              f"{args.images} generated JPEGs, {args.workers} workers{', compiled' if args.compile else ''}")
+    header = (
+        f"### Input pipelines — {card}, {cores} CPU cores, torch {torch.__version__}, torchvision "
+        f"{__import__('torchvision').__version__}, batch {args.batch_size}, {args.resolution} px, "
+        f"{args.images} generated JPEGs, {args.workers} workers{', compiled' if args.compile else ''}"
+    )
     table = Table(args.out, header)
     print(header, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         started = time.perf_counter()
         paths = make_images(root / "jpeg", args.images, max(cores, 1))
-        table.note(f"generated {len(paths)} JPEGs in {time.perf_counter() - started:.1f} s "
-                   f"({sum(os.path.getsize(p) for p in paths[:200]) / min(200, len(paths)) / 1024:.0f} KiB each)")
+        table.note(
+            f"generated {len(paths)} JPEGs in {time.perf_counter() - started:.1f} s "
+            f"({sum(os.path.getsize(p) for p in paths[:200]) / min(200, len(paths)) / 1024:.0f} KiB each)"
+        )
         records = Records(paths, [i % NUM_CLASSES for i in range(len(paths))], ["train"] * len(paths))
         side = resize_size(args.resolution)
         shards = {}
         for fmt in ("raw", "jpeg"):
             folder = root / f"shards-{fmt}"
             started = time.perf_counter()
-            info = write_shards(folder, records, ShardOptions(format=fmt, side=side), f"bench-{len(paths)}",
-                                workers=max(cores, 1))  # fmt: skip
+            info = write_shards(
+                folder, records, ShardOptions(format=fmt, side=side), f"bench-{len(paths)}", workers=max(cores, 1)
+            )
             seconds = time.perf_counter() - started
-            table.note(f"prepare {fmt} {side} px: {len(paths) / seconds:,.0f} images/s with {cores} processes "
-                       f"({info['bytes'] / 2**30:.2f} GiB, {seconds:.1f} s)")
+            table.note(
+                f"prepare {fmt} {side} px: {len(paths) / seconds:,.0f} images/s with {cores} processes "
+                f"({info['bytes'] / 2**30:.2f} GiB, {seconds:.1f} s)"
+            )
             shards[fmt] = ShardSet.open(folder)
         for arch in args.archs:
+
             def from_shards(fmt: str, share: float = 0.0, arch=arch):
-                loader = make_shard_loader(shards[fmt], "train", arch=arch, resolution=args.resolution,
-                                           batch_size=args.batch_size, workers=args.workers, train=True, seed=0,
-                                           device=device, channels_last=True, device_decode=share)  # fmt: skip
+                loader = make_shard_loader(
+                    shards[fmt],
+                    "train",
+                    arch=arch,
+                    resolution=args.resolution,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    train=True,
+                    seed=0,
+                    device=device,
+                    channels_last=True,
+                    device_decode=share,
+                )
                 return cycling(loader)
 
-            measure(table, arch, "ceiling", lambda: images_per_second(arch, ceiling_batches(args, device), args, device))
-            measure(table, arch, "reference", lambda: images_per_second(arch, reference_batches(paths, args, device), args, device))
+            measure(
+                table, arch, "ceiling", lambda: images_per_second(arch, ceiling_batches(args, device), args, device)
+            )
+            measure(
+                table,
+                arch,
+                "reference",
+                lambda: images_per_second(arch, reference_batches(paths, args, device), args, device),
+            )
             measure(table, arch, "shards raw", lambda: images_per_second(arch, from_shards("raw"), args, device))
             for share in args.device_decode if device.type == "cuda" else [0.0]:
-                measure(table, arch, f"shards jpeg (device decodes {share:.2f})",
-                        lambda: images_per_second(arch, from_shards("jpeg", share), args, device))  # fmt: skip
+                measure(
+                    table,
+                    arch,
+                    f"shards jpeg (device decodes {share:.2f})",
+                    lambda: images_per_second(arch, from_shards("jpeg", share), args, device),
+                )
             if device.type == "cpu":
-                measure(table, arch, "loose JPEGs (data.make_loader)", lambda: images_per_second(arch, loose(paths, arch, args, device), args, device))
+                measure(
+                    table,
+                    arch,
+                    "loose JPEGs (data.make_loader)",
+                    lambda: images_per_second(arch, loose(paths, arch, args, device), args, device),
+                )
                 for fmt in ("raw", "jpeg"):
-                    measure(table, arch, f"input only: shards {fmt}", lambda: loader_only(from_shards(fmt), args.steps),
-                            ceiling="-", reference="input only: loose JPEGs")  # fmt: skip
-                measure(table, arch, "input only: loose JPEGs", lambda: loader_only(loose(paths, arch, args, device), args.steps),
-                        ceiling="-", reference="-")  # fmt: skip
-                for what in ("shards raw", "shards jpeg (device decodes 0.00)", "input only: shards raw", "input only: shards jpeg"):
-                    base = "loose JPEGs (data.make_loader)" if not what.startswith("input") else "input only: loose JPEGs"
+                    measure(
+                        table,
+                        arch,
+                        f"input only: shards {fmt}",
+                        lambda: loader_only(from_shards(fmt), args.steps),
+                        ceiling="-",
+                        reference="input only: loose JPEGs",
+                    )
+                measure(
+                    table,
+                    arch,
+                    "input only: loose JPEGs",
+                    lambda: loader_only(loose(paths, arch, args, device), args.steps),
+                    ceiling="-",
+                    reference="-",
+                )
+                for what in (
+                    "shards raw",
+                    "shards jpeg (device decodes 0.00)",
+                    "input only: shards raw",
+                    "input only: shards jpeg",
+                ):
+                    base = (
+                        "loose JPEGs (data.make_loader)" if not what.startswith("input") else "input only: loose JPEGs"
+                    )
                     if (arch, what) in table.rows and (arch, base) in table.rows:
                         table.note(f"{arch}: {what} / {base} = {table.rows[arch, what] / table.rows[arch, base]:.2f}")
     print(f"table written to {args.out}")
@@ -272,11 +346,27 @@ def loose(paths: list[str], arch: str, args, device: torch.device):
 
     from imagenet_transfer.data import make_loader
 
-    frame = pd.DataFrame({"path": paths, "wnid": "n0", "label": [i % NUM_CLASSES for i in range(len(paths))],
-                          "label_wnid": "n0", "split": "train"})  # fmt: skip
-    loader = make_loader(frame, "train", arch=arch, resolution=args.resolution, batch_size=args.batch_size,
-                         workers=args.workers, train=True, device=device, channels_last=True,
-                         persistent_workers=True)  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "path": paths,
+            "wnid": "n0",
+            "label": [i % NUM_CLASSES for i in range(len(paths))],
+            "label_wnid": "n0",
+            "split": "train",
+        }
+    )
+    loader = make_loader(
+        frame,
+        "train",
+        arch=arch,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        train=True,
+        device=device,
+        channels_last=True,
+        persistent_workers=True,
+    )
     return cycling(loader)
 
 

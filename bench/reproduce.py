@@ -57,8 +57,10 @@ def main() -> None:
             per_step[name][1] += record["seconds"]
     total = world_seconds + plan_seconds + first["seconds_total"]
     target = TARGET_MINUTES["smoke" if args.smoke else "world"]
-    print(f"\nreproduce {args.grid} ({'smoke' if args.smoke else 'world'}, {args.seeds} seed(s), "
-          f"{args.only or 'all experiments'}); store and cache in {folder}")
+    print(
+        f"\nreproduce {args.grid} ({'smoke' if args.smoke else 'world'}, {args.seeds} seed(s), "
+        f"{args.only or 'all experiments'}); store and cache in {folder}"
+    )
     print(f"{'stage':24s} {'steps':>5s} {'seconds':>9s} {'s/step':>8s}")
     print(f"{'world (generate)':24s} {1:5d} {world_seconds:9.1f} {world_seconds:8.1f}")
     print(f"{'plan (build subsets)':24s} {1:5d} {plan_seconds:9.1f} {plan_seconds:8.1f}")
@@ -67,8 +69,10 @@ def main() -> None:
     reused = sum(r["reused"] for r in first["records"])
     print(f"{'reused within the grid':24s} {reused:5d}")
     print(f"total {total / 60:.1f} min (target <= {target:.0f} min: {'OK' if total / 60 <= target else 'OVER'})")
-    print(f"baseline, rerun of the finished grid: {again['seconds_total']:.1f} s, {again['steps_run']:.0f} steps run, "
-          f"{again['steps_reused']:.0f} reused")
+    print(
+        f"baseline, rerun of the finished grid: {again['seconds_total']:.1f} s, {again['steps_run']:.0f} steps run, "
+        f"{again['steps_reused']:.0f} reused"
+    )
     sys.exit(0 if again["steps_run"] == 0 else 1)
 
 

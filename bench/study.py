@@ -41,10 +41,17 @@ def main() -> None:
     from imagenet_transfer.study import StudyConfig, run_study
 
     name = f"bench-{int(time.time())}"
-    config = StudyConfig(budget=args.budget, n_trials=args.trials, study_name=name, recipe="world",
-                         iterations=args.iterations, device=args.device, pruner="none",
-                         storage="" if args.keep else f"sqlite:///{scratch / 'optuna.db'}",
-                         benchmark_settings=(f"voc12_action.epochs={args.epochs}",))  # fmt: skip
+    config = StudyConfig(
+        budget=args.budget,
+        n_trials=args.trials,
+        study_name=name,
+        recipe="world",
+        iterations=args.iterations,
+        device=args.device,
+        pruner="none",
+        storage="" if args.keep else f"sqlite:///{scratch / 'optuna.db'}",
+        benchmark_settings=(f"voc12_action.epochs={args.epochs}",),
+    )
     start = time.perf_counter()
     summary = run_study(config)
     total = time.perf_counter() - start
@@ -54,17 +61,24 @@ def main() -> None:
     runs["seconds"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds()
     if "tags.study_role" not in runs:
         runs["tags.study_role"] = None
-    print(f"\nbudget study of {args.trials} trials, B = {args.budget}, on the default embedded world "
-          f"({os.cpu_count()} CPU cores)")  # fmt: skip
-    print(f"{'trial':>6} {'C':>5} {'B/C':>6} {'subset s':>9} {'pretrain s':>11} {'transfer s':>11} {'trial s':>8}  objective")
+    print(
+        f"\nbudget study of {args.trials} trials, B = {args.budget}, on the default embedded world "
+        f"({os.cpu_count()} CPU cores)"
+    )
+    print(
+        f"{'trial':>6} {'C':>5} {'B/C':>6} {'subset s':>9} {'pretrain s':>11} {'transfer s':>11} {'trial s':>8}"
+        "  objective"
+    )
     trials = runs[runs["tags.stage"] == "trial"].sort_values("start_time")
     for _, trial in trials.iterrows():
         number = trial["tags.trial_number"]
         mine = runs[(runs["tags.trial_number"] == number) & (runs["tags.study_role"] != "final_test")]
         stage = {s: mine.loc[mine["tags.stage"] == s, "seconds"].sum() for s in ("subset", "pretrain", "transfer")}
-        print(f"{number:>6} {trial['params.num_classes']:>5} {float(trial['params.images_per_class']):6.1f} "
-              f"{stage['subset']:9.1f} {stage['pretrain']:11.1f} {stage['transfer']:11.1f} {trial['seconds']:8.1f}  "
-              f"{trial.get('metrics.objective', float('nan')):.2f}")  # fmt: skip
+        print(
+            f"{number:>6} {trial['params.num_classes']:>5} {float(trial['params.images_per_class']):6.1f} "
+            f"{stage['subset']:9.1f} {stage['pretrain']:11.1f} {stage['transfer']:11.1f} {trial['seconds']:8.1f}  "
+            f"{trial.get('metrics.objective', float('nan')):.2f}"
+        )
     final = runs[runs["tags.study_role"] == "final_test"]["seconds"].sum()
     print(f"final test of the chosen configuration: {final:.1f} s; test metrics {summary.get('test')}")
     print(f"total: {total:.1f} s ({total / 60:.1f} min; target <= 10 min)")

@@ -34,7 +34,7 @@ from imagenet_transfer.catalog import hash_file_names, load_catalog, write_catal
 from imagenet_transfer.subsets import PAPER_PRESETS, build_subset, preset, write_subset
 from imagenet_transfer.taxonomy import load_taxonomy
 
-DEFAULT_PRESETS = PAPER_PRESETS + ["e5-budget-128000-classes-200"]
+DEFAULT_PRESETS = [*PAPER_PRESETS, "e5-budget-128000-classes-200"]
 
 
 def imagenet_sized_catalog(seed: int = 0) -> pd.DataFrame:
@@ -53,11 +53,13 @@ def imagenet_sized_catalog(seed: int = 0) -> pd.DataFrame:
     paths = [f"/data/imagenet/train/{w}/{w}_{i}.JPEG" for w, i in zip(wnids, index)]
     val_wnids = np.repeat(classes, 50)
     val_paths = [f"/data/imagenet/val/{w}/ILSVRC2012_val_{i + 1:08d}.JPEG" for i, w in enumerate(val_wnids)]
-    return pd.DataFrame({
-        "path": paths + val_paths,
-        "wnid": pd.Categorical(np.concatenate([wnids, val_wnids])),
-        "split": pd.Categorical(["train"] * len(paths) + ["val"] * len(val_paths)),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "path": paths + val_paths,
+            "wnid": pd.Categorical(np.concatenate([wnids, val_wnids])),
+            "split": pd.Categorical(["train"] * len(paths) + ["val"] * len(val_paths)),
+        }
+    )
 
 
 def timed(fn, repeat: int) -> float:
@@ -97,7 +99,7 @@ def time_cli_build(catalog: Path, work: Path, preset_name: str | None) -> float:
     if preset_name is None:
         command = [sys.executable, "-c", FIXED_COST]
     else:
-        command = cli_command() + ["subset", "build", "--preset", preset_name, "--catalog", str(catalog)]
+        command = [*cli_command(), "subset", "build", "--preset", preset_name, "--catalog", str(catalog)]
         command += ["--out", str(work / "out")]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
@@ -122,13 +124,20 @@ def time_log_dataset(manifest: pd.DataFrame, work: Path, repeat: int) -> tuple[f
     def plain():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(manifest, source=source, name="full", digest=uuid.uuid4().hex[:16],
-                                              targets="label")  # fmt: skip
+            dataset = mlflow.data.from_pandas(
+                manifest, source=source, name="full", digest=uuid.uuid4().hex[:16], targets="label"
+            )
             mlflow.log_input(dataset, context="subset", tags={"spec_digest": "bench"})
 
     def project():
-        tracking.log_dataset(manifest, name="full", source=source, digest=uuid.uuid4().hex[:16], context="subset",
-                             tags={"spec_digest": "bench"})  # fmt: skip
+        tracking.log_dataset(
+            manifest,
+            name="full",
+            source=source,
+            digest=uuid.uuid4().hex[:16],
+            context="subset",
+            tags={"spec_digest": "bench"},
+        )
 
     with tracking.start_run("subset"):  # the store exists before the clock starts
         pass
@@ -156,8 +165,10 @@ def main() -> None:
         print(f"file-name hashes (once per catalog, stored in it): {time.perf_counter() - start:.2f} s")
         train_rows = int((catalog["split"] == "train").sum())
         write_catalog(catalog, tmp / "catalog.parquet")
-        print(f"catalog: {train_rows:,} train + {len(catalog) - train_rows:,} val rows, "
-              f"{(tmp / 'catalog.parquet').stat().st_size / 2**20:.1f} MiB parquet")
+        print(
+            f"catalog: {train_rows:,} train + {len(catalog) - train_rows:,} val rows, "
+            f"{(tmp / 'catalog.parquet').stat().st_size / 2**20:.1f} MiB parquet"
+        )
 
         def baseline():
             pd.read_parquet(tmp / "catalog.parquet").to_parquet(tmp / "rewritten.parquet", index=False)
@@ -177,11 +188,14 @@ def main() -> None:
         print(f"worst ratio {worst:.2f} (target <= 3.0)")
 
         if not args.no_cli:
-            seconds = min(time_cli_build(tmp / "catalog.parquet", tmp / f"cli-{i}", args.cli_preset)
-                          for i in range(args.repeat))  # fmt: skip
+            seconds = min(
+                time_cli_build(tmp / "catalog.parquet", tmp / f"cli-{i}", args.cli_preset) for i in range(args.repeat)
+            )
             target = 3 * base + 3
-            print(f"{'CLI: subset build --preset ' + args.cli_preset:40s} {seconds:7.2f} s   "
-                  f"target <= 3 x {base:.2f} + 3 = {target:.2f} s: {'met' if seconds <= target else 'MISSED'}")
+            print(
+                f"{'CLI: subset build --preset ' + args.cli_preset:40s} {seconds:7.2f} s   "
+                f"target <= 3 x {base:.2f} + 3 = {target:.2f} s: {'met' if seconds <= target else 'MISSED'}"
+            )
             fixed = min(time_cli_build(tmp / "catalog.parquet", tmp / f"fixed-{i}", None) for i in range(args.repeat))
             print(f"{'  of which fixed: imports + fresh store':40s} {fixed:7.2f} s   (a process doing only that)")
         if not args.no_log_dataset:

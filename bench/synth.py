@@ -39,10 +39,13 @@ def main() -> None:
         counts = world["counts"]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"world: size={args.size} resolution={world['options']['resolution']} seed={args.seed} cores={cores}")
-        print(f"  imagenet {counts['imagenet']['classes']} classes x ({world['options']['preset']['train']} train + "
-              f"{world['options']['preset']['val']} val); VOC2007 {counts['voc2007']['trainval'] + counts['voc2007']['test']} "
-              f"images / {counts['voc2007']['objects']} objects; VOC2012 action {counts['voc2012']['train'] + counts['voc2012']['val']} "
-              f"images; SUN397 {counts['sun397']['classes']} classes / {counts['sun397']['images']} images")
+        preset, voc07, voc12 = world["options"]["preset"], counts["voc2007"], counts["voc2012"]
+        print(
+            f"  imagenet {counts['imagenet']['classes']} classes x ({preset['train']} train + {preset['val']} val); "
+            f"VOC2007 {voc07['trainval'] + voc07['test']} images / {voc07['objects']} objects; "
+            f"VOC2012 action {voc12['train'] + voc12['val']} images; "
+            f"SUN397 {counts['sun397']['classes']} classes / {counts['sun397']['images']} images"
+        )
         print(f"fresh:  {fresh:.1f} s, {files} files, {mb:.1f} MB, {files / fresh:.0f} files/s, {mb / fresh:.1f} MB/s")
         print(f"cached: {cached:.3f} s")
 

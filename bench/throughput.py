@@ -53,17 +53,22 @@ NUM_CLASSES = 1000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), help="default: all on CUDA, "
-                        f"{' '.join(CPU_ARCHS)} on CPU")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--archs", nargs="+", choices=list(ARCHITECTURES), help=f"default: all on CUDA, {' '.join(CPU_ARCHS)} on CPU"
+    )
     parser.add_argument("--batch-size", type=int, help="default 256 on CUDA, 32 on CPU")
     parser.add_argument("--steps", type=int, help="timed training steps per measurement (default 40 CUDA, 6 CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=None, help=f"DataLoader workers (default {default_workers()})")
     parser.add_argument("--images", type=int, default=256, help="distinct JPEGs written per resolution")
-    parser.add_argument("--warmup-s", type=float, help="seconds of warm-up steps before timing the ceiling "
-                        "(default 0 on CUDA, 10 on CPU)")
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        help="seconds of warm-up steps before timing the ceiling (default 0 on CUDA, 10 on CPU)",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--out", type=Path, help="write the table to FILE (.md or .json)")
@@ -137,17 +142,35 @@ def ceiling(step: Stepper, batch: int, resolution: int, steps: int, warmup: int,
     return steps * batch / (step.sync() - start)
 
 
-def pipeline(step: Stepper, arch: str, resolution: int, paths: list[str], batch: int, steps: int,
-             workers: int) -> tuple[float, int]:
+def pipeline(
+    step: Stepper, arch: str, resolution: int, paths: list[str], batch: int, steps: int, workers: int
+) -> tuple[float, int]:
     wave = max(workers, 1)
     warmup, steps = max(wave, 2), math.ceil(steps / wave) * wave
     needed = (warmup + steps) * batch
     repeated = [paths[i % len(paths)] for i in range(needed)]
-    manifest = pd.DataFrame({"path": repeated, "wnid": "n00000000", "label_wnid": "n00000000", "split": "train",
-                             "label": np.arange(needed, dtype=np.int64) % NUM_CLASSES})
-    loader = make_loader(manifest, "train", arch=arch, resolution=resolution, batch_size=batch, workers=workers,
-                         train=True, seed=0, device=step.device, channels_last=step.cuda,
-                         persistent_workers=False)
+    manifest = pd.DataFrame(
+        {
+            "path": repeated,
+            "wnid": "n00000000",
+            "label_wnid": "n00000000",
+            "split": "train",
+            "label": np.arange(needed, dtype=np.int64) % NUM_CLASSES,
+        }
+    )
+    loader = make_loader(
+        manifest,
+        "train",
+        arch=arch,
+        resolution=resolution,
+        batch_size=batch,
+        workers=workers,
+        train=True,
+        seed=0,
+        device=step.device,
+        channels_last=step.cuda,
+        persistent_workers=False,
+    )
     start = None
     for i, (images, labels) in enumerate(loader):
         if i == warmup:
@@ -168,9 +191,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         card = torch.cuda.get_device_name(device)
     else:
         card = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"# throughput: torch {torch.__version__}, {card}, batch {args.batch_size}, {args.steps} timed steps, "
-          f"{args.workers} workers, {'bf16 autocast + channels_last' if device.type == 'cuda' else 'fp32'}"
-          f"{', torch.compile' if args.compile else ''}", flush=True)
+    print(
+        f"# throughput: torch {torch.__version__}, {card}, batch {args.batch_size}, {args.steps} timed steps, "
+        f"{args.workers} workers, {'bf16 autocast + channels_last' if device.type == 'cuda' else 'fp32'}"
+        f"{', torch.compile' if args.compile else ''}",
+        flush=True,
+    )
     rows, pools = [], {}
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         for arch in args.archs:
@@ -183,23 +209,46 @@ def main(argv: list[str] | None = None) -> list[dict]:
             warmup = 5 if args.compile else 3
             top = ceiling(step, args.batch_size, resolution, args.steps, warmup, args.warmup_s)
             fed, timed = pipeline(step, arch, resolution, pools[size], args.batch_size, args.steps, args.workers)
-            row = {"arch": arch, "resolution": resolution, "params_M": round(count_parameters(step.net) / 1e6, 1),
-                   "batch": args.batch_size, "source_px": f"{size[0]}x{size[1]}", "ceiling_img_s": round(top, 1),
-                   "pipeline_img_s": round(fed, 1), "ratio": round(fed / top, 2), "pipeline_steps": timed}
+            row = {
+                "arch": arch,
+                "resolution": resolution,
+                "params_M": round(count_parameters(step.net) / 1e6, 1),
+                "batch": args.batch_size,
+                "source_px": f"{size[0]}x{size[1]}",
+                "ceiling_img_s": round(top, 1),
+                "pipeline_img_s": round(fed, 1),
+                "ratio": round(fed / top, 2),
+                "pipeline_steps": timed,
+            }
             rows.append(row)
-            print(f"{arch:>14} {resolution:>4}px  ceiling {top:>9.1f} img/s  pipeline {fed:>9.1f} img/s  "
-                  f"ratio {fed / top:.2f}", flush=True)
+            print(
+                f"{arch:>14} {resolution:>4}px  ceiling {top:>9.1f} img/s  pipeline {fed:>9.1f} img/s  "
+                f"ratio {fed / top:.2f}",
+                flush=True,
+            )
             del step
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    table = markdown(rows, header=f"torch {torch.__version__}, {card}, {args.workers} workers"
-                                  f"{', compiled' if args.compile else ''}")
+    table = markdown(
+        rows, header=f"torch {torch.__version__}, {card}, {args.workers} workers{', compiled' if args.compile else ''}"
+    )
     print("\n" + table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix == ".json":
-            args.out.write_text(json.dumps({"device": card, "torch": torch.__version__, "workers": args.workers,
-                                            "compile": args.compile, "rows": rows}, indent=2) + "\n")
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "device": card,
+                        "torch": torch.__version__,
+                        "workers": args.workers,
+                        "compile": args.compile,
+                        "rows": rows,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
         else:
             args.out.write_text(table + "\n")
         print(f"wrote {args.out}")
@@ -208,8 +257,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def markdown(rows: list[dict], header: str) -> str:
     cols = list(rows[0]) if rows else []
-    lines = [f"Training-step throughput ({header})", "", "| " + " | ".join(cols) + " |",
-             "|" + "|".join("---" for _ in cols) + "|"]
+    lines = [
+        f"Training-step throughput ({header})",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     lines += ["| " + " | ".join(str(row[c]) for c in cols) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -18,8 +18,15 @@ import mlflow
 from imagenet_transfer import tracking
 from imagenet_transfer.transfer.runner import BENCHMARKS, make_config, run_benchmark
 
-HEADLINE = ("voc07_map", "voc07_coco_ap50", "voc12_action_map", "sun397_acc", "probe_knn_top1",
-            "probe_linear_top1", "probe_coarse_top1")  # fmt: skip
+HEADLINE = (
+    "voc07_map",
+    "voc07_coco_ap50",
+    "voc12_action_map",
+    "sun397_acc",
+    "probe_knn_top1",
+    "probe_linear_top1",
+    "probe_coarse_top1",
+)
 
 
 def main() -> None:

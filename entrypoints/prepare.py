@@ -1,4 +1,6 @@
-"""MLproject entry point `prepare`: a subset's images as shards for fast pre-training input (see `imagenet-transfer prepare`).
+"""MLproject entry point `prepare`: a subset's images as shards for fast pre-training input.
+
+Same as `imagenet-transfer prepare`.
 
     mlflow run . -e prepare --env-manager local -P subset=full -P short_side=36     # the embedded world, ~10 s
     mlflow run . -e prepare --env-manager local -P subset=e1-500 -P source=/data/imagenet -P format=auto

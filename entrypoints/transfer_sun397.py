@@ -1,4 +1,6 @@
-"""MLproject entry point `transfer_sun397`: the sun397 benchmark of one backbone (see `imagenet-transfer transfer run sun397`).
+"""MLproject entry point `transfer_sun397`: the sun397 benchmark of one backbone.
+
+Same as `imagenet-transfer transfer run sun397`.
 
     mlflow run . -e transfer_sun397 --env-manager local -P backbone=models:/small-full@current
     mlflow run . -e transfer_sun397 --env-manager local -P backbone=random:small -P quick=true

@@ -1,4 +1,6 @@
-"""MLproject entry point `transfer_voc07_det`: the voc07_det benchmark of one backbone (see `imagenet-transfer transfer run voc07_det`).
+"""MLproject entry point `transfer_voc07_det`: the voc07_det benchmark of one backbone.
+
+Same as `imagenet-transfer transfer run voc07_det`.
 
     mlflow run . -e transfer_voc07_det --env-manager local -P backbone=models:/small-full@current
     mlflow run . -e transfer_voc07_det --env-manager local -P backbone=random:small -P quick=true

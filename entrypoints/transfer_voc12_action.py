@@ -1,4 +1,6 @@
-"""MLproject entry point `transfer_voc12_action`: the voc12_action benchmark of one backbone (see `imagenet-transfer transfer run voc12_action`).
+"""MLproject entry point `transfer_voc12_action`: the voc12_action benchmark of one backbone.
+
+Same as `imagenet-transfer transfer run voc12_action`.
 
     mlflow run . -e transfer_voc12_action --env-manager local -P backbone=models:/small-full@current
     mlflow run . -e transfer_voc12_action --env-manager local -P backbone=random:small -P quick=true

@@ -11,16 +11,31 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ORDER = ["subset", "synth", "pretrain", "prepare", "transfer_voc07_det", "transfer_voc12_action", "transfer_sun397",
-         "probe", "transfer", "budget_study", "reproduce", "report"]
+ORDER = [
+    "subset",
+    "synth",
+    "pretrain",
+    "prepare",
+    "transfer_voc07_det",
+    "transfer_voc12_action",
+    "transfer_sun397",
+    "probe",
+    "transfer",
+    "budget_study",
+    "reproduce",
+    "report",
+]
 
 
 def entry_points() -> dict[str, tuple[str, list[str]]]:
     """{name: (script, command words)} read from entrypoints/*.py (`run_entrypoint([...], sys.argv[1:])`)."""
     found = {}
     for script in sorted((REPO / "entrypoints").glob("*.py")):
-        call = next(n for n in ast.walk(ast.parse(script.read_text())) if isinstance(n, ast.Call)
-                    and getattr(n.func, "id", "") == "run_entrypoint")  # fmt: skip
+        call = next(
+            n
+            for n in ast.walk(ast.parse(script.read_text()))
+            if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "run_entrypoint"
+        )
         found[script.stem] = (f"entrypoints/{script.name}", [e.value for e in call.args[0].elts])
     return {name: found[name] for name in ORDER + sorted(set(found) - set(ORDER))}
 

@@ -22,11 +22,28 @@ Runs in about a second; the output is deterministic, so rerunning it must leave 
 import argparse
 from pathlib import Path
 
-PASCAL_WNIDS = (
-    "n02691156 n02834778 n01503061 n02858304 n02876657 n02924116 n02958343 n02121620 n03001627 "
-    "n01887787 n03201208 n02084071 n02374451 n03769722 n00007846 n00017222 n02411705 n04256520 "
-    "n04468005 n03782006"
-).split()
+PASCAL_WNIDS = [
+    "n02691156",
+    "n02834778",
+    "n01503061",
+    "n02858304",
+    "n02876657",
+    "n02924116",
+    "n02958343",
+    "n02121620",
+    "n03001627",
+    "n01887787",
+    "n03201208",
+    "n02084071",
+    "n02374451",
+    "n03769722",
+    "n00007846",
+    "n00017222",
+    "n02411705",
+    "n04256520",
+    "n04468005",
+    "n03782006",
+]
 
 
 def read_index(index_path: Path) -> dict[str, list[str]]:

@@ -61,22 +61,34 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-DEFAULT_COLUMNS = ",".join([
-    "params.backbone.subset_name|tags.subset_name",
-    "params.backbone.arch|tags.backbone_arch",
-    "params.backbone.recipe",
-    "metrics.voc07_map",
-    "metrics.voc12_action_map",
-    "metrics.sun397_acc",
-    "metrics.probe_linear_top1",
-])
-KINDS = {"params": "params", "param": "params", "metrics": "metrics", "metric": "metrics",
-         "tags": "tags", "tag": "tags", "attributes": "attributes", "attribute": "attributes"}
+DEFAULT_COLUMNS = ",".join(
+    [
+        "params.backbone.subset_name|tags.subset_name",
+        "params.backbone.arch|tags.backbone_arch",
+        "params.backbone.recipe",
+        "metrics.voc07_map",
+        "metrics.voc12_action_map",
+        "metrics.sun397_acc",
+        "metrics.probe_linear_top1",
+    ]
+)
+KINDS = {
+    "params": "params",
+    "param": "params",
+    "metrics": "metrics",
+    "metric": "metrics",
+    "tags": "tags",
+    "tag": "tags",
+    "attributes": "attributes",
+    "attribute": "attributes",
+}
 ATTRIBUTE_COLUMNS = ("User", "Source", "Version", "Models", "Dataset", "Description")
 FIXED_COLUMNS = ["attributes.`Run Name`", "runDateAndNestInfo", "duration"]
 APT_HINT = "apt-get update && apt-get install -y chromium"
-TABLE_FONT = ('-apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, Oxygen-Sans, Ubuntu, Cantarell, '
-              '"Helvetica Neue", sans-serif')
+TABLE_FONT = (
+    '-apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, Oxygen-Sans, Ubuntu, Cantarell, '
+    '"Helvetica Neue", sans-serif'
+)
 CELL_FONT, HEADER_FONT = f"400 12px {TABLE_FONT}", f"600 12px {TABLE_FONT}"  # the runs table's cells and headers
 CELL_PAD_PX, HEADER_PAD_PX = 32, 56  # cell padding; header padding plus the sort and menu icons
 RUN_NAME_PAD_PX, NEST_INDENT_PX = 72, 24  # expander and colour dot before a run name, padding; indent per level
@@ -93,7 +105,7 @@ def absolute_store_uri(uri: str) -> tuple[str, Path | None]:
     """The backend store URI with a relative SQLite/file path made absolute (the server runs in a temporary
     folder), and the SQLite file, if it is one."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         path = path if path.is_absolute() else Path.cwd() / path
         return "sqlite:///" + str(path.resolve()), path.resolve()
     if uri.startswith("file:"):
@@ -114,10 +126,8 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -136,23 +146,44 @@ def log_tail(path: Path, lines: int = 25) -> str:
 def mlflow_server(store_uri: str, artifacts: Path | None, workdir: Path, timeout_s: float):
     """Yields the base URL of an `mlflow server` on 127.0.0.1; stops it on exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifacts is not None:
         cmd += ["--artifacts-destination", str(artifacts)]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
-               DO_NOT_TRACK="true")
+    env = dict(
+        os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true"
+    )
     log = workdir / "mlflow-server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise Failure(f"mlflow server exited with status {proc.returncode} before answering; "
-                              f"its log:\n{log_tail(log)}")
+                raise Failure(
+                    f"mlflow server exited with status {proc.returncode} before answering; its log:\n{log_tail(log)}"
+                )
             try:
                 with urllib.request.urlopen(base + "/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -160,8 +191,9 @@ def mlflow_server(store_uri: str, artifacts: Path | None, workdir: Path, timeout
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise Failure(f"mlflow server did not answer {base}/health within {timeout_s:.0f} s; "
-                              f"its log:\n{log_tail(log)}")
+                raise Failure(
+                    f"mlflow server did not answer {base}/health within {timeout_s:.0f} s; its log:\n{log_tail(log)}"
+                )
             time.sleep(0.5)
         yield base
     finally:
@@ -201,8 +233,12 @@ def find_experiment(base: str, name_or_id: str) -> dict:
 def search_runs(base: str, experiment_id: str, filter_string: str, limit: int) -> list[dict]:
     runs, token = [], None
     while len(runs) < limit:
-        body = {"experiment_ids": [experiment_id], "filter": filter_string, "run_view_type": "ACTIVE_ONLY",
-                "max_results": min(1000, limit - len(runs))}
+        body = {
+            "experiment_ids": [experiment_id],
+            "filter": filter_string,
+            "run_view_type": "ACTIVE_ONLY",
+            "max_results": min(1000, limit - len(runs)),
+        }
         if token:
             body["page_token"] = token
         page = api(base, "runs/search", body)
@@ -215,9 +251,11 @@ def search_runs(base: str, experiment_id: str, filter_string: str, limit: int) -
 
 def run_fields(run: dict) -> dict[str, dict[str, str]]:
     data = run.get("data", {})
-    return {"params": {p["key"]: p.get("value", "") for p in data.get("params", [])},
-            "metrics": {m["key"]: js_number(m.get("value", 0)) for m in data.get("metrics", [])},
-            "tags": {t["key"]: t.get("value", "") for t in data.get("tags", [])}}
+    return {
+        "params": {p["key"]: p.get("value", "") for p in data.get("params", [])},
+        "metrics": {m["key"]: js_number(m.get("value", 0)) for m in data.get("metrics", [])},
+        "tags": {t["key"]: t.get("value", "") for t in data.get("tags", [])},
+    }
 
 
 def js_number(value) -> str:
@@ -287,11 +325,12 @@ def table_texts(shown: list[tuple[str, str]], runs: list[dict], depth: dict[str,
     texts = {}
     for kind, key in shown:
         # Attribute cells (user, source, model links) are not known here: give them room for ~16 characters.
-        values = (["m" * 12] if kind == "attributes"
-                  else sorted({f[kind].get(key, "") for f in fields}, key=len)[-50:])
+        values = ["m" * 12] if kind == "attributes" else sorted({f[kind].get(key, "") for f in fields}, key=len)[-50:]
         texts[column_id(kind, key)] = (key, [(v, 0) for v in values])
-    names = [(f["tags"].get("mlflow.runName", r["info"].get("run_name", "")), depth.get(r["info"]["run_id"], 0))
-             for f, r in zip(fields, runs)]
+    names = [
+        (f["tags"].get("mlflow.runName", r["info"].get("run_name", "")), depth.get(r["info"]["run_id"], 0))
+        for f, r in zip(fields, runs)
+    ]
     texts[FIXED_COLUMNS[0]] = ("Run Name", names)
     return texts
 
@@ -303,15 +342,17 @@ MEASURE_JS = """((texts, font) => {
 })(%s, %s)"""
 
 
-async def column_widths(tools: "DevTools", texts: dict) -> dict[str, int]:
+async def column_widths(tools: DevTools, texts: dict) -> dict[str, int]:
     """Widths (CSS px) that fit each column's header and longest value, measured in the table's fonts."""
     headers = await tools.evaluate(MEASURE_JS % (json.dumps([h for h, _ in texts.values()]), json.dumps(HEADER_FONT)))
     widths = {}
     for (column, (_, cells)), header_px in zip(texts.items(), headers):
         cell_px = await tools.evaluate(MEASURE_JS % (json.dumps([v for v, _ in cells]), json.dumps(CELL_FONT)))
         if column == FIXED_COLUMNS[0]:
-            need = max([header_px + HEADER_PAD_PX] + [px + RUN_NAME_PAD_PX + NEST_INDENT_PX * level
-                                                      for px, (_, level) in zip(cell_px, cells)])
+            need = max(
+                [header_px + HEADER_PAD_PX]
+                + [px + RUN_NAME_PAD_PX + NEST_INDENT_PX * level for px, (_, level) in zip(cell_px, cells)]
+            )
             widths[column] = max(190, min(480, need))
         else:
             need = max([header_px + HEADER_PAD_PX] + [px + CELL_PAD_PX for px in cell_px])
@@ -363,7 +404,7 @@ class DevTools:
         await self.ws.send_str(json.dumps({"id": msg_id, "method": method, "params": params}))
         try:
             reply = await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Failure(f"Chromium did not answer {method} within {timeout_s:.0f} s") from None
         if "error" in reply:
             raise Failure(f"Chromium: {method}: {reply['error'].get('message', reply['error'])}")
@@ -384,8 +425,9 @@ class DevTools:
 def chromium_binary(name: str) -> str:
     path = shutil.which(name)
     if not path:
-        raise Failure(f"{name!r} not found on PATH: install Debian's Chromium with `{APT_HINT}` "
-                      "(or pass --chromium PATH)")
+        raise Failure(
+            f"{name!r} not found on PATH: install Debian's Chromium with `{APT_HINT}` (or pass --chromium PATH)"
+        )
     return path
 
 
@@ -396,16 +438,33 @@ async def chromium(binary: str, workdir: Path, width: int, height: int, timeout_
 
     profile = workdir / "chromium-profile"
     log = workdir / "chromium.log"
-    args = [binary, "--headless", "--disable-gpu", "--hide-scrollbars", "--mute-audio", "--no-first-run",
-            "--no-default-browser-check", "--disable-extensions", "--disable-sync", "--disable-component-update",
-            "--disable-background-networking", "--disable-default-apps", "--disable-dev-shm-usage",
-            "--lang=en-US", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-            f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
+    args = [
+        binary,
+        "--headless",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--mute-audio",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        "--disable-sync",
+        "--disable-component-update",
+        "--disable-background-networking",
+        "--disable-default-apps",
+        "--disable-dev-shm-usage",
+        "--lang=en-US",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+        "about:blank",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     session = None
     try:
         port_file = profile / "DevToolsActivePort"
@@ -414,8 +473,9 @@ async def chromium(binary: str, workdir: Path, width: int, height: int, timeout_
             if proc.poll() is not None:
                 raise Failure(f"Chromium exited with status {proc.returncode}; its log:\n{log_tail(log)}")
             if time.monotonic() > deadline:
-                raise Failure(f"Chromium did not open its DevTools port within {timeout_s:.0f} s; "
-                              f"its log:\n{log_tail(log)}")
+                raise Failure(
+                    f"Chromium did not open its DevTools port within {timeout_s:.0f} s; its log:\n{log_tail(log)}"
+                )
             await asyncio.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         session = aiohttp.ClientSession()
@@ -456,13 +516,27 @@ PROBE_JS = r"""(() => {
 })()"""
 
 
-async def capture(base: str, experiment_id: str, filter_string: str, order: tuple[str, bool] | None,
-                  ui_state: dict, texts: dict, expected_rows: int, args, workdir: Path) -> tuple[bytes, dict]:
+async def capture(
+    base: str,
+    experiment_id: str,
+    filter_string: str,
+    order: tuple[str, bool] | None,
+    ui_state: dict,
+    texts: dict,
+    expected_rows: int,
+    args,
+    workdir: Path,
+) -> tuple[bytes, dict]:
     """Opens the runs table with the given state and returns (PNG bytes, the last page probe)."""
     binary = chromium_binary(args.chromium)
     async with chromium(binary, workdir, args.width, args.height, args.timeout) as tools:
-        await tools.send("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height,
-                         deviceScaleFactor=args.scale, mobile=False)
+        await tools.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=args.width,
+            height=args.height,
+            deviceScaleFactor=args.scale,
+            mobile=False,
+        )
         # Local storage belongs to the origin: open a plain page of the server first, then write the state.
         await tools.navigate(base + "/health")
         ui_state = dict(ui_state, columnWidths=await column_widths(tools, texts))
@@ -475,8 +549,9 @@ async def capture(base: str, experiment_id: str, filter_string: str, order: tupl
         query = {"searchFilter": filter_string, "workflowType": "machine_learning"}
         if order:
             query.update(orderByKey=order[0], orderByAsc="true" if order[1] else "false")
-        url = (f"{base}/#/experiments/{experiment_id}/runs?"
-               + urllib.parse.urlencode(query, quote_via=urllib.parse.quote))
+        url = f"{base}/#/experiments/{experiment_id}/runs?" + urllib.parse.urlencode(
+            query, quote_via=urllib.parse.quote
+        )
         await tools.navigate(url)
 
         deadline = time.monotonic() + args.timeout
@@ -491,18 +566,25 @@ async def capture(base: str, experiment_id: str, filter_string: str, order: tupl
             rows = probe.get("rows", 0)
             rows_done = rows >= expected_rows or (rows > 0 and now - rows_since >= 2)
             network_idle = not tools.in_flight and now - tools.last_network >= 1.0
-            if (rows_done and probe.get("matching") is not None and not (probe.get("loading") or [])
-                    and probe.get("fonts") == "loaded" and network_idle):
+            if (
+                rows_done
+                and probe.get("matching") is not None
+                and not (probe.get("loading") or [])
+                and probe.get("fonts") == "loaded"
+                and network_idle
+            ):
                 break
             if now > deadline:
                 debug = Path(tempfile.gettempdir()) / "ui_screenshot-debug.png"
                 with contextlib.suppress(Exception):
                     shot = await tools.send("Page.captureScreenshot", format="png")
                     debug.write_bytes(base64.b64decode(shot["data"]))
-                raise Failure(f"the runs table did not finish rendering within {args.timeout:.0f} s "
-                              f"(page state {json.dumps(probe)}, "
-                              f"requests in flight: {sorted(set(tools.in_flight.values()))}); "
-                              f"what the page showed: {debug}")
+                raise Failure(
+                    f"the runs table did not finish rendering within {args.timeout:.0f} s "
+                    f"(page state {json.dumps(probe)}, "
+                    f"requests in flight: {sorted(set(tools.in_flight.values()))}); "
+                    f"what the page showed: {debug}"
+                )
         # One more frame so that the last layout is painted.
         await tools.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         shot = await tools.send("Page.captureScreenshot", format="png", captureBeyondViewport=False)
@@ -522,20 +604,30 @@ def check_not_blank(png: bytes) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend-store-uri",
-                        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db"),
-                        help="the tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backend-store-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db"),
+        help="the tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="the PNG to write")
     parser.add_argument("--experiment", default="imagenet-transfer", help="experiment name (or id)")
-    parser.add_argument("--filter", default="tags.benchmark = 'voc07_det'",
-                        help="the runs search filter, as typed into the UI's search box")
-    parser.add_argument("--columns", default=DEFAULT_COLUMNS,
-                        help="comma-separated params.KEY / metrics.KEY / tags.KEY / attributes.NAME; A|B = the "
-                             "first of A, B the matching runs have; columns no matching run has are left out")
-    parser.add_argument("--order-by", default="",
-                        help="sort column, e.g. 'metrics.voc07_map DESC' (default: the UI's, newest first)")
+    parser.add_argument(
+        "--filter",
+        default="tags.benchmark = 'voc07_det'",
+        help="the runs search filter, as typed into the UI's search box",
+    )
+    parser.add_argument(
+        "--columns",
+        default=DEFAULT_COLUMNS,
+        help="comma-separated params.KEY / metrics.KEY / tags.KEY / attributes.NAME; A|B = the "
+        "first of A, B the matching runs have; columns no matching run has are left out",
+    )
+    parser.add_argument(
+        "--order-by", default="", help="sort column, e.g. 'metrics.voc07_map DESC' (default: the UI's, newest first)"
+    )
     parser.add_argument("--width", type=int, default=1600, help="viewport width in CSS pixels")
     parser.add_argument("--height", type=int, default=900, help="viewport height in CSS pixels")
     parser.add_argument("--scale", type=float, default=1.0, help="device pixel ratio (2 for a sharper PNG)")
@@ -580,8 +672,7 @@ def main(argv=None) -> int:
             except Failure as err:
                 raise Failure(f"the server rejects the filter {args.filter!r}: {err}") from None
             if not runs:
-                raise Failure(f"the filter {args.filter!r} matches no active run in experiment "
-                              f"{experiment['name']!r}")
+                raise Failure(f"the filter {args.filter!r} matches no active run in experiment {experiment['name']!r}")
             parents = ancestors(base, runs)
             shown, missing = resolve_columns(columns, runs)
             if missing:
@@ -603,27 +694,42 @@ def main(argv=None) -> int:
             ui_state = {
                 "selectedColumns": selected,
                 "columnOrder": FIXED_COLUMNS + selected,
-                "runsExpanded": {run_id: True for run_id in parents},
+                "runsExpanded": dict.fromkeys(parents, True),
                 "autoRefreshEnabled": False,
             }
-            png, probe = asyncio.run(capture(base, experiment_id, args.filter, order, ui_state, texts,
-                                             expected_rows=len(by_id) if nested else len(runs), args=args,
-                                             workdir=workdir))
+            png, probe = asyncio.run(
+                capture(
+                    base,
+                    experiment_id,
+                    args.filter,
+                    order,
+                    ui_state,
+                    texts,
+                    expected_rows=len(by_id) if nested else len(runs),
+                    args=args,
+                    workdir=workdir,
+                )
+            )
 
     check_not_blank(png)
     absent = [c for c in selected if c not in probe.get("headers", [])]
     if absent:
         print(f"ui_screenshot: warning: the table does not show {', '.join(absent)}", file=sys.stderr)
     if probe.get("overflow"):
-        print("ui_screenshot: warning: the columns are wider than the table, the last ones are cut off: "
-              "raise --width or drop columns", file=sys.stderr)
+        print(
+            "ui_screenshot: warning: the columns are wider than the table, the last ones are cut off: "
+            "raise --width or drop columns",
+            file=sys.stderr,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".part")
     partial.write_bytes(png)
     os.replace(partial, args.out)
-    print(f"wrote {args.out} ({len(png) // 1024} KiB): {probe.get('matching')} matching runs, "
-          f"{probe.get('rows')} rows shown, columns {', '.join(selected) or '(none)'}; "
-          f"{time.monotonic() - started:.0f} s")
+    print(
+        f"wrote {args.out} ({len(png) // 1024} KiB): {probe.get('matching')} matching runs, "
+        f"{probe.get('rows')} rows shown, columns {', '.join(selected) or '(none)'}; "
+        f"{time.monotonic() - started:.0f} s"
+    )
     return 0
 
 

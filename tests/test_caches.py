@@ -11,14 +11,23 @@ from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
 
 
 def smoke(source, tmp_path, **overrides) -> PretrainConfig:
-    base = dict(source=str(source), recipe="smoke", workers=0, device="cpu", iterations=2, batch_size=8,
-                checkpoint_dir=str(tmp_path / "ckpt"))  # fmt: skip
+    base = dict(
+        source=str(source),
+        recipe="smoke",
+        workers=0,
+        device="cpu",
+        iterations=2,
+        batch_size=8,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
     return PretrainConfig(**{**base, **overrides})
 
 
 def runs_in(uri: str) -> list:
     mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pretrain'", output_format="list")
+    return mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.stage = 'pretrain'", output_format="list"
+    )
 
 
 def test_a_new_tracking_store_gets_the_model_registered_there(tiny_world, tmp_path, monkeypatch, tracking_uri, capsys):
@@ -37,7 +46,9 @@ def test_a_new_tracking_store_gets_the_model_registered_there(tiny_world, tmp_pa
     assert mlflow.MlflowClient().get_model_version_by_alias("small-stores", "current").run_id == moved["run_id"]
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # the first store still reuses its own
-    assert run_pretrain(smoke(tiny_world / "imagenet", tmp_path, model_name="small-stores"))["run_id"] == first["run_id"]
+    assert (
+        run_pretrain(smoke(tiny_world / "imagenet", tmp_path, model_name="small-stores"))["run_id"] == first["run_id"]
+    )
 
 
 def test_a_deleted_run_is_trained_again(tiny_world, tmp_path, capsys):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import cli, realdata
+
 from imagenet_transfer import catalog as catalog_module
 from imagenet_transfer.catalog import DEMO, hash_file_names, load_catalog, read_catalog, source_digest, write_catalog
 from imagenet_transfer.errors import UserError
@@ -112,7 +112,10 @@ def test_demo_catalog_is_shaped_like_imagenet():
         (lambda d: touch(d / "train" / "cats" / "a.JPEG").parents[2], "not named by wnid: cats"),
         (lambda d: (d / "c.parquet").write_bytes(b"not parquet") and d / "c.parquet", "cannot be read as Parquet"),
         (lambda d: pd.DataFrame({"path": ["x"]}).to_parquet(d / "c.parquet") or d / "c.parquet", "lacks column"),
-        (lambda d: pd.DataFrame({"path": ["x"], "wnid": ["cat"]}).to_parquet(d / "c.parquet") or d / "c.parquet", "not like n01440764"),
+        (
+            lambda d: pd.DataFrame({"path": ["x"], "wnid": ["cat"]}).to_parquet(d / "c.parquet") or d / "c.parquet",
+            "not like n01440764",
+        ),
     ],
 )
 def test_bad_sources_are_refused_with_a_clear_message(tmp_path, make, message):
@@ -129,7 +132,9 @@ def test_cli_scan_prints_counts_and_exits_2_on_bad_input(tmp_path, capsys):
 
 
 def test_file_name_hash_ignores_folders_and_separates_names():
-    paths = pd.Series(["/a/b/n01_1.JPEG", "/mnt/x/n01_1.JPEG", "n01_1.JPEG", "/a/b/n01_2.JPEG", "/a/b/", "x", "/a/b/n01_1.JPEG.bak"])
+    paths = pd.Series(
+        ["/a/b/n01_1.JPEG", "/mnt/x/n01_1.JPEG", "n01_1.JPEG", "/a/b/n01_2.JPEG", "/a/b/", "x", "/a/b/n01_1.JPEG.bak"]
+    )
     h = hash_file_names(paths)
     assert h[0] == h[1] == h[2] and len({h[0], h[3], h[4], h[5], h[6]}) == 5
     chunked = pd.Series(pd.arrays.ArrowStringArray(__import__("pyarrow").chunked_array([paths[:3], paths[3:]])))

@@ -8,8 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from imagenet_transfer.data import (NORMALISATION, PRESETS, EpochSampler, ManifestDataset, Transform, decode,
-                                    epoch_order, make_loader, normalise, resize_size)
+from imagenet_transfer.data import (
+    NORMALISATION,
+    PRESETS,
+    EpochSampler,
+    ManifestDataset,
+    Transform,
+    decode,
+    epoch_order,
+    make_loader,
+    normalise,
+    resize_size,
+)
 from imagenet_transfer.errors import UserError
 
 RES = 32
@@ -36,8 +46,15 @@ def manifest(tmp_path_factory):
             path.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
         else:
             Image.fromarray(pixels).save(path, quality=90)
-        rows.append({"path": str(path), "wnid": f"n0000000{label}", "label": label,
-                     "label_wnid": f"n0000000{label}", "split": "train" if i < 18 else "val"})
+        rows.append(
+            {
+                "path": str(path),
+                "wnid": f"n0000000{label}",
+                "label": label,
+                "label_wnid": f"n0000000{label}",
+                "split": "train" if i < 18 else "val",
+            }
+        )
     uniform = root / "uniform.JPEG"  # one flat grey val image, to check normalisation values
     Image.fromarray(np.full((50, 60, 3), 128, np.uint8)).save(uniform, quality=100)
     rows.append({"path": str(uniform), "wnid": "n00000000", "label": 0, "label_wnid": "n00000000", "split": "val"})
@@ -108,8 +125,10 @@ def test_normalisation_per_architecture(manifest):
     crops = [ManifestDataset(manifest[manifest.split == "train"], Transform("center", RES))[k] for k in keys]
     crops = torch.stack([c[0] for c in crops if isinstance(c, tuple)])
     torch.testing.assert_close(images, normalise(crops, "imagenet"))
-    torch.testing.assert_close(normalise(torch.full((3, 2, 2), 255, dtype=torch.uint8), "caffe")[:, 0, 0],
-                               torch.tensor([255 - 123.68, 255 - 116.78, 255 - 103.94]))
+    torch.testing.assert_close(
+        normalise(torch.full((3, 2, 2), 255, dtype=torch.uint8), "caffe")[:, 0, 0],
+        torch.tensor([255 - 123.68, 255 - 116.78, 255 - 103.94]),
+    )
 
 
 def test_transforms_resize_crop_and_mirror():
@@ -158,8 +177,10 @@ def test_sampler_shards_are_disjoint_and_equal():
     shards = [list(EpochSampler(23, batch_size=3, seed=0, epoch=0, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == 9
     assert not {i for i, _ in shards[0]} & {i for i, _ in shards[1]}
-    evals = [[i for i, _ in EpochSampler(23, batch_size=3, shuffle=False, drop_last=False, rank=r, world_size=2)]
-             for r in range(2)]
+    evals = [
+        [i for i, _ in EpochSampler(23, batch_size=3, shuffle=False, drop_last=False, rank=r, world_size=2)]
+        for r in range(2)
+    ]
     assert sorted(evals[0] + evals[1]) == list(range(23))
 
 

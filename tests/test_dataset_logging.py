@@ -20,23 +20,36 @@ def manifest(kind: str) -> pd.DataFrame:
     if kind == "built":  # what build_subset makes: str path, categorical wnid/label_wnid/split, int64 label
         return build_subset(demo_catalog(), preset("e1-5")).manifest
     if kind == "strings":  # a manifest read back from parquet by other tools: plain str columns
-        return pd.DataFrame({
-            "path": ["a/n1_0.JPEG", "a/n2_0.JPEG", "v/n1_1.JPEG"], "wnid": ["n1", "n2", "n1"],
-            "label": [0, 1, 0], "label_wnid": ["n1", "n2", "n1"], "split": ["train", "train", "val"],
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "path": ["a/n1_0.JPEG", "a/n2_0.JPEG", "v/n1_1.JPEG"],
+                "wnid": ["n1", "n2", "n1"],
+                "label": [0, 1, 0],
+                "label_wnid": ["n1", "n2", "n1"],
+                "split": ["train", "train", "val"],
+            }
+        )
     if kind == "objects-missing":  # object columns, missing values, narrower integer labels
-        return pd.DataFrame({
-            "path": pd.Series(["a/x.JPEG", None, "b/y.JPEG"], dtype=object),
-            "wnid": pd.Categorical(["n1", None, "n2"]),
-            "label": np.array([3, 1, 2], dtype=np.int32),
-            "label_wnid": pd.array(["n1", None, "n2"], dtype="string"),
-            "split": pd.Categorical(["train", "val", "train"], categories=["train", "val"]),
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "path": pd.Series(["a/x.JPEG", None, "b/y.JPEG"], dtype=object),
+                "wnid": pd.Categorical(["n1", None, "n2"]),
+                "label": np.array([3, 1, 2], dtype=np.int32),
+                "label_wnid": pd.array(["n1", None, "n2"], dtype="string"),
+                "split": pd.Categorical(["train", "val", "train"], categories=["train", "val"]),
+            }
+        )
     if kind == "other-types":  # dtypes a manifest does not have today
-        return pd.DataFrame({
-            "path": ["a", "b"], "label": pd.array([1, None], dtype="Int64"), "weight": np.array([0.5, np.nan]),
-            "flag": [True, False], "code": pd.Categorical([7, 9]), "seen": pd.to_datetime(["2024-01-01", None]),
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "path": ["a", "b"],
+                "label": pd.array([1, None], dtype="Int64"),
+                "weight": np.array([0.5, np.nan]),
+                "flag": [True, False],
+                "code": pd.Categorical([7, 9]),
+                "seen": pd.to_datetime(["2024-01-01", None]),
+            }
+        )
     if kind == "untypable":  # a column MLflow cannot type: no schema, as from_pandas gives
         return pd.DataFrame({"path": ["a", "b"], "label": [0, 1], "odd": pd.Series([1, "x"], dtype=object)})
     raise ValueError(kind)
@@ -45,9 +58,12 @@ def manifest(kind: str) -> pd.DataFrame:
 def logged(frame: pd.DataFrame, **overrides):
     """Log `frame` in a subset run; return the run's one dataset input and the arguments used."""
     args = {
-        "name": "e1-5", "source": "/data/subsets/e1-5", "digest": uuid.uuid4().hex[:16],  # datasets are shared
-        "context": "subset", "tags": {"spec_digest": "0123abcd"},  # per experiment by name + digest
-    } | overrides  # fmt: skip
+        "name": "e1-5",
+        "source": "/data/subsets/e1-5",
+        "digest": uuid.uuid4().hex[:16],  # datasets are shared
+        "context": "subset",
+        "tags": {"spec_digest": "0123abcd"},  # per experiment by name + digest
+    } | overrides
     with tracking.start_run("subset") as run:
         tracking.log_dataset(frame, **args)
     (dataset_input,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
@@ -63,9 +79,12 @@ def test_the_dataset_input_has_the_name_digest_source_tags_schema_and_rows():
     assert {t.key: t.value for t in dataset_input.tags} == {"spec_digest": "0123abcd", "mlflow.data.context": "subset"}
     columns = json.loads(dataset.schema)["mlflow_colspec"]
     assert [(c["name"], c["type"], c["required"]) for c in columns] == [
-        ("path", "string", True), ("wnid", "string", True), ("label", "long", True),
-        ("label_wnid", "string", True), ("split", "string", True),
-    ]  # fmt: skip
+        ("path", "string", True),
+        ("wnid", "string", True),
+        ("label", "long", True),
+        ("label_wnid", "string", True),
+        ("split", "string", True),
+    ]
     assert mlflow.types.Schema.from_json(json.dumps(columns)).input_names() == list(frame.columns)
     assert json.loads(dataset.profile) == {"num_rows": len(frame), "num_elements": 5 * len(frame)}
     assert len(frame) == 1000 * 5 + 1000 * 3  # 5 train + all 3 val images of every demo class
@@ -77,11 +96,18 @@ def test_schema_profile_and_source_are_what_mlflow_from_pandas_gives(kind):
     dataset_input, args = logged(frame, source="/data/subsets/x")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        expected = mlflow.data.from_pandas(frame, source="/data/subsets/x", name=args["name"], digest=args["digest"],
-                                           targets="label").to_dict()  # fmt: skip
+        expected = mlflow.data.from_pandas(
+            frame, source="/data/subsets/x", name=args["name"], digest=args["digest"], targets="label"
+        ).to_dict()
     dataset = dataset_input.dataset
-    got = {"name": dataset.name, "digest": dataset.digest, "source": dataset.source, "source_type": dataset.source_type,
-           "schema": dataset.schema, "profile": dataset.profile}  # fmt: skip
+    got = {
+        "name": dataset.name,
+        "digest": dataset.digest,
+        "source": dataset.source,
+        "source_type": dataset.source_type,
+        "schema": dataset.schema,
+        "profile": dataset.profile,
+    }
     assert got == expected
     assert (dataset.schema is None) == (kind == "untypable")
 

@@ -7,8 +7,8 @@ import re
 import pytest
 import typer.main
 import yaml
-
 from conftest import REPO
+
 from imagenet_transfer.cli import app, entrypoint_parameters, mlproject, run_entrypoint
 from imagenet_transfer.tracking import same_value
 
@@ -31,26 +31,33 @@ def options(*words: str) -> dict:
 
 def test_mlproject_is_generated_from_the_cli_commands():
     expected = mlproject(build_script().entry_points())
-    assert (REPO / "MLproject").read_text() == expected, "MLproject is out of date: run python scripts/build_mlproject.py"
+    assert (REPO / "MLproject").read_text() == expected, (
+        "MLproject is out of date: run python scripts/build_mlproject.py"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
 def test_an_entry_point_declares_every_option_of_its_command_and_uses_each_parameter(name):
     entry = ENTRY_POINTS[name]
-    script, words = build_script().entry_points()[name]
+    _script, words = build_script().entry_points()[name]
     assert set(entry["parameters"]) == set(entrypoint_parameters(words))
     assert set(re.findall(r"\{(\w+)\}", entry["command"])) == set(entry["parameters"])
 
 
-@pytest.mark.parametrize("command, config_class, renamed, cli_only", [
-    (("pretrain",), "imagenet_transfer.pretrain.PretrainConfig", {}, {"config"}),
-    (("budget-study",), "imagenet_transfer.study.StudyConfig", {"set_": "benchmark_settings"}, {"create_only"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "command, config_class, renamed, cli_only",
+    [
+        (("pretrain",), "imagenet_transfer.pretrain.PretrainConfig", {}, {"config"}),
+        (("budget-study",), "imagenet_transfer.study.StudyConfig", {"set_": "benchmark_settings"}, {"create_only"}),
+    ],
+)
 def test_a_command_s_options_are_its_config_s_fields_with_the_same_defaults(command, config_class, renamed, cli_only):
     module, _, name = config_class.rpartition(".")
     fields = getattr(importlib.import_module(module), name).model_fields
     cli = {renamed.get(k, k): p for k, p in options(*command).items() if k not in cli_only}
-    assert set(cli) == set(fields), f"only in the CLI: {sorted(set(cli) - set(fields))}; only in the config: {sorted(set(fields) - set(cli))}"
+    assert set(cli) == set(fields), (
+        f"only in the CLI: {sorted(set(cli) - set(fields))}; only in the config: {sorted(set(fields) - set(cli))}"
+    )
     for key, field in fields.items():
         assert field.is_required() == cli[key].required, key
         if not field.is_required():

@@ -15,19 +15,36 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-
 from conftest import REPO
 
+from imagenet_transfer import tracking
+
 ENTRY_POINTS = list(yaml.safe_load((REPO / "MLproject").read_text())["entry_points"])
-ORDER = ["synth", "subset", "prepare", "pretrain", "transfer_voc07_det", "transfer_voc12_action", "transfer_sun397",
-         "probe", "transfer", "budget_study", "reproduce", "report"]  # a backbone exists before it is transferred
+ORDER = [
+    "synth",
+    "subset",
+    "prepare",
+    "pretrain",
+    "transfer_voc07_det",
+    "transfer_voc12_action",
+    "transfer_sun397",
+    "probe",
+    "transfer",
+    "budget_study",
+    "reproduce",
+    "report",
+]  # a backbone exists before it is transferred
 
 
 def readme_commands() -> list[str]:
     """The `mlflow run` lines of the README's code blocks."""
     blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()
-            if line.strip().startswith("mlflow run ")]  # fmt: skip
+    return [
+        line.split("  #")[0].strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip().startswith("mlflow run ")
+    ]
 
 
 def parse(command: str) -> tuple[str, dict[str, str], list[str]]:
@@ -49,20 +66,33 @@ def parse(command: str) -> tuple[str, dict[str, str], list[str]]:
 
 def smoke(entry: str, params: dict[str, str], world: Path, tmp: Path) -> dict[str, str]:
     """The command's values with the data pointed at the tiny world and the sizes made smoke-sized."""
-    data = {"transfer_voc07_det": world, "transfer_voc12_action": world, "transfer_sun397": world,
-            "probe": world / "imagenet"}  # fmt: skip
+    data = {
+        "transfer_voc07_det": world,
+        "transfer_voc12_action": world,
+        "transfer_sun397": world,
+        "probe": world / "imagenet",
+    }
     changes = {
         "synth": {"size": "tiny"},
         "subset": {"source": f"{world}/imagenet"},
         "prepare": {"source": f"{world}/imagenet"},
         "pretrain": {"source": f"{world}/imagenet", "recipe": "smoke", "device": "cpu"},
         "transfer": {"quick": "true", "data": str(world), "device": "cpu"},
-        "budget_study": {"source": f"{world}/imagenet", "budget": "240", "n_trials": "1", "objective": "sun397",
-                         "recipe": "smoke", "iterations": "2", "quick": "true", "device": "cpu",
-                         "set": f"sun397.data={world},sun397.partitions=1", "storage": f"sqlite:///{tmp}/optuna.db"},
+        "budget_study": {
+            "source": f"{world}/imagenet",
+            "budget": "240",
+            "n_trials": "1",
+            "objective": "sun397",
+            "recipe": "smoke",
+            "iterations": "2",
+            "quick": "true",
+            "device": "cpu",
+            "set": f"sun397.data={world},sun397.partitions=1",
+            "storage": f"sqlite:///{tmp}/optuna.db",
+        },
         "reproduce": {"smoke": "true", "only": "E1", "device": "cpu"},
         "report": {"out": str(tmp / "report")},
-    }.get(entry, {})  # fmt: skip
+    }.get(entry, {})
     if entry in data:
         extra = f"data={data[entry]}"
         changes = {"quick": "true", "device": "cpu", "set": f"{params['set']},{extra}" if params.get("set") else extra}
@@ -75,8 +105,11 @@ def store(tmp_path_factory):
     from imagenet_transfer.synthetic import generate
 
     root = tmp_path_factory.mktemp("mlflow-run")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "IMAGENET_TRANSFER_CACHE": str(root / "cache"),
-           "MLFLOW_EXPERIMENT_NAME": "imagenet-transfer"}  # fmt: skip
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "IMAGENET_TRANSFER_CACHE": str(root / "cache"),
+        "MLFLOW_EXPERIMENT_NAME": "imagenet-transfer",
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGENET_TRANSFER_CACHE", env["IMAGENET_TRANSFER_CACHE"])
         world = generate(size="tiny", progress=False)
@@ -109,8 +142,9 @@ def test_a_readme_mlflow_run_command_makes_one_run_holding_its_results(command, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["env"]["MLFLOW_TRACKING_URI"])
     mlflow.set_tracking_uri(store["env"]["MLFLOW_TRACKING_URI"])
-    made = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.start_time >= {started}",
-                              output_format="list")  # fmt: skip
+    made = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"attributes.start_time >= {started}", output_format="list"
+    )
     parents = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in made}
     assert {r.info.status for r in made} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in made]
     for run in made:  # every run is the command's run or below it
@@ -125,11 +159,13 @@ def test_a_readme_mlflow_run_command_makes_one_run_holding_its_results(command, 
     store["seen"].add(tuple(args[4:]))
     holder = top.data.tags.get("continued_in_run", command_run)  # a repeat's results stay in the first call's run
     assert holder == command_run or repeat, f"{entry}: results went to another run on a first call"
-    assert mlflow.get_run(holder).data.metrics or mlflow.MlflowClient().list_artifacts(holder), f"the run of {entry} holds no results"
+    assert mlflow.get_run(holder).data.metrics or mlflow.MlflowClient().list_artifacts(holder), (
+        f"the run of {entry} holds no results"
+    )
     assert holder == command_run or top.data.tags.get("mlflow.parentRunId") == holder
     assert top.data.tags.get("stage") and not re.fullmatch(r"[a-z]+-[a-z]+-\d+", top.info.run_name), top.info.run_name
     for key, value in values.items():  # what was asked is what the run says was asked
-        assert top.data.params.get(key) not in (None,), f"param {key} missing"
+        assert tracking.same_value(top.data.params.get(key), value), (key, value, top.data.params.get(key))
     if entry in ("pretrain", "budget_study", "reproduce", "transfer") and not repeat:
         assert children, f"{entry}: the runs it starts should be children of its run"
     if entry == "pretrain":

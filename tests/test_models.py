@@ -91,7 +91,12 @@ def test_caffe_alexnet_layers_follow_the_paper(nets):
     net = nets["caffe_alexnet"]
     convs = [m for m in net.trunk if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size[0], c.stride[0], c.groups) for c in convs] == [
-        (96, 11, 4, 1), (256, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 2), (256, 3, 1, 2)]
+        (96, 11, 4, 1),
+        (256, 5, 1, 2),
+        (384, 3, 1, 1),
+        (384, 3, 1, 2),
+        (256, 3, 1, 2),
+    ]
     assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in net.trunk) == 2
     assert net.fc6[2].p == net.fc7[2].p == 0.5
     assert net.fc6[0].bias.eq(1).all() and net.classifier.bias.eq(0).all()
@@ -101,8 +106,7 @@ def test_caffe_alexnet_layers_follow_the_paper(nets):
 def test_config_rebuild_round_trip_gives_identical_outputs(nets, arch):
     net = nets[arch] if arch != "small" else build_backbone("small", NUM_CLASSES, resolution=48, dropout=0.2).eval()
     config = json.loads(json.dumps(net.config()))  # survives JSON (MLflow metadata)
-    assert config == {"arch": arch, "num_classes": NUM_CLASSES, "resolution": net.resolution,
-                      "dropout": net.dropout}
+    assert config == {"arch": arch, "num_classes": NUM_CLASSES, "resolution": net.resolution, "dropout": net.dropout}
     copy = rebuild(config, net.state_dict()).eval()
     x = images(net.resolution)
     with torch.no_grad():
@@ -137,8 +141,10 @@ def test_unknown_architecture_lists_the_valid_ones():
     assert all(name in str(err.value) for name in ARCHITECTURES)
 
 
-@pytest.mark.parametrize(("arch", "resolution"), [("caffe_alexnet", 64), ("alexnet", 62), ("resnet18", 16),
-                                                   ("resnet50", 31), ("small", 16), ("small", 160)])
+@pytest.mark.parametrize(
+    ("arch", "resolution"),
+    [("caffe_alexnet", 64), ("alexnet", 62), ("resnet18", 16), ("resnet50", 31), ("small", 16), ("small", 160)],
+)
 def test_resolution_the_architecture_cannot_take(arch, resolution):
     with pytest.raises(UserError, match=f"resolution {resolution} px is out of range for {arch}"):
         check_resolution(arch, resolution)
@@ -151,8 +157,9 @@ def test_minimum_resolutions_work(arch, resolution):
         assert net(images(resolution, n=1)).shape == (1, 3)
 
 
-@pytest.mark.parametrize("kwargs", [{"num_classes": 0}, {"num_classes": 2.5}, {"resolution": 64.0},
-                                    {"dropout": 1.0}, {"dropout": -0.1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_classes": 0}, {"num_classes": 2.5}, {"resolution": 64.0}, {"dropout": 1.0}, {"dropout": -0.1}]
+)
 def test_other_bad_arguments(kwargs):
     with pytest.raises(UserError):
         build_backbone("small", **{"num_classes": 3, **kwargs})

@@ -7,16 +7,23 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-
 from conftest import cli
+
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.pretrain import PretrainConfig, load_checkpoint, lr_lambda, reference_accuracies, run_pretrain
 from imagenet_transfer.tracking import backbone_files, load_backbone
 
 
 def config(tiny_world, tmp_path, **overrides):
-    base = dict(source=str(tiny_world / "imagenet"), recipe="smoke", workers=0, device="cpu",
-                checkpoint_dir=str(tmp_path / "ckpt"), iterations=3, batch_size=8)  # fmt: skip
+    base = dict(
+        source=str(tiny_world / "imagenet"),
+        recipe="smoke",
+        workers=0,
+        device="cpu",
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        iterations=3,
+        batch_size=8,
+    )
     return PretrainConfig(**{**base, **overrides})
 
 
@@ -42,7 +49,9 @@ def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path, capsys
     final = load_checkpoint(next((tmp_path / "ckpt").iterdir()))["model"]
     assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)
     assert info["backbone"]["arch"] == "small" and info["subset_name"] == "e3-127"
-    assert len(info["label_wnids"]) == info["backbone"]["num_classes"] and info["label_wnids"] == sorted(info["label_wnids"])
+    assert len(info["label_wnids"]) == info["backbone"]["num_classes"] and info["label_wnids"] == sorted(
+        info["label_wnids"]
+    )
     net = load_backbone("models:/small-tiny-e3@latest").eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(net(x), mlflow.pytorch.load_model("models:/small-tiny-e3/1").eval()(x))
@@ -56,8 +65,11 @@ def test_reference_accuracies_are_the_uniform_guess_and_the_majority_shares():
     manifest = pd.DataFrame({"label": [0, 1, 2, 3, 0, 0, 0, 1, 2, 3], "split": ["train"] * 4 + ["val"] * 6})
     coarse = torch.tensor([0, 0, 1, 1])  # labels 0, 1 -> coarse 0; 2, 3 -> coarse 1
     assert reference_accuracies(manifest, coarse) == {
-        "derived.val_top1_uniform": 0.25, "derived.val_top1_majority": 0.5,  # label 0: 3 of 6 val images
-        "derived.coarse_classes": 2, "derived.val_top1_coarse_majority": round(4 / 6, 4)}  # fmt: skip
+        "derived.val_top1_uniform": 0.25,
+        "derived.val_top1_majority": 0.5,  # label 0: 3 of 6 val images
+        "derived.coarse_classes": 2,
+        "derived.val_top1_coarse_majority": round(4 / 6, 4),
+    }
     assert reference_accuracies(manifest[manifest["split"] == "train"], coarse) == {}
 
 
@@ -67,7 +79,7 @@ class Interrupt(KeyboardInterrupt):
 
 def test_a_killed_run_resumes_and_ends_identical_to_an_uninterrupted_one(tiny_world, tmp_path):
     settings = dict(subset="full", iterations=7, checkpoint_minutes=0, register=False)
-    whole = run_pretrain(config(tiny_world, tmp_path / "a", **settings))
+    run_pretrain(config(tiny_world, tmp_path / "a", **settings))
 
     def stop_at_5(step):
         if step == 5:
@@ -105,15 +117,34 @@ def test_a_corrupt_image_is_skipped_and_counted_up_to_a_threshold(tiny_world, tm
     victim = sorted((source / "train").rglob("*.JPEG"))[0]
     victim.write_bytes(b"not a jpeg")
     folder = write_subset(build_subset(load_catalog(source), preset("full")), tmp_path / "subset")
-    summary = run_pretrain(config(tiny_world, tmp_path, subset=str(folder), iterations=200, schedule="epochs",
-                                  epochs=1, register=False, max_skipped_fraction=0.01))  # fmt: skip
+    summary = run_pretrain(
+        config(
+            tiny_world,
+            tmp_path,
+            subset=str(folder),
+            iterations=200,
+            schedule="epochs",
+            epochs=1,
+            register=False,
+            max_skipped_fraction=0.01,
+        )
+    )
     run = mlflow.get_run(summary["run_id"])
     assert run.data.metrics["skipped_images"] == 1
     assert str(victim) in mlflow.artifacts.load_text(f"runs:/{summary['run_id']}/skipped_images.tsv")
 
     with pytest.raises(UserError, match="could not be read"):
-        run_pretrain(config(tiny_world, tmp_path / "strict", subset=str(folder), schedule="epochs", epochs=1,
-                            register=False, max_skipped_fraction=0.0))  # fmt: skip
+        run_pretrain(
+            config(
+                tiny_world,
+                tmp_path / "strict",
+                subset=str(folder),
+                schedule="epochs",
+                epochs=1,
+                register=False,
+                max_skipped_fraction=0.0,
+            )
+        )
     failed = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FAILED'")
     assert len(failed) >= 1
 
@@ -168,11 +199,35 @@ def test_ddp_under_torchrun_on_cpu(tiny_world, tmp_path):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "imagenet_transfer.cli", "pretrain", "--source", str(tiny_world / "imagenet"),
-               "--recipe", "smoke", "--iterations", "3", "--batch-size", "8", "--device", "cpu", "--workers", "0",
-               "--checkpoint-dir", str(tmp_path / "ckpt"), "--model-name", "small-ddp"]  # fmt: skip
-    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "imagenet_transfer.cli",
+        "pretrain",
+        "--source",
+        str(tiny_world / "imagenet"),
+        "--recipe",
+        "smoke",
+        "--iterations",
+        "3",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--model-name",
+        "small-ddp",
+    ]
+    done = subprocess.run(
+        command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (summary_file,) = (tmp_path / "ckpt").glob("*/done.json")
     run = mlflow.get_run(json.loads(summary_file.read_text())["run_id"])
@@ -181,7 +236,9 @@ def test_ddp_under_torchrun_on_cpu(tiny_world, tmp_path):
     assert mlflow.MlflowClient().get_model_version_by_alias("small-ddp", "current").version
 
 
-@pytest.mark.parametrize("path", sorted((__import__("conftest").REPO / "configs").glob("pretrain-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((__import__("conftest").REPO / "configs").glob("pretrain-*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_pretrain_configs_resolve(path):
     config = PretrainConfig.from_file(path).resolve()
     assert config.schedule in ("epochs", "iterations") and config.lr > 0
@@ -193,7 +250,21 @@ def test_a_source_too_small_for_one_batch_exits_2_and_starts_no_run(tiny_world, 
     for image in sorted((tiny_world / "imagenet" / "train").rglob("*.JPEG"))[:4]:
         shutil.copy(image, small / image.name)
     before = len(mlflow.search_runs(search_all_experiments=True))
-    assert cli("pretrain", "--source", small, "--recipe", "smoke", "--batch-size", "16", "--device", "cpu",
-               "--checkpoint-dir", tmp_path / "ckpt") == 2  # fmt: skip
+    assert (
+        cli(
+            "pretrain",
+            "--source",
+            small,
+            "--recipe",
+            "smoke",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--checkpoint-dir",
+            tmp_path / "ckpt",
+        )
+        == 2
+    )
     assert "cannot fill one batch of 16" in capsys.readouterr().err
     assert len(mlflow.search_runs(search_all_experiments=True)) == before  # neither a pretrain nor a subset run

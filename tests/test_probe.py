@@ -112,13 +112,26 @@ def test_pretrained_backbone_carries_its_label_wnids(tiny_world, tmp_path):
     from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
     from imagenet_transfer.tracking import load_backbone_with_info
 
-    summary = run_pretrain(PretrainConfig(source=str(tiny_world / "imagenet"), subset="e3-127", recipe="smoke",
-                                          workers=0, device="cpu", checkpoint_dir=str(tmp_path / "ck"), register=False))
+    summary = run_pretrain(
+        PretrainConfig(
+            source=str(tiny_world / "imagenet"),
+            subset="e3-127",
+            recipe="smoke",
+            workers=0,
+            device="cpu",
+            checkpoint_dir=str(tmp_path / "ck"),
+            register=False,
+        )
+    )
     net, info = load_backbone_with_info(summary["model_uri"])
     if "label_wnids" not in info:
         pytest.skip("pre-training does not record label_wnids yet")
-    result = probe.run(net, {**info, "uri": summary["model_uri"]},
-                       probe.Config.quick(data=str(tiny_world / "imagenet"), parts=("knn", "coarse")), progress=False)
+    result = probe.run(
+        net,
+        {**info, "uri": summary["model_uri"]},
+        probe.Config.quick(data=str(tiny_world / "imagenet"), parts=("knn", "coarse")),
+        progress=False,
+    )
     assert result.tables["probe_coarse_map.csv"]["rule"].eq("coarse").all()  # an e3-127 net speaks coarse labels
     assert {"probe_knn_top1", "probe_coarse_top1"} <= set(result.metrics)
 
@@ -147,5 +160,9 @@ def test_layer_the_backbone_lacks_and_bad_options(tiny_world, tmp_path):
     (tmp_path / "no-val").mkdir()
     (tmp_path / "no-val" / "train").symlink_to(tiny_world / "imagenet" / "train")
     with pytest.raises(UserError, match="0 val images; expected both"):
-        probe.run(build_backbone("small", 10, resolution=32), {},
-                  probe.Config.quick(data=str(tmp_path / "no-val")), progress=False)
+        probe.run(
+            build_backbone("small", 10, resolution=32),
+            {},
+            probe.Config.quick(data=str(tmp_path / "no-val")),
+            progress=False,
+        )

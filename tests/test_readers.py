@@ -1,15 +1,15 @@
 """The VOC and SUN397 readers, on the real samples (skipped when absent) and on a tiny synthetic world.
 
-    .venv/bin/python -m pytest tests/test_readers.py -q      # ~6 s on 2 cores
+.venv/bin/python -m pytest tests/test_readers.py -q      # ~6 s on 2 cores
 """
 
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import realdata
 from PIL import Image
 
-from conftest import realdata
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.synthetic import generate, read_world
 from imagenet_transfer.transfer.sun397 import class_of, find_sun397, read_class_names, read_partition
@@ -29,7 +29,13 @@ def test_real_voc2007_annotation_and_lists():
     ann = read_annotation(root / "Annotations" / "000002.xml")
     assert (ann.filename, ann.width, ann.height) == ("000002.jpg", 335, 500)
     [obj] = ann.objects
-    assert (obj.name, obj.box, obj.difficult, obj.truncated, obj.actions) == ("train", (139, 200, 207, 301), False, False, None)
+    assert (obj.name, obj.box, obj.difficult, obj.truncated, obj.actions) == (
+        "train",
+        (139, 200, 207, 301),
+        False,
+        False,
+        None,
+    )
     main = root / "ImageSets" / "Main"
     trainval, test = read_image_set(main / "trainval.txt"), read_image_set(main / "test.txt")
     assert (len(trainval), len(test)) == (5011, 4952) and not set(trainval) & set(test)
@@ -55,9 +61,12 @@ def test_real_sun397_partitions():
     classes = read_class_names(layout.partitions / "ClassName.txt")
     assert len(classes) == 397 and classes[0] == "/a/abbey" and "/d/desert/sand" in classes
     assert layout.partition_ids() == list(range(1, 11))
-    train, test = read_partition(layout.partitions / "Training_01.txt"), read_partition(layout.partitions / "Testing_01.txt")
+    train, test = (
+        read_partition(layout.partitions / "Training_01.txt"),
+        read_partition(layout.partitions / "Testing_01.txt"),
+    )
     assert len(train) == len(test) == 397 * 50 and not set(train) & set(test)
-    assert Counter(map(class_of, train)) == {c: 50 for c in classes}
+    assert Counter(map(class_of, train)) == dict.fromkeys(classes, 50)
     on_disk = {"/" + str(p.relative_to(layout.images)) for p in layout.images.rglob("*.jpg")}
     assert len(on_disk) == 153 and on_disk <= set(train) | set(test)
     assert class_of("/d/desert/sand/sun_x.jpg") == "/d/desert/sand"
@@ -118,7 +127,10 @@ def test_world_sun397_partitions(world):
     assert layout.partition_ids() == list(range(1, manifest["options"]["partitions"] + 1))
     everything = None
     for p in layout.partition_ids():
-        train, test = read_partition(layout.partitions / f"Training_{p:02d}.txt"), read_partition(layout.partitions / f"Testing_{p:02d}.txt")
+        train, test = (
+            read_partition(layout.partitions / f"Training_{p:02d}.txt"),
+            read_partition(layout.partitions / f"Testing_{p:02d}.txt"),
+        )
         assert not set(train) & set(test)
         assert set(Counter(map(class_of, train))) == set(classes) and len(train) == len(test)
         everything = everything or set(train) | set(test)

@@ -9,12 +9,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-
 from conftest import cli
+from test_reproduce import grid_store, grid_tracking_uri, running, write_grid  # noqa: F401 (fixtures)
+
 from imagenet_transfer import tracking
 from imagenet_transfer.report import NOT_PUBLISHED, published
 from imagenet_transfer.reproduce import reproduce
-from test_reproduce import grid_store, grid_tracking_uri, running, write_grid  # noqa: F401 (fixtures)
 
 
 def test_published_numbers_are_the_papers_and_nothing_else():
@@ -32,8 +32,12 @@ def grid_run(tiny_world, tmp_path_factory, tracking_uri, grid_tracking_uri):
     import torch
 
     folder = tmp_path_factory.mktemp("grid")
-    grid = write_grid(folder, {"ER": (["voc12_action"], ["full", "e3-127"])}, name="report-grid",
-                      smoke={"archs": ["small"], "recipe": "smoke", "baselines": True})  # fmt: skip
+    grid = write_grid(
+        folder,
+        {"ER": (["voc12_action"], ["full", "e3-127"])},
+        name="report-grid",
+        smoke={"archs": ["small"], "recipe": "smoke", "baselines": True},
+    )
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGENET_TRANSFER_CACHE", str(folder / "cache"))
@@ -45,8 +49,11 @@ def grid_run(tiny_world, tmp_path_factory, tracking_uri, grid_tracking_uri):
             summary = reproduce(grid, smoke=True, seeds=2, world=tiny_world, device="cpu")
         finally:
             torch.set_num_threads(threads)
-        with tracking.start_run("trial", params={"budget": 240, "num_classes": 20, "images_per_class": 12},
-                                tags={"study_name": "budget-240", "trial_number": "0"}):  # fmt: skip
+        with tracking.start_run(
+            "trial",
+            params={"budget": 240, "num_classes": 20, "images_per_class": 12},
+            tags={"study_name": "budget-240", "trial_number": "0"},
+        ):
             mlflow.log_metric("objective", 41.5)
     mlflow.set_tracking_uri(tracking_uri)
     return summary
@@ -66,22 +73,33 @@ def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, 
     assert "## ER: question of ER" in markdown
     assert f"| full | 40 | 24 | {mean['full']:.2f} ± {std['full']:.2f} | — | {NOT_PUBLISHED} |" in markdown
     delta = mean["e3-127"] - mean["full"]
-    assert f"| e3-127 | 10 | 24 | {mean['e3-127']:.2f} ± {std['e3-127']:.2f} | {delta:+.2f} | {NOT_PUBLISHED} |" in markdown
+    assert (
+        f"| e3-127 | 10 | 24 | {mean['e3-127']:.2f} ± {std['e3-127']:.2f} | {delta:+.2f} | {NOT_PUBLISHED} |"
+        in markdown
+    )
     below = mean["random"] - mean["full"]
-    assert f"| random init (no pre-training) | — | 0 | {mean['random']:.2f} | {below:+.2f} | {NOT_PUBLISHED} |" in markdown
+    assert (
+        f"| random init (no pre-training) | — | 0 | {mean['random']:.2f} | {below:+.2f} | {NOT_PUBLISHED} |" in markdown
+    )
     table = pd.read_csv(tmp_path / "rep" / "tables" / "ER.csv").set_index("variant")
     assert table.loc["e3-127", "voc12_action_map_mean"] == pytest.approx(mean["e3-127"])
     assert table.loc["full", "voc12_action_map_std"] == pytest.approx(std["full"])
     assert table.loc["e3-127", "voc12_action_map_n"] == 2
 
     plots = {p.name for p in (tmp_path / "rep" / "plots").iterdir()}
-    assert plots == {"transfer_vs_num_classes.png", "budget_study_classes_vs_objective.png"}  # no E1 variant: no E1 curve
+    assert plots == {
+        "transfer_vs_num_classes.png",
+        "budget_study_classes_vs_objective.png",
+    }  # no E1 variant: no E1 curve
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(plots) and 'src="plots/' not in page  # self-contained
     assert f"{mean['e3-127']:.2f} ± {std['e3-127']:.2f}" in page
 
-    (report_run,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                       filter_string=f"tags.stage = 'report' and tags.grid_run_id = '{grid_run['run_id']}'")  # fmt: skip
+    (report_run,) = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string=f"tags.stage = 'report' and tags.grid_run_id = '{grid_run['run_id']}'",
+    )
     assert report_run.info.status == "FINISHED"
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=report_run.info.run_id)}
     assert {"report.md", "report.html", "plots", "tables"} <= logged
@@ -105,20 +123,41 @@ def test_an_experiment_without_the_full_variant_is_compared_to_the_grids_full_ru
     from imagenet_transfer.report import RESULT_COLUMNS, display_rows, experiment_results, experiment_table
 
     def row(experiment, variant, seed, value, run_id, metric="voc12_action_map"):
-        return dict(zip(RESULT_COLUMNS, [experiment, variant, variant if variant == "full" else None, seed, "small",
-                                         "voc12_action", 200, 240, run_id, metric, value]))  # fmt: skip
+        return dict(
+            zip(
+                RESULT_COLUMNS,
+                [
+                    experiment,
+                    variant,
+                    variant if variant == "full" else None,
+                    seed,
+                    "small",
+                    "voc12_action",
+                    200,
+                    240,
+                    run_id,
+                    metric,
+                    value,
+                ],
+            )
+        )
 
-    results = pd.DataFrame([
-        row("E1", "full", 0, 50.0, "a", "voc07_map"), row("E2", "full", 0, 60.0, "b"), row("E2", "full", 1, 64.0, "c"),
-        row("E7", "full", 0, 60.0, "b"),  # the same run listed by two experiments counts once
-        row("E5", "e5-budget-12000-classes-50", 0, 55.0, "d"), row("E5", "e5-budget-12000-classes-50", 1, 57.0, "e"),
-    ])  # fmt: skip
+    results = pd.DataFrame(
+        [
+            row("E1", "full", 0, 50.0, "a", "voc07_map"),
+            row("E2", "full", 0, 60.0, "b"),
+            row("E2", "full", 1, 64.0, "c"),
+            row("E7", "full", 0, 60.0, "b"),  # the same run listed by two experiments counts once
+            row("E5", "e5-budget-12000-classes-50", 0, 55.0, "d"),
+            row("E5", "e5-budget-12000-classes-50", 1, 57.0, "e"),
+        ]
+    )
     part = experiment_results(results, "E5")
     table = experiment_table(part).set_index("variant")
     assert table.loc["full", "voc12_action_map_mean"] == 62.0 and table.loc["full", "voc12_action_map_n"] == 2
     assert table.loc["e5-budget-12000-classes-50", "voc12_action_map_delta"] == pytest.approx(-6.0)
     assert "voc07_map_mean" not in table.columns  # only the experiment's own metrics
-    header, rows = display_rows(experiment_table(part), ["voc12_action_map"])
+    _header, rows = display_rows(experiment_table(part), ["voc12_action_map"])
     assert rows[1][3:6] == [f"56.00 ± {statistics.stdev([55.0, 57.0]):.2f}", "-6.00", NOT_PUBLISHED]
 
 
@@ -158,10 +197,23 @@ def hand_run(stage, start, status="FINISHED", metrics=None, params=None, steps=N
 
 def step(stage, variant="full", seed=0, run_id="", benchmark=""):
     """A row of a grid run's step table, as `run_grid` writes it."""
-    return {"experiment": "ER", "variant": variant, "paper_variant": "full" if variant == "full" else None, "seed": seed,
-            "num_classes": 40 if variant == "full" else 10, "num_fine_classes": 40, "train_images": 960,
-            "images_per_class": 24.0, "arch": "small", "stage": stage, "benchmark": benchmark,
-            "step_key": f"{stage}-{variant}-{seed}-{benchmark}", "reused": False, "seconds": 0.1, "run_id": run_id}  # fmt: skip
+    return {
+        "experiment": "ER",
+        "variant": variant,
+        "paper_variant": "full" if variant == "full" else None,
+        "seed": seed,
+        "num_classes": 40 if variant == "full" else 10,
+        "num_fine_classes": 40,
+        "train_images": 960,
+        "images_per_class": 24.0,
+        "arch": "small",
+        "stage": stage,
+        "benchmark": benchmark,
+        "step_key": f"{stage}-{variant}-{seed}-{benchmark}",
+        "reused": False,
+        "seconds": 0.1,
+        "run_id": run_id,
+    }
 
 
 def transfer_step(variant, seed, run_id):
@@ -184,10 +236,12 @@ def test_a_grid_run_that_did_not_finish_is_not_reported_and_alone_exits_2(hand_s
     assert "stage=reproduce with status FINISHED" in message and hand_store in message
     assert f"{killed} (KILLED), {failed} (FAILED)" in message and "imagenet-transfer reproduce" in message
 
-    for grid_run, expected in ((failed, f"--grid-run {failed} is a reproduce run with status FAILED; expected a FINISHED one"),
-                               (killed, "status KILLED; expected a FINISHED one"),
-                               (pretrain, f"--grid-run {pretrain} is a pretrain run; expected a reproduce run"),
-                               ("0" * 32, f"--grid-run {'0' * 32}: no such run in the tracking store {hand_store}")):  # fmt: skip
+    for grid_run, expected in (
+        (failed, f"--grid-run {failed} is a reproduce run with status FAILED; expected a FINISHED one"),
+        (killed, "status KILLED; expected a FINISHED one"),
+        (pretrain, f"--grid-run {pretrain} is a pretrain run; expected a reproduce run"),
+        ("0" * 32, f"--grid-run {'0' * 32}: no such run in the tracking store {hand_store}"),
+    ):
         assert cli("report", "--out", tmp_path / "rep", "--grid-run", grid_run) == 2
         assert expected in capsys.readouterr().err
     assert not (tmp_path / "rep").exists() and not report_runs() and not running()
@@ -197,12 +251,28 @@ def test_a_grid_run_that_did_not_finish_is_not_reported_and_alone_exits_2(hand_s
 def test_a_newer_unfinished_grid_run_is_skipped_for_the_newest_finished_one(hand_store, tmp_path, capsys):
     ok = [hand_run("transfer", T0 + i, metrics={"voc12_action_map": v}) for i, v in enumerate((60.0, 64.0, 50.0))]
     lost = hand_run("transfer", T0 + 10, "FAILED")  # a transfer run that failed: no metric
-    older = hand_run("reproduce", T0 + 100, params={"grid_name": "old-grid", "profile": "smoke"},
-                     steps=[transfer_step("full", 0, ok[0])])  # fmt: skip
-    finished = hand_run("reproduce", T0 + 200, params={"grid_name": "hand-grid", "profile": "smoke"},
-                        steps=[step("subset"), step("pretrain"), transfer_step("full", 0, ok[0]), transfer_step("full", 1, ok[1]),
-                               step("subset", "e3-127"), step("pretrain", "e3-127"), transfer_step("e3-127", 0, ok[2]),
-                               transfer_step("e3-127", 1, lost), transfer_step("e3-127", 2, "")])  # fmt: skip
+    older = hand_run(
+        "reproduce",
+        T0 + 100,
+        params={"grid_name": "old-grid", "profile": "smoke"},
+        steps=[transfer_step("full", 0, ok[0])],
+    )
+    finished = hand_run(
+        "reproduce",
+        T0 + 200,
+        params={"grid_name": "hand-grid", "profile": "smoke"},
+        steps=[
+            step("subset"),
+            step("pretrain"),
+            transfer_step("full", 0, ok[0]),
+            transfer_step("full", 1, ok[1]),
+            step("subset", "e3-127"),
+            step("pretrain", "e3-127"),
+            transfer_step("e3-127", 0, ok[2]),
+            transfer_step("e3-127", 1, lost),
+            transfer_step("e3-127", 2, ""),
+        ],
+    )
     failed = hand_run("reproduce", T0 + 300, "FAILED", steps=[step("subset"), transfer_step("full", 0, lost)])
     assert cli("report", "--out", tmp_path / "rep") == 0
     err = capsys.readouterr().err

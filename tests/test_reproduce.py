@@ -7,8 +7,8 @@ import time
 import mlflow
 import pytest
 import yaml
-
 from conftest import REPO, cli
+
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.reproduce import expand, load_grid, make_plan, reproduce
 
@@ -33,23 +33,34 @@ def grid_store(isolated, monkeypatch, tracking_uri, grid_tracking_uri):
 
 def write_grid(tmp_path, experiments, name="test-grid", **scales):
     """A grid file whose every scale profile uses the same variants (the tests run its smoke profile)."""
-    profiles = {"world": {"archs": ["small"]}, "smoke": {"archs": ["small"], "recipe": "smoke"}, "real": {"archs": ["small"]}}
+    profiles = {
+        "world": {"archs": ["small"]},
+        "smoke": {"archs": ["small"], "recipe": "smoke"},
+        "real": {"archs": ["small"]},
+    }
     profiles.update(scales)
     body = {"name": name, "seeds": 1, "scales": profiles, "experiments": {}}
     for exp_id, (benchmarks, variants) in experiments.items():
-        body["experiments"][exp_id] = {"question": f"question of {exp_id}", "benchmarks": benchmarks,
-                                       "variants": {p: variants for p in ("world", "smoke", "real")}}  # fmt: skip
+        body["experiments"][exp_id] = {
+            "question": f"question of {exp_id}",
+            "benchmarks": benchmarks,
+            "variants": dict.fromkeys(("world", "smoke", "real"), variants),
+        }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
 
 
 def runs(stage, extra=""):
-    return mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.stage = '{stage}'{extra}", output_format="list")
+    return mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.stage = '{stage}'{extra}", output_format="list"
+    )
 
 
 def running():
-    return mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'", output_format="list")
+    return mlflow.search_runs(
+        search_all_experiments=True, filter_string="attributes.status = 'RUNNING'", output_format="list"
+    )
 
 
 def test_the_shipped_grid_validates_and_expands_at_every_scale(tiny_world):
@@ -81,8 +92,11 @@ def test_the_shipped_grid_validates_and_expands_at_every_scale(tiny_world):
 
 
 def test_a_smoke_grid_run_twice_does_no_work_the_second_time(tiny_world, tmp_path, one_thread):
-    grid = write_grid(tmp_path, {"EA": (["voc12_action"], ["full", "e3-127"]), "EB": (["voc12_action"], ["full"])},
-                      smoke={"archs": ["small"], "pretrain": {"iterations": 3}, "baselines": True})  # fmt: skip
+    grid = write_grid(
+        tmp_path,
+        {"EA": (["voc12_action"], ["full", "e3-127"]), "EB": (["voc12_action"], ["full"])},
+        smoke={"archs": ["small"], "pretrain": {"iterations": 3}, "baselines": True},
+    )
     before = {stage: len(runs(stage)) for stage in ("subset", "pretrain", "transfer")}
     started = time.monotonic()
     first = reproduce(grid, smoke=True, world=tiny_world, device="cpu")
@@ -92,7 +106,10 @@ def test_a_smoke_grid_run_twice_does_no_work_the_second_time(tiny_world, tmp_pat
     assert made == {"subset": 2, "pretrain": 2, "transfer": 3}
     steps = first["records"]
     assert [(r["experiment"], r["variant"], r["stage"]) for r in steps if r["reused"]] == [
-        ("EB", "full", "pretrain"), ("EB", "full", "transfer"), ("EB", "random", "transfer")]  # fmt: skip
+        ("EB", "full", "pretrain"),
+        ("EB", "full", "transfer"),
+        ("EB", "random", "transfer"),
+    ]
     baseline = mlflow.get_run(next(r["run_id"] for r in steps if r["variant"] == "random"))
     trained = mlflow.get_run(next(r["run_id"] for r in steps if r["stage"] == "pretrain")).data.params["resolution"]
     assert baseline.data.tags["backbone"] == f"random:small@{trained}"  # the architecture as the grid pre-trains it
@@ -119,8 +136,12 @@ def test_a_smoke_grid_run_twice_does_no_work_the_second_time(tiny_world, tmp_pat
 
 
 def test_an_interrupted_grid_resumes_where_it_stopped(tiny_world, tmp_path, one_thread):
-    grid = write_grid(tmp_path, {"EC": (["voc12_action"], ["e1-6", "e2-79"])}, name="interrupted",
-                      smoke={"archs": ["small"], "pretrain": {"iterations": 2}})  # fmt: skip
+    grid = write_grid(
+        tmp_path,
+        {"EC": (["voc12_action"], ["e1-6", "e2-79"])},
+        name="interrupted",
+        smoke={"archs": ["small"], "pretrain": {"iterations": 2}},
+    )
 
     def stop_after_first_pretrain(record):
         if record["stage"] == "pretrain":
@@ -137,7 +158,10 @@ def test_an_interrupted_grid_resumes_where_it_stopped(tiny_world, tmp_path, one_
     rows = {(r["variant"], r["stage"]): r for r in resumed["records"]}
     assert rows[("e1-6", "subset")]["reused"] and rows[("e1-6", "pretrain")]["reused"]
     assert rows[("e1-6", "pretrain")]["run_id"] == done[1]["run_id"]
-    assert not any(rows[k]["reused"] for k in [("e1-6", "transfer"), ("e2-79", "subset"), ("e2-79", "pretrain"), ("e2-79", "transfer")])
+    assert not any(
+        rows[k]["reused"]
+        for k in [("e1-6", "transfer"), ("e2-79", "subset"), ("e2-79", "pretrain"), ("e2-79", "transfer")]
+    )
     assert len(runs("pretrain", " and tags.variant = 'e1-6'")) == 1
 
 
@@ -152,7 +176,9 @@ def test_an_interrupted_grid_resumes_where_it_stopped(tiny_world, tmp_path, one_
         ({"EX": (["voc12_action"], ["e5-budget-99999-classes-10"])}, "needs more train images than"),
     ],
 )
-def test_bad_grids_exit_2_naming_the_entry_and_leave_nothing_running(tiny_world, tmp_path, capsys, experiments, message):
+def test_bad_grids_exit_2_naming_the_entry_and_leave_nothing_running(
+    tiny_world, tmp_path, capsys, experiments, message
+):
     grid = write_grid(tmp_path, experiments, name="bad")
     before = len(runs("reproduce"))
     assert cli("reproduce", "--grid", grid, "--smoke", "--world", tiny_world) == 2
@@ -162,16 +188,20 @@ def test_bad_grids_exit_2_naming_the_entry_and_leave_nothing_running(tiny_world,
 
 
 def test_other_bad_input_exits_2(tiny_world, tmp_path, capsys):
-    grid = write_grid(tmp_path, {"EX": (["voc12_action"], ["full"])}, name="other",
-                      real={"archs": ["vgg"]})  # fmt: skip
+    grid = write_grid(tmp_path, {"EX": (["voc12_action"], ["full"])}, name="other", real={"archs": ["vgg"]})
     assert cli("reproduce", "--grid", grid) == 2
     assert "unknown backbone/arch 'vgg'" in capsys.readouterr().err
-    grid = write_grid(tmp_path, {"EX": (["voc12_action"], ["full"])}, name="options",
-                      smoke={"archs": ["small"], "pretrain": {"epochz": 1}})  # fmt: skip
+    grid = write_grid(
+        tmp_path,
+        {"EX": (["voc12_action"], ["full"])},
+        name="options",
+        smoke={"archs": ["small"], "pretrain": {"epochz": 1}},
+    )
     assert cli("reproduce", "--grid", grid, "--smoke", "--world", tiny_world) == 2
     assert "scales.smoke.pretrain: expected a mapping of pretrain options" in capsys.readouterr().err
-    grid = write_grid(tmp_path, {"EX": (["voc12_action"], ["full"])}, name="baselines",
-                      smoke={"archs": ["small"], "baselines": "yes"})  # fmt: skip
+    grid = write_grid(
+        tmp_path, {"EX": (["voc12_action"], ["full"])}, name="baselines", smoke={"archs": ["small"], "baselines": "yes"}
+    )
     assert cli("reproduce", "--grid", grid, "--smoke", "--world", tiny_world) == 2
     assert "scales.smoke.baselines: expected true or false, got 'yes'" in capsys.readouterr().err
     from imagenet_transfer.synthetic import generate
@@ -198,8 +228,24 @@ def test_other_bad_input_exits_2(tiny_world, tmp_path, capsys):
 def test_the_entry_point_takes_mlproject_style_arguments(capsys):
     from imagenet_transfer.cli import run_entrypoint
 
-    argv = ["--grid", str(PAPER), "--scale", "world", "--smoke", "true", "--seeds", "", "--only", "E1,E9",
-            "--source", "", "--data", "voc07_det=/a,sun397=/b", "--device", "auto"]  # fmt: skip
+    argv = [
+        "--grid",
+        str(PAPER),
+        "--scale",
+        "world",
+        "--smoke",
+        "true",
+        "--seeds",
+        "",
+        "--only",
+        "E1,E9",
+        "--source",
+        "",
+        "--data",
+        "voc07_det=/a,sun397=/b",
+        "--device",
+        "auto",
+    ]
     with pytest.raises(SystemExit) as exit_:
         run_entrypoint(["reproduce"], argv)
     assert exit_.value.code == 2 and "--only E9" in capsys.readouterr().err  # every argument parsed, --only refused
@@ -213,13 +259,29 @@ def test_two_grids_started_together_run_each_step_once(tiny_world, tmp_path, gri
     import subprocess
     import sys
 
-    grid = write_grid(tmp_path, {"ED": (["voc12_action"], ["e1-12"])}, name="together",
-                      smoke={"archs": ["small"], "recipe": "smoke", "pretrain": {"iterations": 3}})  # fmt: skip
+    grid = write_grid(
+        tmp_path,
+        {"ED": (["voc12_action"], ["e1-12"])},
+        name="together",
+        smoke={"archs": ["small"], "recipe": "smoke", "pretrain": {"iterations": 3}},
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": grid_tracking_uri}
-    command = [sys.executable, "-m", "imagenet_transfer.cli", "reproduce", "--grid", str(grid), "--smoke",
-               "--world", str(tiny_world), "--device", "cpu"]  # fmt: skip
-    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "imagenet_transfer.cli",
+        "reproduce",
+        "--grid",
+        str(grid),
+        "--smoke",
+        "--world",
+        str(tiny_world),
+        "--device",
+        "cpu",
+    ]
+    workers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     grids = runs("reproduce", " and tags.grid = 'together'")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as F
-
 from conftest import cli
+
 from imagenet_transfer.data import decode, normalise, resize_size
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.shard_loader import augment, crop_params, make_shard_loader, select_shards
@@ -97,8 +97,9 @@ def test_an_interrupted_prepare_resumes_to_the_same_shards(subset, written, tmp_
         ShardSet.open(folder)
     (folder / ".train-00002.bin.999.tmp").write_bytes(b"half a shard")  # a worker killed mid-shard
     seen = []
-    info = write_shards(folder, records(subset.manifest), options("jpeg"), subset.digest,
-                        on_shard=lambda done, total: seen.append(done))  # fmt: skip
+    info = write_shards(
+        folder, records(subset.manifest), options("jpeg"), subset.digest, on_shard=lambda done, total: seen.append(done)
+    )
     assert seen == [3, 4, 5]  # the two finished shards were skipped
     assert not list(folder.glob(".*"))
     whole = ShardSet.open(written["jpeg"]).info
@@ -125,8 +126,13 @@ def test_stale_truncated_and_tampered_shards_are_refused(subset, written, tmp_pa
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(UserError, match=r"shard .*train-00001\.bin has .* bytes but the index says"):
         ShardSet.open(truncated, manifest_digest=subset.digest)
-    repaired = write_shards(copy_of(truncated, tmp_path / "r"), records(subset.manifest), options("jpeg"),
-                            subset.digest, on_shard=lambda done, total: rebuilt.append(done))  # fmt: skip
+    repaired = write_shards(
+        copy_of(truncated, tmp_path / "r"),
+        records(subset.manifest),
+        options("jpeg"),
+        subset.digest,
+        on_shard=lambda done, total: rebuilt.append(done),
+    )
     assert rebuilt == [5] and repaired["shards"] == ShardSet.open(written["jpeg"]).info["shards"]  # only that one
 
     damaged = copy_of(written["jpeg"], tmp_path / "c")
@@ -152,14 +158,34 @@ def test_stale_truncated_and_tampered_shards_are_refused(subset, written, tmp_pa
         ShardSet.open(relabelled)
 
     # pre-training names the stale folder and exits 2 (before any training)
-    assert cli("pretrain", "--subset", "full", "--source", subset.location, "--recipe", "smoke", "--device", "cpu",
-               "--input-pipeline", "shards", "--shards", str(truncated), "--checkpoint-dir", str(tmp_path / "ck")) == 2
+    assert (
+        cli(
+            "pretrain",
+            "--subset",
+            "full",
+            "--source",
+            subset.location,
+            "--recipe",
+            "smoke",
+            "--device",
+            "cpu",
+            "--input-pipeline",
+            "shards",
+            "--shards",
+            str(truncated),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        )
+        == 2
+    )
 
 
 def test_a_disk_too_small_is_refused_before_writing(subset, tmp_path, monkeypatch):
     import imagenet_transfer.shards as shards_module
 
-    monkeypatch.setattr(shards_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(
+        shards_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+    )
     with pytest.raises(UserError, match=r"need about .* GiB .* only 0.00 GiB are free"):
         write_shards(tmp_path / "full", records(subset.manifest), options("raw"), subset.digest)
     assert not list((tmp_path / "full").iterdir())
@@ -174,9 +200,13 @@ def test_crop_and_mirror_family():
     crops = augment(image.expand(n, -1, -1, -1), seeds, resolution=res, train=True)
     assert crops.shape == (n, 3, res, res) and crops.dtype == torch.uint8
     top, left = crops[:, 0, 0, :].min(dim=1).values, crops[:, 1, :, :].amin(dim=(1, 2))
-    assert torch.equal(crops[:, 0], (top[:, None, None] + torch.arange(res)[None, :, None]).expand(-1, -1, res).to(torch.uint8))
+    assert torch.equal(
+        crops[:, 0], (top[:, None, None] + torch.arange(res)[None, :, None]).expand(-1, -1, res).to(torch.uint8)
+    )
     mirrored = crops[:, 1, 0, 0] > crops[:, 1, 0, -1]
-    expected_cols = torch.where(mirrored[:, None], left[:, None] + res - 1 - torch.arange(res), left[:, None] + torch.arange(res))
+    expected_cols = torch.where(
+        mirrored[:, None], left[:, None] + res - 1 - torch.arange(res), left[:, None] + torch.arange(res)
+    )
     assert torch.equal(crops[:, 1, 0, :].long(), expected_cols)
     assert set(top.tolist()) == set(range(side - res + 1)) == set(left.tolist())  # every offset 0..room
     assert 0.45 < mirrored.float().mean() < 0.55
@@ -190,12 +220,13 @@ def test_crop_and_mirror_family():
 
 def test_shard_batches_are_normalised_crops_of_the_stored_images(subset, written, one_thread):
     shards = ShardSet.open(written["raw"])
-    loader = make_shard_loader(shards, "train", arch="small", resolution=32, batch_size=16, train=True, seed=3,
-                               channels_last=True)  # fmt: skip
+    loader = make_shard_loader(
+        shards, "train", arch="small", resolution=32, batch_size=16, train=True, seed=3, channels_last=True
+    )
     images, labels = next(iter(loader))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
     assert images.is_contiguous(memory_format=torch.channels_last)
-    positions, seeds = (keys[:16] for keys in loader.sampler.keys())
+    positions, seeds = (keys[:16] for keys in loader.sampler)
     order = np.argsort(shards.splits["train"].shard[positions], kind="stable")  # a raw batch is read by shard
     assert len(set(shards.splits["train"].shard[positions])) > 1
     positions, seeds = positions[order], torch.from_numpy(seeds[order])
@@ -206,9 +237,20 @@ def test_shard_batches_are_normalised_crops_of_the_stored_images(subset, written
         crop = crop.flip(-1) if mirror[i] else crop
         assert torch.allclose(images[i], normalise(crop, "imagenet"), atol=1e-5)
     assert torch.equal(labels, torch.from_numpy(shards.splits["train"].label[positions]))
-    threaded = make_shard_loader(shards, "train", arch="small", resolution=32, batch_size=16, train=True, seed=3,
-                                 channels_last=True, reader="thread")  # fmt: skip
-    assert threaded.loader is None and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(loader, threaded))
+    threaded = make_shard_loader(
+        shards,
+        "train",
+        arch="small",
+        resolution=32,
+        batch_size=16,
+        train=True,
+        seed=3,
+        channels_last=True,
+        reader="thread",
+    )
+    assert threaded.loader is None and all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(loader, threaded)
+    )
     val = make_shard_loader(shards, "val", arch="small", resolution=32, batch_size=100, train=False)
     assert len(val) == 3 and sum(len(y) for _, y in val) == 240  # every val image once, in order
 
@@ -230,7 +272,9 @@ def test_order_resume_ranks_workers_and_device_decode(subset, written, one_threa
     assert all(torch.equal(a[0], b[0]) for a, b in zip(whole, halves))
     with_worker = batches(epoch=2, workers=1)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(whole, with_worker))
-    rank0, rank1 = (make_shard_loader(shards, "train", rank=r, world_size=2, epoch=2, **kw).sampler.keys()[0] for r in (0, 1))
+    rank0, rank1 = (
+        make_shard_loader(shards, "train", rank=r, world_size=2, epoch=2, **kw).sampler.keys()[0] for r in (0, 1)
+    )
     assert len(rank0) == len(rank1) == 480 and not set(rank0) & set(rank1)
     loader = make_shard_loader(shards, "train", **kw)
     loader.set_epoch(2, 27)
@@ -276,9 +320,20 @@ def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world
 
     results = {}
     for pipeline in ("shards", "loader"):
-        settings = dict(subset=subset, source=source, recipe="world", iterations=70, batch_size=16, workers=0,
-                        device="cpu", register=False, seed=1, checkpoint_minutes=100, input_pipeline=pipeline,
-                        checkpoint_dir=str(tmp_path / pipeline))  # fmt: skip
+        settings = dict(
+            subset=subset,
+            source=source,
+            recipe="world",
+            iterations=70,
+            batch_size=16,
+            workers=0,
+            device="cpu",
+            register=False,
+            seed=1,
+            checkpoint_minutes=100,
+            input_pipeline=pipeline,
+            checkpoint_dir=str(tmp_path / pipeline),
+        )
         results[pipeline] = summary = run_pretrain(PretrainConfig(**settings))
         used = mlflow.get_run(summary["run_id"]).data.params["derived.input_pipeline"]
         assert used == ("loader" if pipeline == "loader" else f"shards:{first['folder']}")
@@ -291,10 +346,17 @@ def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world
 
 def test_the_pipeline_modules_import_without_mlflow_or_pandas():
     """The GPU benchmark runs where only torch, torchvision, numpy and pillow are installed."""
-    code = ("import sys, imagenet_transfer.shards, imagenet_transfer.shard_loader, imagenet_transfer.engine; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'pandas', 'rich', 'yaml', 'typer'}))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    code = (
+        "import sys, imagenet_transfer.shards, imagenet_transfer.shard_loader, imagenet_transfer.engine; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'pandas', 'rich', 'yaml', 'typer'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
     assert done.stdout.strip() == "[]"
 
 

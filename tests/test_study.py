@@ -10,25 +10,58 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-
 from conftest import REPO, cli
+
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.study import StudyConfig, create_study, run_study
 
 
 def settings(tiny_world, tmp_path, **changes):
-    base = dict(budget=240, n_trials=1, study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                objective=("sun397",), source=str(tiny_world / "imagenet"), recipe="smoke", iterations=2,
-                batch_size=8, workers=0, device="cpu", quick=True,
-                benchmark_settings=(f"sun397.data={tiny_world}", "sun397.partitions=1"))  # fmt: skip
+    base = dict(
+        budget=240,
+        n_trials=1,
+        study_name="tiny",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        objective=("sun397",),
+        source=str(tiny_world / "imagenet"),
+        recipe="smoke",
+        iterations=2,
+        batch_size=8,
+        workers=0,
+        device="cpu",
+        quick=True,
+        benchmark_settings=(f"sun397.data={tiny_world}", "sun397.partitions=1"),
+    )
     return StudyConfig(**{**base, **changes})
 
 
 def cli_args(config: StudyConfig) -> list[str]:
-    args = ["budget-study", "--budget", config.budget, "--n-trials", config.n_trials, "--study-name", config.study_name,
-            "--storage", config.storage, "--objective", ",".join(config.objective), "--source", config.source,
-            "--recipe", config.recipe, "--iterations", config.iterations, "--batch-size", config.batch_size,
-            "--workers", config.workers, "--device", config.device, "--quick"]  # fmt: skip
+    args = [
+        "budget-study",
+        "--budget",
+        config.budget,
+        "--n-trials",
+        config.n_trials,
+        "--study-name",
+        config.study_name,
+        "--storage",
+        config.storage,
+        "--objective",
+        ",".join(config.objective),
+        "--source",
+        config.source,
+        "--recipe",
+        config.recipe,
+        "--iterations",
+        config.iterations,
+        "--batch-size",
+        config.batch_size,
+        "--workers",
+        config.workers,
+        "--device",
+        config.device,
+        "--quick",
+    ]
     for item in config.benchmark_settings:
         args += ["--set", item]
     return [str(a) for a in args]
@@ -50,9 +83,13 @@ def test_validation_splits_are_carved_from_training_data_only(tiny_world):
 
     layout = find_sun397(tiny_world)
     classes = read_class_names(layout.partitions / "ClassName.txt")
-    part = sun397_cls.load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0.0,
-                                     evaluate_on="val", eval_fraction=0.25)  # fmt: skip
-    training, testing = set(read_partition(layout.partitions / "Training_01.txt")), set(read_partition(layout.partitions / "Testing_01.txt"))
+    part = sun397_cls.load_partition(
+        layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0.0, evaluate_on="val", eval_fraction=0.25
+    )
+    training, testing = (
+        set(read_partition(layout.partitions / "Training_01.txt")),
+        set(read_partition(layout.partitions / "Testing_01.txt")),
+    )
     assert set(part.frame["entry"]) <= training and not set(part.frame["entry"]) & testing
     roles = {role: set(part.part(role)["entry"]) for role in ("train", "val", "test")}
     assert all(roles.values()) and not (roles["train"] & roles["test"]) and not (roles["val"] & roles["test"])
@@ -64,7 +101,7 @@ def test_validation_splits_are_carved_from_training_data_only(tiny_world):
     test_ids = set(read_image_set(root / "ImageSets" / "Action" / "val.txt"))
     train_ids, scored_ids = {p.image_id for p in train}, {p.image_id for p in scored}
     assert scored_ids and not scored_ids & test_ids and not train_ids & test_ids and not train_ids & scored_ids
-    train_t, scored_t = voc12_action.scored_persons(root, voc12_action.Config.quick())
+    _train_t, scored_t = voc12_action.scored_persons(root, voc12_action.Config.quick())
     assert {p.image_id for p in scored_t} == test_ids  # the default still scores the benchmark's test split
 
 
@@ -74,8 +111,13 @@ def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_
     first = run_study(config)  # trial 0
     assert first["complete"] == 1 and first["test"]["sun397_acc"] >= 0
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    joined = subprocess.run([sys.executable, "-m", "imagenet_transfer.cli", *cli_args(settings(tiny_world, tmp_path, n_trials=2))],
-                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    joined = subprocess.run(
+        [sys.executable, "-m", "imagenet_transfer.cli", *cli_args(settings(tiny_world, tmp_path, n_trials=2))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "1 finished trial(s), running up to 1 more" in joined.stdout
 
@@ -117,7 +159,9 @@ def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_
     assert run.data.metrics["best_objective"] == pytest.approx(best.value)
     final = runs(study_role="final_test")
     assert set(final["tags.evaluate_on"]) == {"test"} and set(final["tags.mlflow.parentRunId"]) == {study_run}
-    assert run.data.metrics["test_sun397_acc"] == pytest.approx(final.sort_values("start_time")["metrics.sun397_acc"].iloc[-1])
+    assert run.data.metrics["test_sun397_acc"] == pytest.approx(
+        final.sort_values("start_time")["metrics.sun397_acc"].iloc[-1]
+    )
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=study_run, artifact_path="plots")}
     assert {"plots/optimization_history.png", "plots/num_classes_vs_objective.png"} <= artifacts
     assert nothing_running()
@@ -171,8 +215,10 @@ def test_a_journal_file_holds_a_study_that_workers_share(tiny_world, tmp_path, c
     config = settings(tiny_world, tmp_path, study_name="tiny-journal", storage=str(journal))
     assert cli(*cli_args(config), "--create-only") == 0 and journal.stat().st_size > 0
     assert cli(*cli_args(config), "--create-only") == 0  # a second worker loads it
-    study = optuna.load_study(study_name="tiny-journal", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))))  # fmt: skip
+    study = optuna.load_study(
+        study_name="tiny-journal",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+    )
     assert '"num_classes": [10, 40, true]' in study.user_attrs["search_space"]
     assert len(runs(stage="study", study_name="tiny-journal")) == 1  # one study run, resumed by the second
     assert cli(*cli_args(settings(tiny_world, tmp_path, storage=str(tmp_path / "study.db")))) == 2
@@ -186,17 +232,31 @@ def test_multi_objective_choice_and_plots(tmp_path):
     from imagenet_transfer.study import chosen_trial, log_plots
 
     study = optuna.create_study(directions=["maximize", "maximize"])
-    space = {"num_classes": IntDistribution(10, 40, log=True), "labels": CategoricalDistribution(["fine", "top-down-127"])}
-    for c, labels, values in [(10, "fine", (50, 10)), (20, "fine", (40, 30)), (40, "top-down-127", (10, 50)),
-                              (30, "top-down-127", (20, 20))]:  # fmt: skip
-        study.add_trial(optuna.create_trial(params={"num_classes": c, "labels": labels}, distributions=space, values=values))
+    space = {
+        "num_classes": IntDistribution(10, 40, log=True),
+        "labels": CategoricalDistribution(["fine", "top-down-127"]),
+    }
+    for c, labels, values in [
+        (10, "fine", (50, 10)),
+        (20, "fine", (40, 30)),
+        (40, "top-down-127", (10, 50)),
+        (30, "top-down-127", (20, 20)),
+    ]:
+        study.add_trial(
+            optuna.create_trial(params={"num_classes": c, "labels": labels}, distributions=space, values=values)
+        )
     assert chosen_trial(study).number == 1  # on the Pareto front, the best mean (35)
     config = StudyConfig(budget=240, objective=("voc12_action", "sun397"), labels=("fine", "top-down-127"))
     with tracking.start_run("study", run_name="plots") as run:
         log_plots(study, config)
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="plots")}
-    assert {"plots/optimization_history_0.png", "plots/optimization_history_1.png", "plots/num_classes_vs_objective_0.png",
-            "plots/param_importances_1.png", "plots/contour_0.png"} <= logged, logged
+    assert {
+        "plots/optimization_history_0.png",
+        "plots/optimization_history_1.png",
+        "plots/num_classes_vs_objective_0.png",
+        "plots/param_importances_1.png",
+        "plots/contour_0.png",
+    } <= logged, logged
 
 
 def test_the_mlproject_entry_point_splits_settings_and_drops_empty_values(tiny_world, tmp_path, capsys):
@@ -207,11 +267,29 @@ def test_the_mlproject_entry_point_splits_settings_and_drops_empty_values(tiny_w
     entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["budget_study"]
     assert {"budget", "n_trials", "study_name", "storage", "objective"} <= set(entry["parameters"])
     with pytest.raises(SystemExit) as exit_:  # MLproject-style arguments, empty ones dropped, --set split
-        run_entrypoint(["budget-study"], ["--budget", "5000", "--source", str(tiny_world / "imagenet"), "--min-classes", "",
-                                          "--set", f"sun397.data={tiny_world},sun397.partitions=1", "--quick", "true",
-                                          "--objective", "sun397", "--storage", f"sqlite:///{tmp_path / 'o.db'}"])  # fmt: skip
+        run_entrypoint(
+            ["budget-study"],
+            [
+                "--budget",
+                "5000",
+                "--source",
+                str(tiny_world / "imagenet"),
+                "--min-classes",
+                "",
+                "--set",
+                f"sun397.data={tiny_world},sun397.partitions=1",
+                "--quick",
+                "true",
+                "--objective",
+                "sun397",
+                "--storage",
+                f"sqlite:///{tmp_path / 'o.db'}",
+            ],
+        )
     assert exit_.value.code == 2 and "budget=5000 is larger than" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the second setting was split off: its bad value is seen
-        run_entrypoint(["budget-study"], ["--budget", "240", "--objective", "sun397",
-                                          "--set", f"sun397.data={tiny_world},sun397.partitions=one"])  # fmt: skip
+        run_entrypoint(
+            ["budget-study"],
+            ["--budget", "240", "--objective", "sun397", "--set", f"sun397.data={tiny_world},sun397.partitions=one"],
+        )
     assert "'one' is not a valid int" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-
 from conftest import REPO, cli
 
 
@@ -19,7 +18,10 @@ def runs(stage="subset"):
 
 def test_build_writes_the_folder_and_records_the_run(tmp_path, capsys):
     before = len(runs())
-    assert cli("subset", "build", "--preset", "e1-30", "--seed", "4", "--source", "builtin:demo", "--out", tmp_path / "s") == 0
+    assert (
+        cli("subset", "build", "--preset", "e1-30", "--seed", "4", "--source", "builtin:demo", "--out", tmp_path / "s")
+        == 0
+    )
     assert "1000 labels over 1000 classes, 30000 train" in capsys.readouterr().out
     after = runs()
     assert len(after) == before + 1
@@ -51,8 +53,11 @@ def test_bad_input_exits_2_without_a_run_or_files(tmp_path, capsys, args, messag
 
 
 def mlflow_run(tmp_path, *params):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MLFLOW_EXPERIMENT_NAME": "imagenet-transfer"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_EXPERIMENT_NAME": "imagenet-transfer",
+    }
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "subset", "--env-manager", "local"]
     command += [arg for p in params for arg in ("-P", p)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)

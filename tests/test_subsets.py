@@ -1,6 +1,5 @@
-import pydantic
-
 import pandas as pd
+import pydantic
 import pytest
 
 from imagenet_transfer.catalog import demo_catalog
@@ -90,7 +89,7 @@ def test_subsets_of_a_smaller_source_use_its_classes(catalog, tax):
     assert len(build_subset(few, preset("e3-10")).classes) < 10
 
 
-@pytest.mark.parametrize("name", PAPER_PRESETS + ["e5-budget-5000-classes-100", "e2-17"])
+@pytest.mark.parametrize("name", [*PAPER_PRESETS, "e5-budget-5000-classes-100", "e2-17"])
 def test_every_preset_round_trips_through_yaml(name):
     spec = preset(name)
     again = SubsetSpec.from_yaml(spec.to_yaml())
@@ -111,7 +110,10 @@ def test_spec_file(tmp_path):
         (lambda: SubsetSpec(budget=100, images_per_class=5, classes="random", num_classes=10), "contradict"),
         (lambda: SubsetSpec(classes="random"), "num_classes goes with classes: random"),
         (lambda: SubsetSpec(classes="half", split="random"), r"half \(one of a, b, ab\)"),
-        (lambda: SubsetSpec(classes="halves"), "classes = 'halves': expected 'all', 'pascal-removed', 'random' or 'half'"),
+        (
+            lambda: SubsetSpec(classes="halves"),
+            "classes = 'halves': expected 'all', 'pascal-removed', 'random' or 'half'",
+        ),
         (lambda: SubsetSpec(images_per_class=0), "images_per_class = 0: expected greater than or equal to 1"),
         (lambda: SubsetSpec(seed="1"), "seed = '1': expected a valid integer"),
         (lambda: SubsetSpec(num_classes=True, classes="random"), "num_classes = True: expected a valid integer"),
@@ -149,7 +151,13 @@ def test_unknown_wnid_in_the_catalog_is_named(catalog):
 def test_write_is_atomic_and_refuses_foreign_folders(catalog, tmp_path, monkeypatch):
     s = build_subset(catalog, preset("e1-40"))
     out = write_subset(s, tmp_path / "sub")
-    assert sorted(p.name for p in out.iterdir()) == ["classes.tsv", "counts.tsv", "manifest.parquet", "spec.yaml", "subset.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "classes.tsv",
+        "counts.tsv",
+        "manifest.parquet",
+        "spec.yaml",
+        "subset.json",
+    ]
     assert pd.read_parquet(out / "manifest.parquet").equals(s.manifest)
     write_subset(build_subset(catalog, preset("e1-45")), out)  # a subset folder is replaced whole
     assert (pd.read_parquet(out / "manifest.parquet")["split"] == "train").sum() == 45_000

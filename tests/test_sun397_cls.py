@@ -14,7 +14,6 @@ from imagenet_transfer.transfer.features import FeatureSlots, extract_features
 from imagenet_transfer.transfer.linear import fit_linear, mean_per_class_accuracy, select_l2, top1_accuracy
 from imagenet_transfer.transfer.sun397 import find_sun397, read_class_names
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -71,8 +70,10 @@ def test_evaluate_layers_chooses_on_validation_only():
     y = np.repeat(np.arange(3), 10)
     good = np.eye(3, dtype=np.float32)[y] * 4 + rng.normal(size=(30, 3)).astype(np.float32) * 0.3
     noise = rng.normal(size=(30, 3)).astype(np.float32)
-    data = {"fc7": {r: (noise, y) for r in ("train", "val", "test")},
-            "pool5": {"train": (good, y), "val": (good, y), "test": (noise, y)}}  # best on val, useless on test
+    data = {
+        "fc7": dict.fromkeys(("train", "val", "test"), (noise, y)),
+        "pool5": {"train": (good, y), "val": (good, y), "test": (noise, y)},
+    }  # best on val, useless on test
     table = sun397_cls.evaluate_layers(data, num_classes=3, l2_grid=(1e-2,), max_iter=50)
     chosen = table[table["chosen"]]
     assert chosen["layer"].tolist() == ["pool5"] and chosen["val_acc"].iloc[0] == 100.0
@@ -135,8 +136,14 @@ def test_linear_protocol_end_to_end(net, tiny_world):
     result = sun397_cls.run(net, {"uri": "test"}, config, progress=False)
     m = result.metrics
     assert m["sun397_partitions"] == 2 and m["sun397_classes"] == 6 and m["sun397_test_images"] == 30
-    for name in ("sun397_acc", "sun397_acc_std", "sun397_val_acc", "sun397_acc_pool5", "sun397_acc_fc6",
-                 "sun397_acc_fc7"):
+    for name in (
+        "sun397_acc",
+        "sun397_acc_std",
+        "sun397_val_acc",
+        "sun397_acc_pool5",
+        "sun397_acc_fc6",
+        "sun397_acc_fc7",
+    ):
         assert 0 <= m[name] <= 100, name
     table = result.tables["sun397_linear.csv"]
     assert len(table) == 6 and table.groupby("partition")["chosen"].sum().tolist() == [1, 1]

@@ -1,6 +1,6 @@
 """The synthetic world: layout, manifest, caching, determinism, inherited appearance, bad input.
 
-    .venv/bin/python -m pytest tests/test_synthetic.py -q      # ~20 s on 2 cores (3 tiny worlds)
+.venv/bin/python -m pytest tests/test_synthetic.py -q      # ~20 s on 2 cores (3 tiny worlds)
 """
 
 import hashlib
@@ -57,8 +57,14 @@ def tree_hash(root: Path) -> str:
 
 def small(xs: np.ndarray, side: int = 8) -> np.ndarray:
     """Down-sampled pixels, each image standardised: a crude layout/shape feature."""
-    feats = np.stack([np.asarray(Image.fromarray((x * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR),
-                                 dtype=np.float32).ravel() for x in xs])  # fmt: skip
+    feats = np.stack(
+        [
+            np.asarray(
+                Image.fromarray((x * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR), dtype=np.float32
+            ).ravel()
+            for x in xs
+        ]
+    )
     return (feats - feats.mean(1, keepdims=True)) / (feats.std(1, keepdims=True) + 1e-6)
 
 
@@ -179,7 +185,7 @@ def test_damaged_worlds_are_detected(world, tmp_path):
 # -- appearance --------------------------------------------------------------------------------------------
 def test_traits_are_inherited_down_the_tree():
     tax = load_taxonomy()
-    traits = traits_for(tax.classes + [PASCAL_SYNSETS["cow"]], seed=0)
+    traits = traits_for([*tax.classes, PASCAL_SYNSETS["cow"]], seed=0)
     dogs = tax.pascal_overlap()["dog"]
     assert len({traits[w].family for w in dogs}) == 1  # decided by an ancestor of all dogs
     hues = np.array([traits[w].hue for w in dogs])
@@ -228,13 +234,16 @@ def test_fine_classes_are_separable_by_shape_but_not_by_colour(pixels):
 
 
 # -- bad input -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(size="huge"), "tiny, default, large"),
-    (dict(resolution=8), "from 24 to 512"),
-    (dict(resolution=5000), "from 24 to 512"),
-    (dict(partitions=0), "from 1 to 10"),
-    (dict(seed=-1), "integer >= 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(size="huge"), "tiny, default, large"),
+        (dict(resolution=8), "from 24 to 512"),
+        (dict(resolution=5000), "from 24 to 512"),
+        (dict(partitions=0), "from 1 to 10"),
+        (dict(seed=-1), "integer >= 0"),
+    ],
+)
 def test_bad_options_are_refused(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
         generate(tmp_path / "w", progress=False, **{"size": "tiny", **kwargs})

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, cli, realdata
+
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.taxonomy import PASCAL_SYNSETS, load_taxonomy
 
@@ -116,6 +116,7 @@ def test_committed_table_matches_the_generator(tmp_path):
     out = tmp_path / "table.tsv"
     subprocess.run(
         [sys.executable, str(REPO / "scripts/build_taxonomy.py"), "--synset-words", str(words), "--out", str(out)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     assert out.read_text() == wordnet.read_text()

@@ -9,10 +9,12 @@ from imagenet_transfer import tracking
 def test_runs_inside_nested_under_are_children_with_the_drivers_tags():
     with tracking.start_run("study", run_name="driver") as driver:
         driver_id = driver.info.run_id
-    with tracking.nested_under(driver_id, {"trial": "3"}):
-        with tracking.nested_under(None, {"experiment": "E1"}):
-            with tracking.start_run("pretrain", tags={"arch": "small"}) as child:
-                child_id = child.info.run_id
+    with (
+        tracking.nested_under(driver_id, {"trial": "3"}),
+        tracking.nested_under(None, {"experiment": "E1"}),
+        tracking.start_run("pretrain", tags={"arch": "small"}) as child,
+    ):
+        child_id = child.info.run_id
     with tracking.start_run("transfer") as outside:
         outside_id = outside.info.run_id
     tags = mlflow.get_run(child_id).data.tags
@@ -34,7 +36,6 @@ def test_a_run_started_inside_an_active_run_is_its_child_and_both_end():
 
 
 def test_a_failing_stage_ends_its_run_failed():
-    with pytest.raises(RuntimeError):
-        with tracking.start_run("pretrain") as run:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), tracking.start_run("pretrain") as run:
+        raise RuntimeError("boom")
     assert mlflow.get_run(run.info.run_id).info.status == "FAILED"

@@ -82,8 +82,11 @@ def test_duplicates_misses_and_false_positives():
 def test_difficult_objects_are_ignored():
     # as above, plus image "c" with a difficult cat that a top-scoring detection finds (ignored: neither TP nor FP,
     # not counted in npos) and a difficult cat nobody finds (no effect). AP stays 0.5.
-    ev = evaluator(a=[(box(1, 1), "cat", False), (box(21, 21), "cat", False)], b=[(box(1, 1), "cat", False)],
-                   c=[(box(1, 1), "cat", True), (box(30, 30), "cat", True)])
+    ev = evaluator(
+        a=[(box(1, 1), "cat", False), (box(21, 21), "cat", False)],
+        b=[(box(1, 1), "cat", False)],
+        c=[(box(1, 1), "cat", True), (box(30, 30), "cat", True)],
+    )
     det(ev, "a", (box(1, 1), 0.9, "cat"), (box(2, 1), 0.8, "cat"))
     det(ev, "b", (box(50, 50), 0.7, "cat"), (box(1, 1), 0.6, "cat"))
     det(ev, "c", (box(1, 1), 0.95, "cat"), (box(1, 1), 0.94, "cat"))  # a difficult object may be hit repeatedly

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import REPO, cli
+
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.runner import make_config, run_benchmark
 
@@ -36,17 +36,33 @@ def test_settings_are_parsed_by_the_config_field_types():
         make_config("imagenet")
 
 
-@pytest.mark.parametrize("setting, expected", [
-    ("epochz=3", "--set 'epochz=3': expected KEY=VALUE with KEY one of: data, context, margin"),
-    ("loss=hinge", "--set loss=hinge: expected 'softmax' or 'bce'"),
-    ("evaluate_on=train", "--set evaluate_on=train: expected 'test' or 'val'"),
-    ("holdout=0.7", "--set holdout=0.7: expected less than 0.5"),
-    ("epochs=0", "--set epochs=0: expected greater than or equal to 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("epochz=3", "--set 'epochz=3': expected KEY=VALUE with KEY one of: data, context, margin"),
+        ("loss=hinge", "--set loss=hinge: expected 'softmax' or 'bce'"),
+        ("evaluate_on=train", "--set evaluate_on=train: expected 'test' or 'val'"),
+        ("holdout=0.7", "--set holdout=0.7: expected less than 0.5"),
+        ("epochs=0", "--set epochs=0: expected greater than or equal to 1"),
+    ],
+)
 def test_a_bad_setting_exits_2_naming_the_field_and_the_allowed_values(setting, expected, capsys):
     before = len(mlflow.search_runs(search_all_experiments=True))
-    assert cli("transfer", "run", "voc12_action", "--backbone", "random:small@32", "--quick", "--set", setting,
-               "--device", "cpu") == 2  # fmt: skip
+    assert (
+        cli(
+            "transfer",
+            "run",
+            "voc12_action",
+            "--backbone",
+            "random:small@32",
+            "--quick",
+            "--set",
+            setting,
+            "--device",
+            "cpu",
+        )
+        == 2
+    )
     assert expected in capsys.readouterr().err.replace("\n", "")
     assert len(mlflow.search_runs(search_all_experiments=True)) == before
 
@@ -55,16 +71,35 @@ def test_a_comma_separated_setting_is_a_tuple(monkeypatch):
     import imagenet_transfer.transfer.runner as runner
 
     seen = {}
-    monkeypatch.setattr(runner, "run_benchmark", lambda name, backbone, config, device: seen.update(config=config) or {})
-    assert cli("transfer", "run", "sun397", "--backbone", "random:small@32", "--quick", "--set", "partitions=1,2",
-               "--set", "protocol=finetune", "--device", "cpu") == 0  # fmt: skip
+    monkeypatch.setattr(
+        runner, "run_benchmark", lambda name, backbone, config, device: seen.update(config=config) or {}
+    )
+    assert (
+        cli(
+            "transfer",
+            "run",
+            "sun397",
+            "--backbone",
+            "random:small@32",
+            "--quick",
+            "--set",
+            "partitions=1,2",
+            "--set",
+            "protocol=finetune",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     assert seen["config"].partitions == (1, 2) and seen["config"].protocol == "finetune"
 
 
 def test_a_transfer_run_is_tagged_with_its_backbone_and_logs_results(tiny_world):
     config = make_config("voc12_action", [f"data={tiny_world}"], quick=True)
     metrics = run_benchmark("voc12_action", "random:small@32", config, device="cpu")
-    (run_id,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.benchmark = 'voc12_action'")["run_id"]
+    (run_id,) = mlflow.search_runs(search_all_experiments=True, filter_string="tags.benchmark = 'voc12_action'")[
+        "run_id"
+    ]
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "transfer"
     assert run.data.tags["backbone"] == "random:small@32" and run.data.tags["subset_name"] == "none"
@@ -77,12 +112,23 @@ def test_a_transfer_run_is_tagged_with_its_backbone_and_logs_results(tiny_world)
 def test_a_registered_backbone_links_its_model_version_and_subset(tiny_world, tmp_path):
     from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
 
-    summary = run_pretrain(PretrainConfig(source=str(tiny_world / "imagenet"), recipe="smoke", iterations=2,
-                                          batch_size=8, workers=0, device="cpu", model_name="small-tiny",
-                                          checkpoint_dir=str(tmp_path / "ckpt")))  # fmt: skip
+    summary = run_pretrain(
+        PretrainConfig(
+            source=str(tiny_world / "imagenet"),
+            recipe="smoke",
+            iterations=2,
+            batch_size=8,
+            workers=0,
+            device="cpu",
+            model_name="small-tiny",
+            checkpoint_dir=str(tmp_path / "ckpt"),
+        )
+    )
     config = make_config("probe", [f"data={tiny_world / 'imagenet'}"], quick=True)
     run_benchmark("probe", "models:/small-tiny@current", config, device="cpu")
-    run = mlflow.get_run(mlflow.search_runs(search_all_experiments=True, filter_string="tags.benchmark = 'probe'")["run_id"][0])
+    run = mlflow.get_run(
+        mlflow.search_runs(search_all_experiments=True, filter_string="tags.benchmark = 'probe'")["run_id"][0]
+    )
     pretrain_run = mlflow.get_run(summary["run_id"])
     assert run.data.tags["model_name"] == "small-tiny" and run.data.tags["model_version"] == summary["model_version"]
     assert run.data.tags["subset_digest"] == pretrain_run.data.tags["subset_digest"]
@@ -102,18 +148,51 @@ def test_bad_input_exits_2_before_any_run(tiny_world, capsys):
 @pytest.mark.parametrize("benchmark", ["voc07_det", "voc12_action", "sun397", "probe"])
 def test_bad_data_exits_2_before_any_run(benchmark, tmp_path, capsys):
     before = len(mlflow.search_runs(search_all_experiments=True))
-    assert cli("transfer", "run", benchmark, "--backbone", "random:small@32", "--quick",
-               "--set", f"data={tmp_path}", "--device", "cpu") == 2  # fmt: skip
+    assert (
+        cli(
+            "transfer",
+            "run",
+            benchmark,
+            "--backbone",
+            "random:small@32",
+            "--quick",
+            "--set",
+            f"data={tmp_path}",
+            "--device",
+            "cpu",
+        )
+        == 2
+    )
     assert str(tmp_path) in capsys.readouterr().err
     assert len(mlflow.search_runs(search_all_experiments=True)) == before
 
 
 def test_mlproject_transfer_entry_point(tiny_world, tmp_path):
     started = int(time.time() * 1000)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MLFLOW_EXPERIMENT_NAME": "imagenet-transfer"}
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "probe", "--env-manager", "local",
-               "-P", "backbone=random:small@32", "-P", "quick=true", "-P", f"set=data={tiny_world / 'imagenet'},k=3",
-               "-P", "device=cpu"]  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_EXPERIMENT_NAME": "imagenet-transfer",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-e",
+        "probe",
+        "--env-manager",
+        "local",
+        "-P",
+        "backbone=random:small@32",
+        "-P",
+        "quick=true",
+        "-P",
+        f"set=data={tiny_world / 'imagenet'},k=3",
+        "-P",
+        "device=cpu",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     recent = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.start_time >= {started}")

@@ -4,6 +4,7 @@ run on the tiny world with `Config.quick()`.
     .venv/bin/python -m pytest tests/test_voc07_det.py -q      # ~20 s on 2 cores
 """
 
+import itertools
 import math
 import re
 import shutil
@@ -12,16 +13,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import realdata
 from torchvision.ops import MultiScaleRoIAlign
 
-from conftest import realdata
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import resolve_backbone
 from imagenet_transfer.transfer.voc import VOC_CLASSES
 from imagenet_transfer.transfer.voc07_det import (
-    Config, RoIPool, Sample, _Images, anchor_sizes_for, build_detector, find_voc2007, input_scale, load_split, run,
-    to_voc_boxes, training_target,
-)  # fmt: skip
+    Config,
+    RoIPool,
+    Sample,
+    _Images,
+    anchor_sizes_for,
+    build_detector,
+    find_voc2007,
+    input_scale,
+    load_split,
+    run,
+    to_voc_boxes,
+    training_target,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +67,15 @@ def test_real_voc2007_list_and_annotation(tmp_path):
 
 # -- pieces --------------------------------------------------------------------------------------------------
 def test_targets_drop_difficult_and_boxes_round_trip():
-    s = Sample("x", Path("x.jpg"), 160, 128, np.array([[1, 1, 10, 20], [5, 5, 8, 8]], float), np.array([3, 4]),
-               np.array([False, True]))  # fmt: skip
+    s = Sample(
+        "x",
+        Path("x.jpg"),
+        160,
+        128,
+        np.array([[1, 1, 10, 20], [5, 5, 8, 8]], float),
+        np.array([3, 4]),
+        np.array([False, True]),
+    )
     target = training_target(s)
     assert target["boxes"].tolist() == [[0, 0, 10, 20]] and target["labels"].tolist() == [4]  # difficult left out
     assert to_voc_boxes(target["boxes"]).tolist() == [[1, 1, 10, 20]]
@@ -66,14 +84,17 @@ def test_targets_drop_difficult_and_boxes_round_trip():
 def test_input_scale_and_anchors_follow_the_data():
     rng = np.random.default_rng(0)
     sides = rng.uniform(8, 64, 200)
-    samples = [Sample(str(i), Path("x"), 160, 128, np.array([[1, 1, s, s]]), np.array([0]), np.array([False]))
-               for i, s in enumerate(sides)]  # fmt: skip
+    samples = [
+        Sample(str(i), Path("x"), 160, 128, np.array([[1, 1, s, s]]), np.array([0]), np.array([False]))
+        for i, s in enumerate(sides)
+    ]
     assert input_scale(samples, Config()) == (128, 213)  # small scenes: their own scale
     assert input_scale(samples, Config(min_size=256)) == (256, 427)
     anchors = anchor_sizes_for(samples, 128, 213)
     lo, hi = np.percentile(sides, [5, 95])
     assert anchors[0] == pytest.approx(lo, abs=0.1) and anchors[-1] == pytest.approx(hi, abs=0.1)
-    assert all(b / a <= 2.0 + 1e-6 for a, b in zip(anchors, anchors[1:])) and len(anchors) == 4  # 10 → 60: 2.6 octaves
+    # 10 → 60: 2.6 octaves
+    assert all(b / a <= 2.0 + 1e-6 for a, b in itertools.pairwise(anchors)) and len(anchors) == 4
 
 
 def test_box_head_starts_from_the_backbones_fc6_fc7():
@@ -119,28 +140,35 @@ def test_bad_input_is_a_user_error(voc_copy, tmp_path):
         load_split(voc_copy, "val2")
     test_ids = (voc_copy / "ImageSets" / "Main" / "test.txt").read_text().split()
     (voc_copy / "Annotations" / f"{test_ids[0]}.xml").rename(voc_copy / "gone.xml")
-    with pytest.raises(UserError, match=rf"1 of the {len(test_ids)} annotations of 'test' are missing, e.g. {test_ids[0]}.xml"):
+    with pytest.raises(
+        UserError, match=rf"1 of the {len(test_ids)} annotations of 'test' are missing, e.g. {test_ids[0]}.xml"
+    ):
         load_split(voc_copy, "test")
     (voc_copy / "gone.xml").rename(voc_copy / "Annotations" / f"{test_ids[0]}.xml")
     (voc_copy / "JPEGImages" / f"{test_ids[1]}.jpg").unlink()
-    with pytest.raises(UserError, match=rf"1 of the {len(test_ids)} images of 'test' are missing, e.g. {test_ids[1]}.jpg"):
+    with pytest.raises(
+        UserError, match=rf"1 of the {len(test_ids)} images of 'test' are missing, e.g. {test_ids[1]}.jpg"
+    ):
         load_split(voc_copy, "test")
     (voc_copy / "ImageSets" / "Main" / "dup.txt").write_text(f"{test_ids[2]}\n{test_ids[2]}\n")
     with pytest.raises(UserError, match="listed more than once"):
         load_split(voc_copy, "dup")
 
 
-@pytest.mark.parametrize("bad, expected", [
-    (dict(iterations=-1), "iterations = -1: expected greater than or equal to 0"),
-    (dict(batch_size="4"), "batch_size = '4': expected a valid integer"),
-    (dict(batch_size=0), "batch_size = 0: expected greater than or equal to 1"),
-    (dict(anchor_sizes=(0.0,)), "anchor_sizes.0 = 0.0: expected greater than 0"),
-    (dict(aspect_ratios=()), "aspect_ratios = (): Tuple should have at least 1 item"),
-    (dict(flip=1), "flip = 1: expected a valid boolean"),
-    (dict(lr_drop=1.5), "lr_drop = 1.5: expected less than or equal to 1"),
-    (dict(roi_pool="avg"), "roi_pool = 'avg': expected 'max' or 'align'"),
-    (dict(anchor_size=(8.0,)), "unknown key 'anchor_size'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (dict(iterations=-1), "iterations = -1: expected greater than or equal to 0"),
+        (dict(batch_size="4"), "batch_size = '4': expected a valid integer"),
+        (dict(batch_size=0), "batch_size = 0: expected greater than or equal to 1"),
+        (dict(anchor_sizes=(0.0,)), "anchor_sizes.0 = 0.0: expected greater than 0"),
+        (dict(aspect_ratios=()), "aspect_ratios = (): Tuple should have at least 1 item"),
+        (dict(flip=1), "flip = 1: expected a valid boolean"),
+        (dict(lr_drop=1.5), "lr_drop = 1.5: expected less than or equal to 1"),
+        (dict(roi_pool="avg"), "roi_pool = 'avg': expected 'max' or 'align'"),
+        (dict(anchor_size=(8.0,)), "unknown key 'anchor_size'"),
+    ],
+)
 def test_bad_config_is_a_user_error_naming_the_field_and_what_was_expected(bad, expected):
     with pytest.raises(UserError, match=re.escape(expected)):
         Config(**bad)
@@ -153,8 +181,15 @@ def test_run_on_the_tiny_world(tiny_world, tmp_path):
     root = tiny_world / "VOCdevkit" / "VOC2007"
     result = run(net, info, Config.quick(data=str(root)), device="cpu", progress=False)
     m = result.metrics
-    expected = {"voc07_map", "voc07_coco_ap", "voc07_coco_ap50", "voc07_coco_ap75", "train_images", "test_images",
-                *(f"voc07_ap_{c}" for c in VOC_CLASSES)}  # fmt: skip
+    expected = {
+        "voc07_map",
+        "voc07_coco_ap",
+        "voc07_coco_ap50",
+        "voc07_coco_ap75",
+        "train_images",
+        "test_images",
+        *(f"voc07_ap_{c}" for c in VOC_CLASSES),
+    }
     assert set(m) == expected
     test = load_split(root, "test")
     assert (m["train_images"], m["test_images"]) == (len(load_split(root, "trainval")), len(test))

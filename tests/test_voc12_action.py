@@ -12,15 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import realdata
+
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import resolve_backbone
 from imagenet_transfer.transfer.voc import VOC_ACTIONS, read_annotation, read_image_set
 from imagenet_transfer.transfer.voc12_action import (
-    Config, PersonCrops, action_aps, average_precision, mean_ap, person_window, read_persons, run, voc2012_root,
-)  # fmt: skip
-
+    Config,
+    PersonCrops,
+    action_aps,
+    average_precision,
+    mean_ap,
+    person_window,
+    read_persons,
+    run,
+    voc2012_root,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,17 +38,20 @@ def voc12(tiny_world) -> Path:
 
 
 # -- the metric ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("scores", "labels", "expected"), [
-    ([0.9, 0.8, 0.7, 0.6], [1, 1, 0, 0], 1.0),            # perfect ranking
-    ([0.9, 0.8, 0.7, 0.6], [0, 0, 1, 1], 0.5),            # worst: P 1/3 at R .5 lifted to 2/4, 2/4 at R 1
-    ([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0], 0.5 * 1 + 0.5 * 2 / 3),      # P 1, 1/2, 2/3 → monotone: 1 then 2/3
-    ([0.9, 0.8, 0.7], [0, 1, 1], 2 / 3),                  # P 0, 1/2, 2/3 made monotone: 2/3 everywhere
-    ([0.5, 0.5, 0.1], [1, 0, 1], 0.5 * 2 / 3 + 0.5 * 2 / 3),  # tie = one threshold: P 1/2 at R .5, lifted to 2/3
-    ([0.5, 0.5, 0.1], [0, 1, 1], 2 / 3),                  # the same multiset in another order: same AP
-    ([0.3, 0.2], [1, 1], 1.0),                            # all positive
-    ([0.7, 0.7, 0.7, 0.7], [1, 0, 0, 0], 0.25),           # everything tied: precision = base rate
-    ([0.9, 0.8, 0.7, 0.6, 0.5], [1, -1, -1, 1, -1], 0.5 + 0.5 * 2 / 4),  # -1 counts as negative
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("scores", "labels", "expected"),
+    [
+        ([0.9, 0.8, 0.7, 0.6], [1, 1, 0, 0], 1.0),  # perfect ranking
+        ([0.9, 0.8, 0.7, 0.6], [0, 0, 1, 1], 0.5),  # worst: P 1/3 at R .5 lifted to 2/4, 2/4 at R 1
+        ([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0], 0.5 * 1 + 0.5 * 2 / 3),  # P 1, 1/2, 2/3 → monotone: 1 then 2/3
+        ([0.9, 0.8, 0.7], [0, 1, 1], 2 / 3),  # P 0, 1/2, 2/3 made monotone: 2/3 everywhere
+        ([0.5, 0.5, 0.1], [1, 0, 1], 0.5 * 2 / 3 + 0.5 * 2 / 3),  # tie = one threshold: P 1/2 at R .5, lifted to 2/3
+        ([0.5, 0.5, 0.1], [0, 1, 1], 2 / 3),  # the same multiset in another order: same AP
+        ([0.3, 0.2], [1, 1], 1.0),  # all positive
+        ([0.7, 0.7, 0.7, 0.7], [1, 0, 0, 0], 0.25),  # everything tied: precision = base rate
+        ([0.9, 0.8, 0.7, 0.6, 0.5], [1, -1, -1, 1, -1], 0.5 + 0.5 * 2 / 4),  # -1 counts as negative
+    ],
+)
 def test_average_precision_hand_cases(scores, labels, expected):
     assert average_precision(scores, labels) == pytest.approx(expected)
     perm = np.random.default_rng(0).permutation(len(scores))  # a pure function of the (score, label) pairs
@@ -134,7 +144,7 @@ def test_real_voc2012_person_boxes_crop_inside_the_image():
             image = decode(str(folder / "JPEGImages" / ann.filename))
             assert image.shape[1:] == (ann.height, ann.width)
             top, left, h, w = person_window(o.box, ann.width, ann.height, 0.1)
-            assert 0 <= top and 0 <= left and top + h <= ann.height and left + w <= ann.width  # inside the image
+            assert top >= 0 and left >= 0 and top + h <= ann.height and left + w <= ann.width  # inside the image
             assert top <= o.ymin - 1 and left <= o.xmin - 1 and top + h >= o.ymax and left + w >= o.xmax  # holds box
             crop = image[:, top : top + h, left : left + w]
             assert crop.shape == (3, h, w) and crop.float().std() > 0
@@ -144,8 +154,11 @@ def test_real_voc2012_person_boxes_crop_inside_the_image():
 
 def test_real_voc2012_without_actions_is_refused(tmp_path):
     folder = realdata("voc2012", "VOCdevkit", "VOC2012")
-    ids = [p.stem for p in sorted((folder / "Annotations").glob("*.xml"))
-           if any(o.name == "person" for o in read_annotation(p).objects)][:3]
+    ids = [
+        p.stem
+        for p in sorted((folder / "Annotations").glob("*.xml"))
+        if any(o.name == "person" for o in read_annotation(p).objects)
+    ][:3]
     root = tmp_path / "VOC2012"
     (root / "ImageSets" / "Action").mkdir(parents=True)
     (root / "Annotations").symlink_to(folder / "Annotations")
@@ -244,5 +257,4 @@ def test_bad_config(voc12):
         Config(context=1)
     assert Config(lr=1).lr == 1.0 and Config.quick(loss="bce").replace(epochs=3).to_dict()["loss"] == "bce"
     with pytest.raises(UserError, match="cannot fill one batch"):
-        run(*resolve_backbone("random:small@32"), Config.quick(data=str(voc12), batch_size=10_000),
-            progress=False)
+        run(*resolve_backbone("random:small@32"), Config.quick(data=str(voc12), batch_size=10_000), progress=False)

@@ -110,7 +110,9 @@ def scan(root: Path) -> pd.DataFrame:
         return _frame(pd.concat(frames, ignore_index=True))
     flat = _scan_flat(root)
     if flat.empty:
-        raise UserError(f"source {root} is not in a known layout: no train/ folder and no <wnid>_*.JPEG files; {LAYOUT_HELP}")
+        raise UserError(
+            f"source {root} is not in a known layout: no train/ folder and no <wnid>_*.JPEG files; {LAYOUT_HELP}"
+        )
     return flat
 
 
@@ -119,10 +121,14 @@ def read_catalog(path: Path) -> pd.DataFrame:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
-        raise UserError(f"catalog {path} cannot be read as Parquet ({err}); expected a .parquet file with columns path, wnid") from None
+        raise UserError(
+            f"catalog {path} cannot be read as Parquet ({err}); expected a .parquet file with columns path, wnid"
+        ) from None
     missing = [c for c in ("path", "wnid") if c not in table.column_names]
     if missing:
-        raise UserError(f"catalog {path} lacks column(s) {', '.join(missing)}; expected at least path, wnid (and optionally split)")
+        raise UserError(
+            f"catalog {path} lacks column(s) {', '.join(missing)}; expected at least path, wnid (and optionally split)"
+        )
     frame = table.to_pandas()
     if "split" not in frame:
         frame["split"] = "train"
@@ -139,7 +145,9 @@ def write_catalog(catalog: pd.DataFrame, path: Path, metadata: dict | None = Non
     """Write atomically (temporary file + rename), with `metadata` in the Parquet schema."""
     table = pa.Table.from_pandas(_frame(catalog), preserve_index=False)
     if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"imagenet_transfer": json.dumps(metadata).encode()})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), b"imagenet_transfer": json.dumps(metadata).encode()}
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -234,7 +242,9 @@ def _scan_val(root: Path) -> pd.DataFrame:
     for name in images:
         match = VAL_NUMBER.search(name)
         if not match or not 1 <= int(match[1]) <= len(truth):
-            raise UserError(f"{val / name}: expected ILSVRC2012_val_NNNNNNNN.JPEG with N in 1..{len(truth)} (devkit ground truth)")
+            raise UserError(
+                f"{val / name}: expected ILSVRC2012_val_NNNNNNNN.JPEG with N in 1..{len(truth)} (devkit ground truth)"
+            )
         paths.append(str(val / name))
         wnids.append(truth[int(match[1]) - 1])
     return pd.DataFrame({"path": paths, "wnid": wnids, "split": "val"})
@@ -257,7 +267,9 @@ def _devkit_hashes(root: Path) -> dict[str, str]:
     try:
         contents = {(folder / f).relative_to(root).as_posix(): (folder / f).read_bytes() for f in DEVKIT_FILES}
     except OSError as err:
-        raise UserError(f"devkit files in {folder} cannot be read ({err}); expected readable {' and '.join(DEVKIT_FILES)}") from None
+        raise UserError(
+            f"devkit files in {folder} cannot be read ({err}); expected readable {' and '.join(DEVKIT_FILES)}"
+        ) from None
     return {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
 
 
@@ -384,7 +396,9 @@ def _file_digest(path: Path) -> str:
             while block := f.read(1 << 20):
                 h.update(block)
     except OSError as err:
-        raise UserError(f"catalog {path} cannot be read ({err.strerror or err}); expected a .parquet file with columns path, wnid") from None
+        raise UserError(
+            f"catalog {path} cannot be read ({err.strerror or err}); expected a .parquet file with columns path, wnid"
+        ) from None
     return h.hexdigest()[:DIGEST_CHARS]
 
 

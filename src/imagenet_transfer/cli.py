@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,7 +24,9 @@ subset_app = typer.Typer(no_args_is_help=True, help="Build pre-training subsets 
 app.add_typer(taxonomy_app, name="taxonomy")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(subset_app, name="subset")
-transfer_app = typer.Typer(no_args_is_help=True, help="Transfer benchmarks of a backbone (PASCAL-DET, PASCAL-ACT-CLS, SUN-CLS, E4 probes).")
+transfer_app = typer.Typer(
+    no_args_is_help=True, help="Transfer benchmarks of a backbone (PASCAL-DET, PASCAL-ACT-CLS, SUN-CLS, E4 probes)."
+)
 app.add_typer(transfer_app, name="transfer")
 
 Method = Annotated[str, typer.Option(help="bottom-up (E2) or top-down (E3)")]
@@ -41,7 +43,9 @@ def taxonomy_levels(method: Method = "bottom-up") -> None:
 
 
 @taxonomy_app.command("labels")
-def taxonomy_labels(method: Method = "bottom-up", classes: Annotated[int, typer.Option(help="K, see `levels`")] = 127) -> None:
+def taxonomy_labels(
+    method: Method = "bottom-up", classes: Annotated[int, typer.Option(help="K, see `levels`")] = 127
+) -> None:
     """Print `fine_wnid<TAB>label_wnid<TAB>label_name` for every ILSVRC class, sorted by wnid."""
     from imagenet_transfer.taxonomy import load_taxonomy
 
@@ -76,7 +80,7 @@ def taxonomy_split(
 @catalog_app.command("scan")
 def catalog_scan(
     source: Annotated[Path, typer.Argument(help="source folder (ImageNet layout or flat <wnid>_*.JPEG)")],
-    out: Annotated[Optional[Path], typer.Option(help="also write the catalog to this .parquet")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the catalog to this .parquet")] = None,
     refresh: Annotated[bool, typer.Option(help="re-scan even when the cached catalog is current")] = False,
 ) -> None:
     """Scan SOURCE once (cached; re-scanned only when it changed) and print images per split."""
@@ -91,12 +95,14 @@ def catalog_scan(
 # -- subset ---------------------------------------------------------------------------------------
 @subset_app.command("build")
 def subset_build(
-    preset: Annotated[Optional[str], typer.Option(help="preset name, see `subset presets` (default: full)")] = None,
-    spec: Annotated[Optional[Path], typer.Option(help="YAML subset spec (instead of --preset)")] = None,
-    catalog: Annotated[Optional[Path], typer.Option(help="catalog .parquet with columns path, wnid[, split]")] = None,
-    source: Annotated[Optional[str], typer.Option(help="source folder to scan, or builtin:demo (default: the embedded world)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default: in the cache, by digest)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="override the spec's seed")] = None,
+    preset: Annotated[str | None, typer.Option(help="preset name, see `subset presets` (default: full)")] = None,
+    spec: Annotated[Path | None, typer.Option(help="YAML subset spec (instead of --preset)")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="catalog .parquet with columns path, wnid[, split]")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="source folder to scan, or builtin:demo (default: the embedded world)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: in the cache, by digest)")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
 ) -> None:
     """Write a subset (manifest.parquet, classes.tsv, counts.tsv, spec.yaml) and log it to MLflow."""
     from imagenet_transfer.subsets import load_spec, make_subset
@@ -110,8 +116,10 @@ def subset_build(
         source = default_source()
     subset, folder, _ = make_subset(subset_spec, catalog or source, out)
     summary = subset.summary()
-    print(f"subset {summary['name']} ({summary['digest']}): {summary['num_labels']} labels over "
-          f"{summary['num_fine_classes']} classes, {summary['train_images']} train / {summary['val_images']} val images")
+    print(
+        f"subset {summary['name']} ({summary['digest']}): {summary['num_labels']} labels over "
+        f"{summary['num_fine_classes']} classes, {summary['train_images']} train / {summary['val_images']} val images"
+    )
     print(folder)
 
 
@@ -127,9 +135,9 @@ def subset_presets() -> None:
 
 @subset_app.command("show")
 def subset_show(
-    preset: Annotated[Optional[str], typer.Option(help="preset name")] = None,
-    spec: Annotated[Optional[Path], typer.Option(help="YAML subset spec")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="override the spec's seed")] = None,
+    preset: Annotated[str | None, typer.Option(help="preset name")] = None,
+    spec: Annotated[Path | None, typer.Option(help="YAML subset spec")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
 ) -> None:
     """Print the spec (YAML) a preset stands for, and its digest."""
     from imagenet_transfer.subsets import load_spec
@@ -142,11 +150,11 @@ def subset_show(
 # -- synthetic world ------------------------------------------------------------------------------
 @app.command("synth")
 def synth(
-    out: Annotated[Optional[Path], typer.Option(help="world folder (default: in the cache, by options)")] = None,
+    out: Annotated[Path | None, typer.Option(help="world folder (default: in the cache, by options)")] = None,
     seed: int = 0,
     size: Annotated[str, typer.Option(help="tiny, default or large")] = "default",
-    resolution: Annotated[Optional[int], typer.Option(help="image side in px (default: the size's)")] = None,
-    partitions: Annotated[Optional[int], typer.Option(help="SUN397 partitions (default: the size's)")] = None,
+    resolution: Annotated[int | None, typer.Option(help="image side in px (default: the size's)")] = None,
+    partitions: Annotated[int | None, typer.Option(help="SUN397 partitions (default: the size's)")] = None,
 ) -> None:
     """Generate the embedded synthetic world (ImageNet, VOC2007, VOC2012 action and SUN397 formats)."""
     from imagenet_transfer.synthetic import read_world, run_synth
@@ -165,32 +173,36 @@ def pretrain(
     source: Annotated[str, typer.Option(help="source for presets/specs (default: the embedded world)")] = "",
     arch: Annotated[str, typer.Option(help="caffe_alexnet, alexnet, resnet18, resnet50 or small")] = "small",
     recipe: Annotated[str, typer.Option(help="paper, paper-epochs, world, world-long or smoke")] = "world",
-    resolution: Optional[int] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="epochs or iterations (default: the recipe's)")] = None,
-    epochs: Optional[int] = None,
-    iterations: Optional[int] = None,
-    batch_size: Optional[int] = None,
-    lr: Optional[float] = None,
-    momentum: Optional[float] = None,
-    weight_decay: Optional[float] = None,
-    decay: Annotated[Optional[str], typer.Option(help="cosine or step")] = None,
-    step_fraction: Optional[float] = None,
-    warmup_fraction: Optional[float] = None,
-    dropout: Optional[float] = None,
+    resolution: int | None = None,
+    schedule: Annotated[str | None, typer.Option(help="epochs or iterations (default: the recipe's)")] = None,
+    epochs: int | None = None,
+    iterations: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    decay: Annotated[str | None, typer.Option(help="cosine or step")] = None,
+    step_fraction: float | None = None,
+    warmup_fraction: float | None = None,
+    dropout: float | None = None,
     seed: int = 0,
-    workers: Optional[int] = None,
+    workers: int | None = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     gpus: Annotated[int, typer.Option(help="GPUs to train on with DDP (torchrun)")] = 1,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model")] = False,
-    coarse_level: Annotated[str, typer.Option(help="label set of val_top1_coarse: top-down-127, top-down-10, bottom-up-79 or bottom-up-9")] = "top-down-127",
+    coarse_level: Annotated[
+        str, typer.Option(help="label set of val_top1_coarse: top-down-127, top-down-10, bottom-up-79 or bottom-up-9")
+    ] = "top-down-127",
     checkpoint_dir: str = "",
     checkpoint_minutes: float = 5.0,
     max_skipped_fraction: float = 0.001,
     input_pipeline: Annotated[str, typer.Option(help="auto (shards on CUDA when prepared), loader or shards")] = "auto",
-    shards: Annotated[str, typer.Option(help="prepared shard folder (default: found in the cache by the subset's digest)")] = "",
+    shards: Annotated[
+        str, typer.Option(help="prepared shard folder (default: found in the cache by the subset's digest)")
+    ] = "",
     model_name: Annotated[str, typer.Option(help="registered model name (default: <arch>-<subset>)")] = "",
     register: Annotated[bool, typer.Option("--register/--no-register")] = True,
-    config: Annotated[Optional[Path], typer.Option(help="YAML of these options (CLI options override it)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML of these options (CLI options override it)")] = None,
 ) -> None:
     """Pre-train a backbone on a subset, checkpointing and resuming, and register it in MLflow."""
     options = {k: v for k, v in locals().items() if k not in ("config", "ctx")}
@@ -212,28 +224,43 @@ def prepare(
     subset: Annotated[str, typer.Option(help="preset name, spec .yaml, subset folder or manifest.parquet")] = "full",
     source: Annotated[str, typer.Option(help="source for presets/specs (default: the embedded world)")] = "",
     format: Annotated[str, typer.Option(help="jpeg, raw or auto (raw when it fits in --ram-share of RAM)")] = "auto",
-    short_side: Annotated[Optional[int], typer.Option(help="stored square side in px (default: round(resolution*256/227))")] = None,
+    short_side: Annotated[
+        int | None, typer.Option(help="stored square side in px (default: round(resolution*256/227))")
+    ] = None,
     resolution: Annotated[int, typer.Option(help="the crop the shards serve")] = 227,
     quality: Annotated[int, typer.Option(help="JPEG quality")] = 90,
     images_per_shard: int = 1024,
     ram_share: Annotated[float, typer.Option(help="share of RAM raw shards may take with --format auto")] = 0.5,
-    out: Annotated[Optional[Path], typer.Option(help="shard folder (default: in the cache, by manifest digest + options)")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="writer processes (default: one per core)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="shard folder (default: in the cache, by manifest digest + options)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="writer processes (default: one per core)")] = None,
 ) -> None:
     """Prepare a subset's images as shards for fast pre-training input (resumable; logged to MLflow)."""
     from imagenet_transfer.prepare import run_prepare
 
-    summary = run_prepare(subset, source, format=format, short_side=short_side, resolution=resolution,
-                          quality=quality, images_per_shard=images_per_shard, ram_share=ram_share, out=out,
-                          workers=workers)  # fmt: skip
-    print(f"{summary['format']} {summary['side']}px: {summary['images']:.0f} images, {summary['bytes'] / 2**20:.1f} MiB, "
-          f"{summary['images_per_s']:.0f} images/s{' (already prepared, verified)' if summary['reused'] else ''}")
+    summary = run_prepare(
+        subset,
+        source,
+        format=format,
+        short_side=short_side,
+        resolution=resolution,
+        quality=quality,
+        images_per_shard=images_per_shard,
+        ram_share=ram_share,
+        out=out,
+        workers=workers,
+    )
+    print(
+        f"{summary['format']} {summary['side']}px: {summary['images']:.0f} images, {summary['bytes'] / 2**20:.1f} MiB, "
+        f"{summary['images_per_s']:.0f} images/s{' (already prepared, verified)' if summary['reused'] else ''}"
+    )
     print(summary["folder"])
 
 
 # -- transfer -------------------------------------------------------------------------------------
 Backbone = Annotated[str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES]")]
-Settings = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE of the benchmark's config (repeatable)")]
+Settings = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE of the benchmark's config (repeatable)")]
 
 
 @transfer_app.command("run")
@@ -255,14 +282,25 @@ def transfer_run(
 def transfer_all(
     backbone: Backbone = "models:/small-full@current",
     quick: Annotated[bool, typer.Option("--quick", help="a toy size of every benchmark")] = False,
-    data: Annotated[str, typer.Option(help="a folder holding every benchmark's data, laid out like a world (VOCdevkit/, SUN397/ + Partitions/, imagenet/); default: the embedded world")] = "",
+    data: Annotated[
+        str,
+        typer.Option(
+            help="a folder holding every benchmark's data, laid out like a world "
+            "(VOCdevkit/, SUN397/ + Partitions/, imagenet/); default: the embedded world"
+        ),
+    ] = "",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Run every benchmark on one backbone: one MLflow run holding a child run per benchmark."""
     from imagenet_transfer.transfer.runner import run_all
 
     for name, metrics in run_all(backbone, quick=quick, data=data, device=device).items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("voc07_ap_", "voc12_action_ap_"))))
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("voc07_ap_", "voc12_action_ap_"))
+            )
+        )
 
 
 # -- budget study ---------------------------------------------------------------------------------
@@ -270,43 +308,85 @@ def transfer_all(
 def budget_study(
     budget: Annotated[int, typer.Option(help="B: train images of every trial's pre-training subset")],
     n_trials: Annotated[int, typer.Option(help="finished trials the study should hold (all workers together)")] = 3,
-    study_name: Annotated[str, typer.Option(help="Optuna study name (default budget-<B>); the same name joins/continues it")] = "",
-    storage: Annotated[str, typer.Option(help="Optuna RDB URL or a .log/.journal file (default sqlite beside the MLflow store)")] = "",
-    objective: Annotated[str, typer.Option(help="benchmark(s) maximised on their validation split: voc12_action, sun397 (comma-separated: multi-objective)")] = "voc12_action",
-    min_classes: Annotated[Optional[int], typer.Option(help="smallest C (default: the smallest whose B/C images every class has)")] = None,
-    max_classes: Annotated[Optional[int], typer.Option(help="largest C (default: every class of the source)")] = None,
+    study_name: Annotated[
+        str, typer.Option(help="Optuna study name (default budget-<B>); the same name joins/continues it")
+    ] = "",
+    storage: Annotated[
+        str, typer.Option(help="Optuna RDB URL or a .log/.journal file (default sqlite beside the MLflow store)")
+    ] = "",
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="benchmark(s) maximised on their validation split: voc12_action, sun397 "
+            "(comma-separated: multi-objective)"
+        ),
+    ] = "voc12_action",
+    min_classes: Annotated[
+        int | None, typer.Option(help="smallest C (default: the smallest whose B/C images every class has)")
+    ] = None,
+    max_classes: Annotated[int | None, typer.Option(help="largest C (default: every class of the source)")] = None,
     log_classes: Annotated[bool, typer.Option("--log-classes/--linear-classes", help="sample C on a log scale")] = True,
-    labels: Annotated[str, typer.Option(help="label granularities searched, comma-separated: fine, bottom-up-K, top-down-K")] = "fine",
-    class_rules: Annotated[str, typer.Option(help="class-selection rules searched, comma-separated: random, pascal-removed")] = "random",
+    labels: Annotated[
+        str, typer.Option(help="label granularities searched, comma-separated: fine, bottom-up-K, top-down-K")
+    ] = "fine",
+    class_rules: Annotated[
+        str, typer.Option(help="class-selection rules searched, comma-separated: random, pascal-removed")
+    ] = "random",
     source: Annotated[str, typer.Option(help="pre-training source (default: the embedded world)")] = "",
     arch: str = "small",
     recipe: Annotated[str, typer.Option(help="pre-training recipe of every trial")] = "world",
-    iterations: Optional[int] = None,
-    epochs: Optional[int] = None,
-    batch_size: Optional[int] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="BENCHMARK.KEY=VALUE of a benchmark's config (repeatable)")] = None,
+    iterations: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="BENCHMARK.KEY=VALUE of a benchmark's config (repeatable)")
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="the benchmarks' toy size")] = False,
     seed: int = 0,
     sampler: Annotated[str, typer.Option(help="tpe or random")] = "tpe",
     pruner: Annotated[str, typer.Option(help="median, hyperband, none or threshold:<val_top1 %>")] = "median",
-    heartbeat_interval: Annotated[int, typer.Option(help="RDB storages: seconds between heartbeats of a running trial")] = 60,
+    heartbeat_interval: Annotated[
+        int, typer.Option(help="RDB storages: seconds between heartbeats of a running trial")
+    ] = 60,
     grace_period: Annotated[int, typer.Option(help="a trial without heartbeat this long is failed and retried")] = 180,
     max_retry: int = 2,
-    workers: Optional[int] = None,
+    workers: int | None = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    create_only: Annotated[bool, typer.Option("--create-only", help="create the study (before starting many workers) and stop")] = False,
+    create_only: Annotated[
+        bool, typer.Option("--create-only", help="create the study (before starting many workers) and stop")
+    ] = False,
 ) -> None:
     """Search how to spend a budget of B pre-training images (number of classes, labels, class rule) with Optuna."""
     from imagenet_transfer.study import StudyConfig, run_study
 
     config = StudyConfig(
-        budget=budget, n_trials=n_trials, study_name=study_name, storage=storage, objective=objective,
-        min_classes=min_classes, max_classes=max_classes, log_classes=log_classes, labels=labels,
-        class_rules=class_rules, source=source, arch=arch, recipe=recipe, iterations=iterations, epochs=epochs,
-        batch_size=batch_size, benchmark_settings=tuple(set_ or ()), quick=quick, seed=seed, sampler=sampler,
-        pruner=pruner, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
-        workers=workers, device=device,
-    )  # fmt: skip
+        budget=budget,
+        n_trials=n_trials,
+        study_name=study_name,
+        storage=storage,
+        objective=objective,
+        min_classes=min_classes,
+        max_classes=max_classes,
+        log_classes=log_classes,
+        labels=labels,
+        class_rules=class_rules,
+        source=source,
+        arch=arch,
+        recipe=recipe,
+        iterations=iterations,
+        epochs=epochs,
+        batch_size=batch_size,
+        benchmark_settings=tuple(set_ or ()),
+        quick=quick,
+        seed=seed,
+        sampler=sampler,
+        pruner=pruner,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+        workers=workers,
+        device=device,
+    )
     summary = run_study(config, create_only=create_only)
     print("\n".join(f"{k}: {v}" for k, v in summary.items()))
 
@@ -314,30 +394,51 @@ def budget_study(
 # -- the paper grid and its report ----------------------------------------------------------------
 @app.command("reproduce")
 def reproduce(
-    grid: Annotated[Path, typer.Option(help="grid file (experiments x variants x backbones x seeds x benchmarks)")] = Path("configs/paper.yaml"),
-    scale: Annotated[str, typer.Option(help="world (the embedded world) or real (--source and --data paths)")] = "world",
-    smoke: Annotated[bool, typer.Option("--smoke", help="a toy size of every step (tiny world, smoke recipe, quick benchmarks)")] = False,
-    seeds: Annotated[Optional[int], typer.Option(help="pre-train every variant with seeds 0..N-1 (default: the grid's)")] = None,
+    grid: Annotated[
+        Path, typer.Option(help="grid file (experiments x variants x backbones x seeds x benchmarks)")
+    ] = Path("configs/paper.yaml"),
+    scale: Annotated[
+        str, typer.Option(help="world (the embedded world) or real (--source and --data paths)")
+    ] = "world",
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="a toy size of every step (tiny world, smoke recipe, quick benchmarks)")
+    ] = False,
+    seeds: Annotated[
+        int | None, typer.Option(help="pre-train every variant with seeds 0..N-1 (default: the grid's)")
+    ] = None,
     only: Annotated[str, typer.Option(help="comma-separated experiments, e.g. E1,E3 (default: all)")] = "",
     source: Annotated[str, typer.Option(help="pre-training source (required at --scale real)")] = "",
-    data: Annotated[Optional[list[str]], typer.Option("--data", help="BENCHMARK=PATH of a benchmark's data (repeatable)")] = None,
-    world: Annotated[Optional[Path], typer.Option(help="a generated world folder instead of the scale's")] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", help="BENCHMARK=PATH of a benchmark's data (repeatable)")
+    ] = None,
+    world: Annotated[Path | None, typer.Option(help="a generated world folder instead of the scale's")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Run the paper grid end to end, skipping every step whose result already exists."""
     from imagenet_transfer.reproduce import parse_data
     from imagenet_transfer.reproduce import reproduce as run_reproduce
 
-    summary = run_reproduce(grid, scale=scale, smoke=smoke, seeds=seeds, only=[e for e in only.split(",") if e] or None,
-                            source=source, data=parse_data(data), world=world, device=device)  # fmt: skip
-    print(f"grid run {summary['run_id']}: {summary['steps_run']:.0f} steps run, {summary['steps_reused']:.0f} reused, "
-          f"{summary['seconds_total']:.1f} s (subset {summary['seconds_subset']:.1f}, pretrain "
-          f"{summary['seconds_pretrain']:.1f}, transfer {summary['seconds_transfer']:.1f})")  # fmt: skip
+    summary = run_reproduce(
+        grid,
+        scale=scale,
+        smoke=smoke,
+        seeds=seeds,
+        only=[e for e in only.split(",") if e] or None,
+        source=source,
+        data=parse_data(data),
+        world=world,
+        device=device,
+    )
+    print(
+        f"grid run {summary['run_id']}: {summary['steps_run']:.0f} steps run, {summary['steps_reused']:.0f} reused, "
+        f"{summary['seconds_total']:.1f} s (subset {summary['seconds_subset']:.1f}, pretrain "
+        f"{summary['seconds_pretrain']:.1f}, transfer {summary['seconds_transfer']:.1f})"
+    )
 
 
 @app.command("report")
 def report(
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default: reports/<UTC timestamp>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: reports/<UTC timestamp>)")] = None,
     grid_run: Annotated[str, typer.Option(help="the reproduce run to report (default: the newest finished one)")] = "",
 ) -> None:
     """Tables per experiment beside the paper's numbers, plots, Markdown + HTML; logged as a report run."""
@@ -368,7 +469,13 @@ def entrypoint_parameters(words: list[str]) -> dict[str, str | None]:
         if param.param_type_name != "option" or param.name in ENTRYPOINT_EXCLUDED:
             continue
         default = param.default
-        text = "" if default is None or default == () else str(default).lower() if isinstance(default, bool) else str(default)
+        text = (
+            ""
+            if default is None or default == ()
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
         params[param.opts[0].removeprefix("--").replace("-", "_")] = None if param.required else text
     return params
 
@@ -378,16 +485,23 @@ ENTRYPOINT_EXCLUDED = ("config", "create_only")  # CLI-only: a YAML of options; 
 
 def mlproject(entry_points: dict[str, tuple[str, list[str]]]) -> str:
     """The MLproject file for `{name: (script, command words)}`: every option of each command is a parameter."""
-    lines = ["name: imagenet-transfer", "",
-             "# Generated by scripts/build_mlproject.py from the `imagenet-transfer` commands: edit the commands, then",
-             "# rerun it. Without conda, pass --env-manager local (no environment variable sets it), and export the",
-             "# project's tracking URI first:  export MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db",
-             "conda_env: conda.yaml", "", "entry_points:"]  # fmt: skip
+    lines = [
+        "name: imagenet-transfer",
+        "",
+        "# Generated by scripts/build_mlproject.py from the `imagenet-transfer` commands: edit the commands, then",
+        "# rerun it. Without conda, pass --env-manager local (no environment variable sets it), and export the",
+        "# project's tracking URI first:  export MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db",
+        "conda_env: conda.yaml",
+        "",
+        "entry_points:",
+    ]
     for name, (script, words) in entry_points.items():
         params = entrypoint_parameters(words)
         lines += [f"  {name}:", "    parameters:"]
-        lines += [f"      {key}: {{type: string}}" if value is None else f'      {key}: {{type: string, default: "{value}"}}'
-                  for key, value in params.items()]  # fmt: skip
+        lines += [
+            f"      {key}: {{type: string}}" if value is None else f'      {key}: {{type: string, default: "{value}"}}'
+            for key, value in params.items()
+        ]
         args = " ".join(f"--{key.replace('_', '-')} {{{key}}}" for key in params)
         lines += [f'    command: "python {script} {args}"', ""]
     return "\n".join(lines).rstrip() + "\n"

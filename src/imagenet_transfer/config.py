@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from imagenet_transfer.errors import UserError
 
-
 # pydantic warns that a field named like an ABCMeta method (`register`) shadows it; configs never use ABC registration
 warnings.filterwarnings("ignore", message=r'Field name "register" .* shadows an attribute', category=UserWarning)
 

@@ -65,8 +65,13 @@ NORMALISATION: dict[str, dict[str, tuple[float, float, float]]] = {
     # torchvision's mean/std on 0-1 inputs, written in 0-255 units
     "imagenet": {"mean": (0.485 * 255, 0.456 * 255, 0.406 * 255), "std": (0.229 * 255, 0.224 * 255, 0.225 * 255)},
 }
-ARCH_NORMALISATION = {"caffe_alexnet": "caffe", "alexnet": "imagenet", "resnet18": "imagenet",
-                      "resnet50": "imagenet", "small": "imagenet"}
+ARCH_NORMALISATION = {
+    "caffe_alexnet": "caffe",
+    "alexnet": "imagenet",
+    "resnet18": "imagenet",
+    "resnet50": "imagenet",
+    "small": "imagenet",
+}
 
 
 def _choose(kind: str, name: str, table: dict) -> Any:
@@ -96,6 +101,7 @@ def _mean_inv_std(normalisation: str, device: torch.device) -> tuple[Tensor, Ten
 @dataclass(frozen=True)
 class Preset:
     """How one image becomes a res×res uint8 crop; every random choice draws from the given `rng`."""
+
     crop: str  # "random", "center" or "resized" (random-resized-crop)
     mirror: bool
     description: str
@@ -142,8 +148,9 @@ class Transform:
         return f"Transform({self.name!r}, resolution={self.resolution})"
 
 
-def _resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                      rng: random.Random) -> tuple[int, int, int, int]:
+def _resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop box, drawn from `rng`."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -167,6 +174,7 @@ def _resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio
 @dataclass(frozen=True)
 class Skipped:
     """Marker for an image that could not be read or decoded."""
+
     path: str
     reason: str
 
@@ -229,8 +237,19 @@ class EpochSampler(Sampler):
     from batch `start_batch` on. With `drop_last` the shard is cut to whole batches (train); otherwise every
     index appears once across ranks (eval)."""
 
-    def __init__(self, n: int, *, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
         self.rank, self.world_size = rank, world_size
         self.set_epoch(epoch, start_batch)
@@ -278,8 +297,15 @@ class Loader:
     (`seen`), over all iterations; `check_skipped` turns too many into a UserError.
     """
 
-    def __init__(self, loader: DataLoader, sampler: EpochSampler, *, normalisation: str, device: torch.device,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        loader: DataLoader,
+        sampler: EpochSampler,
+        *,
+        normalisation: str,
+        device: torch.device,
+        channels_last: bool = False,
+    ) -> None:
         self.loader, self.sampler, self.normalisation = loader, sampler, normalisation
         self.device, self.channels_last = device, channels_last
         self.skipped: dict[str, str] = {}  # path → reason, each path once
@@ -318,10 +344,12 @@ class Loader:
         if self.skip_events and self.skip_events > max_fraction * max(self.seen, 1):
             listing = "; ".join(f"{p} ({why})" for p, why in list(self.skipped.items())[:20])
             more = f" and {count - 20} more" if count > 20 else ""
-            raise UserError(f"{self.skip_events} of {self.seen} images could not be read ({count} distinct "
-                            f"files), more than the allowed fraction "
-                            f"{max_fraction:g}: {listing}{more}; expected readable JPEG files (fix or remove them "
-                            f"from the manifest)")
+            raise UserError(
+                f"{self.skip_events} of {self.seen} images could not be read ({count} distinct "
+                f"files), more than the allowed fraction "
+                f"{max_fraction:g}: {listing}{more}; expected readable JPEG files (fix or remove them "
+                f"from the manifest)"
+            )
         return count
 
 
@@ -333,24 +361,42 @@ def read_manifest(manifest: pd.DataFrame | str | Path) -> pd.DataFrame:
         try:
             manifest = pd.read_parquet(manifest)
         except (OSError, ValueError, ImportError) as err:
-            raise UserError(f"manifest {manifest} cannot be read as Parquet ({err}); expected a manifest.parquet "
-                            f"with columns {', '.join(MANIFEST_COLUMNS)}") from None
+            raise UserError(
+                f"manifest {manifest} cannot be read as Parquet ({err}); expected a manifest.parquet "
+                f"with columns {', '.join(MANIFEST_COLUMNS)}"
+            ) from None
     missing = [c for c in ("path", "label", "split") if c not in manifest.columns]
     if missing:
         raise UserError(f"manifest lacks column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
     labels = manifest["label"]
     if not pd.api.types.is_integer_dtype(labels) or (len(labels) and labels.min() < 0):
         lowest = labels.min() if len(labels) else "-"
-        raise UserError(f"manifest column label has dtype {labels.dtype} / minimum {lowest}; "
-                        "expected non-negative integers 0..L-1")
+        raise UserError(
+            f"manifest column label has dtype {labels.dtype} / minimum {lowest}; expected non-negative integers 0..L-1"
+        )
     return manifest
 
 
-def make_loader(manifest: pd.DataFrame | str | Path, split: str, *, arch: str, resolution: int | None = None,
-                batch_size: int, workers: int = 0, train: bool, seed: int = 0, epoch: int = 0,
-                start_batch: int = 0, device: str | torch.device = "cpu", preset: str | None = None,
-                normalisation: str | None = None, rank: int = 0, world_size: int = 1,
-                channels_last: bool = False, persistent_workers: bool | None = None) -> Loader:
+def make_loader(
+    manifest: pd.DataFrame | str | Path,
+    split: str,
+    *,
+    arch: str,
+    resolution: int | None = None,
+    batch_size: int,
+    workers: int = 0,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    device: str | torch.device = "cpu",
+    preset: str | None = None,
+    normalisation: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+    persistent_workers: bool | None = None,
+) -> Loader:
     """The loader of `split` for `arch` (see the module docstring).
 
     train=True: preset "paper", shuffled by (seed, epoch), drop_last; train=False: preset "center", manifest
@@ -370,21 +416,40 @@ def make_loader(manifest: pd.DataFrame | str | Path, split: str, *, arch: str, r
     if batch_size < 1 or workers < 0:
         raise UserError(f"batch_size {batch_size} / workers {workers}; expected batch_size ≥ 1 and workers ≥ 0")
     if train and len(frame) // world_size < batch_size:
-        raise UserError(f"{len(frame)} {split} images cannot fill one batch of {batch_size} per process "
-                        f"({world_size} process(es)); expected a smaller batch_size or more images")
+        raise UserError(
+            f"{len(frame)} {split} images cannot fill one batch of {batch_size} per process "
+            f"({world_size} process(es)); expected a smaller batch_size or more images"
+        )
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is not in 0..{world_size - 1}")
-    sampler = EpochSampler(len(frame), batch_size=batch_size, seed=seed, epoch=epoch, shuffle=train,
-                           drop_last=train, start_batch=start_batch, rank=rank, world_size=world_size)
+    sampler = EpochSampler(
+        len(frame),
+        batch_size=batch_size,
+        seed=seed,
+        epoch=epoch,
+        shuffle=train,
+        drop_last=train,
+        start_batch=start_batch,
+        rank=rank,
+        world_size=world_size,
+    )
     total = sampler.batches_per_epoch()
     if not 0 <= start_batch <= total:
         raise UserError(f"start_batch {start_batch} is outside the epoch's 0..{total} batches")
     device = torch.device(device)
     dataset = ManifestDataset(frame.reset_index(drop=True), transform)
     persistent = workers > 0 and (device.type == "cuda" if persistent_workers is None else persistent_workers)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda", drop_last=train, persistent_workers=persistent,
-                        prefetch_factor=4 if workers > 0 else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        drop_last=train,
+        persistent_workers=persistent,
+        prefetch_factor=4 if workers > 0 else None,
+    )
     return Loader(loader, sampler, normalisation=normalisation, device=device, channels_last=channels_last)
 
 

@@ -1,8 +1,8 @@
 """The training and evaluation steps of pre-training: no MLflow, no files, no config parsing.
 
-    stats = train_steps(model, batches, optimizer, scheduler, on_step=...)   # mean loss, images, seconds
-    metrics = evaluate(model, loader, coarse_of_label, coarse_of_target)    # {"val_top1": ..., ...}
-    scores = topk_accuracy(logits, targets, ks=(1, 5))                       # pure function
+stats = train_steps(model, batches, optimizer, scheduler, on_step=...)   # mean loss, images, seconds
+metrics = evaluate(model, loader, coarse_of_label, coarse_of_target)    # {"val_top1": ..., ...}
+scores = topk_accuracy(logits, targets, ks=(1, 5))                       # pure function
 """
 
 from __future__ import annotations

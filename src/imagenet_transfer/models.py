@@ -56,9 +56,21 @@ CONFIG_KEYS = ("arch", "num_classes", "resolution", "dropout")
 class Backbone(nn.Module):
     """A classification net split into the parts transfer tasks reuse (see the module docstring)."""
 
-    def __init__(self, *, arch: str, num_classes: int, resolution: int, dropout: float, trunk: nn.Module,
-                 trunk_channels: int, roi_size: int, fc6: nn.Module | None, fc7: nn.Module | None,
-                 classifier: nn.Linear, pre_classifier: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        arch: str,
+        num_classes: int,
+        resolution: int,
+        dropout: float,
+        trunk: nn.Module,
+        trunk_channels: int,
+        roi_size: int,
+        fc6: nn.Module | None,
+        fc7: nn.Module | None,
+        classifier: nn.Linear,
+        pre_classifier: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.arch, self.num_classes, self.resolution, self.dropout = arch, num_classes, resolution, dropout
         self.trunk_channels, self.roi_size = trunk_channels, roi_size
@@ -84,8 +96,10 @@ class Backbone(nn.Module):
         layers = (layers,) if isinstance(layers, str) else tuple(layers)
         unknown = [name for name in layers if name not in self.feature_layers]
         if unknown:
-            raise UserError(f"feature layer(s) {', '.join(map(repr, unknown))} do not exist in {self.arch}; "
-                            f"expected some of {', '.join(self.feature_layers)}")
+            raise UserError(
+                f"feature layer(s) {', '.join(map(repr, unknown))} do not exist in {self.arch}; "
+                f"expected some of {', '.join(self.feature_layers)}"
+            )
         out: dict[str, Tensor] = {}
         h = self.trunk(x)
         out["conv5"] = h
@@ -117,8 +131,12 @@ class Backbone(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Everything `rebuild` needs besides the weights: plain JSON-able values."""
-        return {"arch": self.arch, "num_classes": self.num_classes, "resolution": self.resolution,
-                "dropout": self.dropout}
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "resolution": self.resolution,
+            "dropout": self.dropout,
+        }
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config().items())
@@ -141,17 +159,36 @@ def _caffe_alexnet(num_classes: int, resolution: int, dropout: float) -> Backbon
 
     relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
     trunk = nn.Sequential(
-        conv(3, 96, 11, stride=4), relu(), lrn(), pool(),                      # conv1 / norm1 / pool1
-        conv(96, 256, 5, pad=2, groups=2), relu(), lrn(), pool(),              # conv2 / norm2 / pool2
-        conv(256, 384, 3, pad=1), relu(),                                      # conv3
-        conv(384, 384, 3, pad=1, groups=2), relu(),                            # conv4
-        conv(384, 256, 3, pad=1, groups=2), relu(), pool(),                    # conv5 / pool5
+        conv(3, 96, 11, stride=4),
+        relu(),
+        lrn(),
+        pool(),  # conv1 / norm1 / pool1
+        conv(96, 256, 5, pad=2, groups=2),
+        relu(),
+        lrn(),
+        pool(),  # conv2 / norm2 / pool2
+        conv(256, 384, 3, pad=1),
+        relu(),  # conv3
+        conv(384, 384, 3, pad=1, groups=2),
+        relu(),  # conv4
+        conv(384, 256, 3, pad=1, groups=2),
+        relu(),
+        pool(),  # conv5 / pool5
     )
     fc6 = nn.Sequential(nn.Linear(256 * 36, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout))
     fc7 = nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout))
-    net = Backbone(arch="caffe_alexnet", num_classes=num_classes, resolution=resolution, dropout=dropout,
-                   trunk=trunk, trunk_channels=256, roi_size=6, fc6=fc6, fc7=fc7,
-                   classifier=nn.Linear(4096, num_classes))
+    net = Backbone(
+        arch="caffe_alexnet",
+        num_classes=num_classes,
+        resolution=resolution,
+        dropout=dropout,
+        trunk=trunk,
+        trunk_channels=256,
+        roi_size=6,
+        fc6=fc6,
+        fc7=fc7,
+        classifier=nn.Linear(4096, num_classes),
+    )
     # Caffe's bvlc_alexnet fillers: Gaussian weights, bias 1 where the prototxt has it (conv2, conv4, conv5, fc6, fc7)
     convs = [m for m in trunk if isinstance(m, nn.Conv2d)]
     for i, layer in enumerate([*convs, _linear(fc6), _linear(fc7), net.classifier]):
@@ -163,41 +200,77 @@ def _caffe_alexnet(num_classes: int, resolution: int, dropout: float) -> Backbon
 def _torchvision_alexnet(num_classes: int, resolution: int, dropout: float) -> Backbone:
     tv = torchvision.models.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
     drop1, lin6, relu6, drop2, lin7, relu7, lin8 = tv.classifier
-    return Backbone(arch="alexnet", num_classes=num_classes, resolution=resolution, dropout=dropout,
-                    trunk=tv.features, trunk_channels=256, roi_size=6, fc6=nn.Sequential(drop1, lin6, relu6),
-                    fc7=nn.Sequential(drop2, lin7, relu7), classifier=lin8)
+    return Backbone(
+        arch="alexnet",
+        num_classes=num_classes,
+        resolution=resolution,
+        dropout=dropout,
+        trunk=tv.features,
+        trunk_channels=256,
+        roi_size=6,
+        fc6=nn.Sequential(drop1, lin6, relu6),
+        fc7=nn.Sequential(drop2, lin7, relu7),
+        classifier=lin8,
+    )
 
 
 def _resnet(name: str) -> Callable[[int, int, float], Backbone]:
     def build(num_classes: int, resolution: int, dropout: float) -> Backbone:
         tv = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
         trunk = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3, tv.layer4)
-        return Backbone(arch=name, num_classes=num_classes, resolution=resolution, dropout=dropout, trunk=trunk,
-                        trunk_channels=tv.fc.in_features, roi_size=1, fc6=None, fc7=None, classifier=tv.fc,
-                        pre_classifier=nn.Dropout(dropout) if dropout > 0 else None)
+        return Backbone(
+            arch=name,
+            num_classes=num_classes,
+            resolution=resolution,
+            dropout=dropout,
+            trunk=trunk,
+            trunk_channels=tv.fc.in_features,
+            roi_size=1,
+            fc6=None,
+            fc7=None,
+            classifier=tv.fc,
+            pre_classifier=nn.Dropout(dropout) if dropout > 0 else None,
+        )
+
     return build
 
 
 def _small(num_classes: int, resolution: int, dropout: float) -> Backbone:
     def conv(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True)]
+        return [
+            nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
 
     def pool() -> nn.MaxPool2d:
         return nn.MaxPool2d(3, 2, padding=1)
 
     trunk = nn.Sequential(
-        *conv(3, 48, 5, stride=2), pool(),        # conv1: 64 px → 32 → 16
-        *conv(48, 128, 3), pool(),                # conv2: 16 → 8
-        *conv(128, 192, 3),                       # conv3
-        *conv(192, 192, 3),                       # conv4
-        *conv(192, 128, 3), pool(),               # conv5 / pool5: 8 → 4
+        *conv(3, 48, 5, stride=2),
+        pool(),  # conv1: 64 px → 32 → 16
+        *conv(48, 128, 3),
+        pool(),  # conv2: 16 → 8
+        *conv(128, 192, 3),  # conv3
+        *conv(192, 192, 3),  # conv4
+        *conv(192, 128, 3),
+        pool(),  # conv5 / pool5: 8 → 4
     )
     width = 512
     fc6 = nn.Sequential(nn.Linear(128 * 16, width), nn.ReLU(inplace=True), nn.Dropout(dropout))
     fc7 = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Dropout(dropout))
-    return Backbone(arch="small", num_classes=num_classes, resolution=resolution, dropout=dropout, trunk=trunk,
-                    trunk_channels=128, roi_size=4, fc6=fc6, fc7=fc7, classifier=nn.Linear(width, num_classes))
+    return Backbone(
+        arch="small",
+        num_classes=num_classes,
+        resolution=resolution,
+        dropout=dropout,
+        trunk=trunk,
+        trunk_channels=128,
+        roi_size=4,
+        fc6=fc6,
+        fc7=fc7,
+        classifier=nn.Linear(width, num_classes),
+    )
 
 
 @dataclass(frozen=True)
@@ -238,13 +311,16 @@ def check_resolution(arch: str, resolution: int) -> int:
         raise UserError(f"resolution {resolution!r} for {arch} is not an integer number of pixels")
     top = f" and at most {spec.max_resolution}" if spec.max_resolution else ""
     if resolution < spec.min_resolution or (spec.max_resolution and resolution > spec.max_resolution):
-        raise UserError(f"resolution {resolution} px is out of range for {arch}: expected at least "
-                        f"{spec.min_resolution}{top} (default {spec.default_resolution})")
+        raise UserError(
+            f"resolution {resolution} px is out of range for {arch}: expected at least "
+            f"{spec.min_resolution}{top} (default {spec.default_resolution})"
+        )
     return resolution
 
 
-def build_backbone(arch: str, num_classes: int, *, resolution: int | None = None,
-                   dropout: float | None = None) -> Backbone:
+def build_backbone(
+    arch: str, num_classes: int, *, resolution: int | None = None, dropout: float | None = None
+) -> Backbone:
     """A randomly initialised backbone; resolution and dropout default to the architecture's own."""
     spec = architecture(arch)
     resolution = check_resolution(arch, spec.default_resolution if resolution is None else resolution)
@@ -263,19 +339,25 @@ def rebuild(config: dict[str, Any], state_dict: dict[str, Tensor]) -> Backbone:
     missing_cfg = [k for k in CONFIG_KEYS if k not in config]
     unknown_cfg = [k for k in config if k not in CONFIG_KEYS]
     if missing_cfg or unknown_cfg:
-        raise UserError(f"backbone config has missing key(s) [{', '.join(missing_cfg)}] and unknown key(s) "
-                        f"[{', '.join(map(str, unknown_cfg))}]; expected exactly {', '.join(CONFIG_KEYS)}")
-    net = build_backbone(config["arch"], config["num_classes"], resolution=config["resolution"],
-                         dropout=config["dropout"])
+        raise UserError(
+            f"backbone config has missing key(s) [{', '.join(missing_cfg)}] and unknown key(s) "
+            f"[{', '.join(map(str, unknown_cfg))}]; expected exactly {', '.join(CONFIG_KEYS)}"
+        )
+    net = build_backbone(
+        config["arch"], config["num_classes"], resolution=config["resolution"], dropout=config["dropout"]
+    )
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state_dict)
-                         if tuple(expected[k].shape) != tuple(state_dict[k].shape))
+    wrong_shape = sorted(
+        k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
     if missing or unexpected or wrong_shape:
         shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape]
-        raise UserError(f"weights do not match a {config['arch']} backbone ({config['num_classes']} classes): "
-                        f"missing keys {missing}; unexpected keys {unexpected}; wrong shapes {shapes}")
+        raise UserError(
+            f"weights do not match a {config['arch']} backbone ({config['num_classes']} classes): "
+            f"missing keys {missing}; unexpected keys {unexpected}; wrong shapes {shapes}"
+        )
     net.load_state_dict(state_dict, strict=True)
     return net
 
@@ -284,5 +366,15 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "Backbone", "FEATURE_LAYERS", "architecture", "build_backbone",
-           "check_resolution", "count_parameters", "default_resolution", "rebuild"]
+__all__ = [
+    "ARCHITECTURES",
+    "FEATURE_LAYERS",
+    "Architecture",
+    "Backbone",
+    "architecture",
+    "build_backbone",
+    "check_resolution",
+    "count_parameters",
+    "default_resolution",
+    "rebuild",
+]

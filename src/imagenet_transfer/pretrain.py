@@ -30,16 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import mlflow
 import pandas as pd
 import torch
 import yaml
-
 from pydantic import Field
 
 from imagenet_transfer import tracking
@@ -51,26 +51,81 @@ from imagenet_transfer.paths import cache_dir
 # The recipes: named tables of training hyper-parameters; CLI options override single values.
 RECIPES: dict[str, dict[str, Any]] = {
     # PAPER.md: Caffe's reference schedule, 450k iterations of 256, lr /10 every 100k
-    "paper": dict(schedule="iterations", iterations=450_000, epochs=None, batch_size=256, lr=0.01, momentum=0.9,
-                  weight_decay=5e-4, decay="step", step_fraction=100 / 450, warmup_fraction=0.0, dropout=None),
+    "paper": dict(
+        schedule="iterations",
+        iterations=450_000,
+        epochs=None,
+        batch_size=256,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        decay="step",
+        step_fraction=100 / 450,
+        warmup_fraction=0.0,
+        dropout=None,
+    ),
     # the same shape as a fixed number of epochs (90 ≈ 450k × 256 / 1.28M; lr /10 every 20 epochs)
-    "paper-epochs": dict(schedule="epochs", epochs=90, iterations=None, batch_size=256, lr=0.01, momentum=0.9,
-                         weight_decay=5e-4, decay="step", step_fraction=20 / 90, warmup_fraction=0.0, dropout=None),
+    "paper-epochs": dict(
+        schedule="epochs",
+        epochs=90,
+        iterations=None,
+        batch_size=256,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        decay="step",
+        step_fraction=20 / 90,
+        warmup_fraction=0.0,
+        dropout=None,
+    ),
     # the embedded world on 2 CPU cores within the 3-minute default job: `small` at 32 px, 400 x 64 images
     # (half an epoch of the default world; lr 0.025 did best at this length); val top-1 ~2 % of 200 classes
     # (chance 0.5 %), see README "Pre-training"
-    "world": dict(schedule="iterations", iterations=400, epochs=None, batch_size=64, lr=0.025, momentum=0.9,
-                  weight_decay=5e-4, decay="cosine", step_fraction=None, warmup_fraction=0.02, dropout=0.0,
-                  resolution=32),
+    "world": dict(
+        schedule="iterations",
+        iterations=400,
+        epochs=None,
+        batch_size=64,
+        lr=0.025,
+        momentum=0.9,
+        weight_decay=5e-4,
+        decay="cosine",
+        step_fraction=None,
+        warmup_fraction=0.02,
+        dropout=0.0,
+        resolution=32,
+    ),
     # pre-training that transfers on the embedded world: 8000 x 64 (~11 epochs), 20x the `world` recipe's time;
     # val top-1 ~57 %, val_top1_coarse ~67 % (measured, see README "Pre-training")
-    "world-long": dict(schedule="iterations", iterations=8000, epochs=None, batch_size=64, lr=0.05, momentum=0.9,
-                       weight_decay=5e-4, decay="cosine", step_fraction=None, warmup_fraction=0.02, dropout=0.0,
-                       resolution=32),
+    "world-long": dict(
+        schedule="iterations",
+        iterations=8000,
+        epochs=None,
+        batch_size=64,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        decay="cosine",
+        step_fraction=None,
+        warmup_fraction=0.02,
+        dropout=0.0,
+        resolution=32,
+    ),
     # a few steps, for tests and smoke runs
-    "smoke": dict(schedule="iterations", iterations=4, epochs=None, batch_size=16, lr=0.02, momentum=0.9,
-                  weight_decay=5e-4, decay="cosine", step_fraction=None, warmup_fraction=0.0, dropout=0.3),
-}  # fmt: skip
+    "smoke": dict(
+        schedule="iterations",
+        iterations=4,
+        epochs=None,
+        batch_size=16,
+        lr=0.02,
+        momentum=0.9,
+        weight_decay=5e-4,
+        decay="cosine",
+        step_fraction=None,
+        warmup_fraction=0.0,
+        dropout=0.3,
+    ),
+}
 SCHEDULES = ("epochs", "iterations")
 DECAYS = ("cosine", "step")
 COARSE_LEVELS = ("top-down-127", "top-down-10", "bottom-up-79", "bottom-up-9")
@@ -113,8 +168,17 @@ class PretrainConfig(Settings):
     register: bool = True
 
     # fields that do not change what is trained (excluded from the checkpoint key)
-    OPERATIONAL: ClassVar[tuple[str, ...]] = ("workers", "device", "gpus", "checkpoint_dir", "checkpoint_minutes",
-                                              "register", "model_name", "input_pipeline", "shards")
+    OPERATIONAL: ClassVar[tuple[str, ...]] = (
+        "workers",
+        "device",
+        "gpus",
+        "checkpoint_dir",
+        "checkpoint_minutes",
+        "register",
+        "model_name",
+        "input_pipeline",
+        "shards",
+    )
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> PretrainConfig:
@@ -139,7 +203,9 @@ class PretrainConfig(Settings):
             if values[key] is None:
                 values[key] = value
         spec = architecture(self.arch)
-        if self.resolution is None and not spec.min_resolution <= (values["resolution"] or 0) <= (spec.max_resolution or 10**6):
+        if self.resolution is None and not spec.min_resolution <= (values["resolution"] or 0) <= (
+            spec.max_resolution or 10**6
+        ):
             values["resolution"] = None  # a recipe's resolution that this architecture cannot take: its default
         if values["schedule"] == "epochs" and self.epochs is None and self.iterations is not None:
             values["schedule"] = "iterations"  # --iterations alone switches a recipe to an iteration budget
@@ -148,8 +214,10 @@ class PretrainConfig(Settings):
         values["resolution"] = check_resolution(self.arch, values["resolution"] or default_resolution(self.arch))
         config = PretrainConfig(**values)
         if (config.epochs if config.schedule == "epochs" else config.iterations) is None:
-            raise UserError(f"pretrain option schedule={config.schedule!r} needs {config.schedule}: expected a positive "
-                            f"integer (recipe {config.recipe!r} has none)")  # fmt: skip
+            raise UserError(
+                f"pretrain option schedule={config.schedule!r} needs {config.schedule}: expected a positive "
+                f"integer (recipe {config.recipe!r} has none)"
+            )
         if config.decay == "step" and config.step_fraction is None:
             raise UserError("pretrain option step_fraction: expected a fraction in (0, 1] with decay=step")
         return config
@@ -199,17 +267,31 @@ def resolve_subset(subset: str, source: str) -> ResolvedSubset:
         info = json.loads((folder / "subset.json").read_text()) if (folder / "subset.json").exists() else {}
         spec_yaml = (folder / "spec.yaml").read_text() if (folder / "spec.yaml").exists() else ""
         return ResolvedSubset(
-            manifest, info.get("name", folder.name), info.get("digest") or manifest_digest(manifest), spec_yaml,
-            info.get("spec_digest", ""), str(path), info.get("source_digest", ""),
-        )  # fmt: skip
+            manifest,
+            info.get("name", folder.name),
+            info.get("digest") or manifest_digest(manifest),
+            spec_yaml,
+            info.get("spec_digest", ""),
+            str(path),
+            info.get("source_digest", ""),
+        )
     is_file = path.suffix in (".yaml", ".yml")
     spec = load_spec(None if is_file else subset, path if is_file else None)
     from imagenet_transfer.synthetic import default_source
 
     source = source or default_source()
     built = build_subset(load_catalog(source), spec)
-    return ResolvedSubset(built.manifest, spec.name, built.digest, spec.to_yaml(), spec.digest, "",
-                          source_digest(source), built, str(source))  # fmt: skip
+    return ResolvedSubset(
+        built.manifest,
+        spec.name,
+        built.digest,
+        spec.to_yaml(),
+        spec.digest,
+        "",
+        source_digest(source),
+        built,
+        str(source),
+    )
 
 
 def coarse_labels(manifest: pd.DataFrame, level: str) -> torch.Tensor:
@@ -235,9 +317,12 @@ def reference_accuracies(manifest: pd.DataFrame, coarse_of_label: torch.Tensor) 
     def share(labels: torch.Tensor) -> float:  # of the most common label
         return round(float(torch.bincount(labels).max()) / len(labels), 4)
 
-    return {"derived.val_top1_uniform": round(1.0 / len(coarse_of_label), 4), "derived.val_top1_majority": share(val),
-            "derived.coarse_classes": int(coarse_of_label.unique().numel()),
-            "derived.val_top1_coarse_majority": share(coarse_of_label[val])}
+    return {
+        "derived.val_top1_uniform": round(1.0 / len(coarse_of_label), 4),
+        "derived.val_top1_majority": share(val),
+        "derived.coarse_classes": int(coarse_of_label.unique().numel()),
+        "derived.val_top1_coarse_majority": share(coarse_of_label[val]),
+    }
 
 
 def lr_lambda(config: PretrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -269,7 +354,9 @@ def checkpoint_folder(config: PretrainConfig, subset: ResolvedSubset) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"checkpoint_dir {folder} is not writable ({err.strerror}); expected a writable folder") from None
+        raise UserError(
+            f"checkpoint_dir {folder} is not writable ({err.strerror}); expected a writable folder"
+        ) from None
     return folder
 
 
@@ -327,13 +414,23 @@ def run_pretrain(
 
     run_context = (
         tracking.start_run(
-            "pretrain", params=given.to_dict(), resolved={**config.to_dict(), "device": device.type},
+            "pretrain",
+            params=given.to_dict(),
+            resolved={**config.to_dict(), "device": device.type},
             run_name=f"pretrain {config.arch} {subset.name} seed {config.seed}",
-            run_id=state["run_id"] if state else None, system_metrics=True,
-            tags={"arch": config.arch, "recipe": config.recipe, "subset_name": subset.name,
-                  "subset_digest": subset.digest, "spec_digest": subset.spec_digest,
-                  "source_digest": subset.source_digest, "schedule": config.schedule, "checkpoint_dir": str(folder)},
-        )  # fmt: skip
+            run_id=state["run_id"] if state else None,
+            system_metrics=True,
+            tags={
+                "arch": config.arch,
+                "recipe": config.recipe,
+                "subset_name": subset.name,
+                "subset_digest": subset.digest,
+                "spec_digest": subset.spec_digest,
+                "source_digest": subset.source_digest,
+                "schedule": config.schedule,
+                "checkpoint_dir": str(folder),
+            },
+        )
         if is_main
         else _no_run()
     )
@@ -345,11 +442,26 @@ def run_pretrain(
             if subset.run_id:
                 mlflow.set_tag("subset_run_id", subset.run_id)
             tracking.log_dataset(
-                subset.manifest, name=subset.name, source=subset.location, digest=subset.digest, context="pretrain",
+                subset.manifest,
+                name=subset.name,
+                source=subset.location,
+                digest=subset.digest,
+                context="pretrain",
                 tags={"spec_digest": subset.spec_digest},
-            )  # fmt: skip
-        model, summary = _train(config, subset, setup, device, folder, run.info.run_id if is_main else "", rank,
-                                world_size, is_main, on_step, on_epoch)  # fmt: skip
+            )
+        model, summary = _train(
+            config,
+            subset,
+            setup,
+            device,
+            folder,
+            run.info.run_id if is_main else "",
+            rank,
+            world_size,
+            is_main,
+            on_step,
+            on_epoch,
+        )
         if is_main:
             summary.update(_log_backbone(config, subset, model, folder))
             summary["run_id"] = run.info.run_id
@@ -378,8 +490,10 @@ def _checked_checkpoint(folder: Path) -> dict[str, Any]:
         model = summary.get("model_name") and summary.get("model_version")
         if run is not None and run.info.status == "FINISHED" and (not model or _version_exists(client, summary)):
             return {"done": summary}
-        print(f"the finished training in {folder} was logged to a run or model that this tracking store does not "
-              f"hold ({summary.get('model_uri', '')}, run {summary.get('run_id', '')}): training again")  # fmt: skip
+        print(
+            f"the finished training in {folder} was logged to a run or model that this tracking store does not "
+            f"hold ({summary.get('model_uri', '')}, run {summary.get('run_id', '')}): training again"
+        )
         done.unlink()
         path.unlink(missing_ok=True)
         return {}
@@ -388,8 +502,10 @@ def _checked_checkpoint(folder: Path) -> dict[str, Any]:
         run = exists(run_id)
         if run is not None and run.info.status != "FINISHED":
             return {"resume": True}
-        print(f"the checkpoint in {folder} belongs to run {run_id}, which this store does not hold unfinished: "
-              "training from the start")  # fmt: skip
+        print(
+            f"the checkpoint in {folder} belongs to run {run_id}, which this store does not hold unfinished: "
+            "training from the start"
+        )
         path.unlink()
     return {}
 
@@ -441,17 +557,29 @@ def _prepare(config, subset, device, state, rank, world_size) -> _Setup:
     cuda = device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last)  # faster on CUDA and on CPU alike
     workers = default_workers() if config.workers is None else config.workers
-    loader_args = dict(arch=config.arch, resolution=config.resolution, workers=workers, device=device,
-                       rank=rank, world_size=world_size, channels_last=True)  # fmt: skip
+    loader_args = dict(
+        arch=config.arch,
+        resolution=config.resolution,
+        workers=workers,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        channels_last=True,
+    )
     shards = select_shards(config.input_pipeline, config.shards, subset.digest, config.resolution, device)
     build = partial(make_shard_loader, shards) if shards else partial(make_loader, manifest)
     train_loader = build("train", batch_size=config.batch_size, train=True, seed=config.seed, **loader_args)
     has_val = bool((manifest["split"] == "val").any())
-    val_loader = build("val", batch_size=max(config.batch_size, 128), train=False, **loader_args) if has_val and rank == 0 else None
+    val_loader = (
+        build("val", batch_size=max(config.batch_size, 128), train=False, **loader_args)
+        if has_val and rank == 0
+        else None
+    )
     per_epoch = len(train_loader)
     total = config.iterations if config.schedule == "iterations" else config.epochs * per_epoch
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)  # fmt: skip
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
     position = (0, 0, 0)
     if state:
@@ -463,8 +591,20 @@ def _prepare(config, subset, device, state, rank, world_size) -> _Setup:
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
     coarse = coarse_labels(manifest, config.coarse_level)
-    return _Setup(model, net, train_loader, val_loader, optimizer, scheduler, coarse, shards, workers, total,
-                  math.ceil(total / per_epoch), position)  # fmt: skip
+    return _Setup(
+        model,
+        net,
+        train_loader,
+        val_loader,
+        optimizer,
+        scheduler,
+        coarse,
+        shards,
+        workers,
+        total,
+        math.ceil(total / per_epoch),
+        position,
+    )
 
 
 def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_main, on_step, on_epoch):
@@ -480,16 +620,25 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
     if is_main:
         guess = reference_accuracies(manifest, coarse)
         if guess:
-            print(f"guessing scores val_top1 {guess['derived.val_top1_uniform']:.3f} (uniform) or "
-                  f"{guess['derived.val_top1_majority']:.3f} (most common label), val_top1_coarse "
-                  f"{guess['derived.val_top1_coarse_majority']:.3f} (most common of {guess['derived.coarse_classes']} "
-                  f"{config.coarse_level} labels)")  # fmt: skip
-        derived = {"derived.num_classes": int(manifest["label"].max()) + 1, "derived.batches_per_epoch": per_epoch,
-                   "derived.total_iterations": total, "derived.epochs": epochs, "derived.workers": setup.workers,
-                   "derived.device": str(device), "derived.world_size": world_size,
-                   "derived.global_batch_size": config.batch_size * world_size,
-                   "derived.train_images": int((manifest["split"] == "train").sum()),
-                   "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader", **guess}  # fmt: skip
+            print(
+                f"guessing scores val_top1 {guess['derived.val_top1_uniform']:.3f} (uniform) or "
+                f"{guess['derived.val_top1_majority']:.3f} (most common label), val_top1_coarse "
+                f"{guess['derived.val_top1_coarse_majority']:.3f} (most common of {guess['derived.coarse_classes']} "
+                f"{config.coarse_level} labels)"
+            )
+        derived = {
+            "derived.num_classes": int(manifest["label"].max()) + 1,
+            "derived.batches_per_epoch": per_epoch,
+            "derived.total_iterations": total,
+            "derived.epochs": epochs,
+            "derived.workers": setup.workers,
+            "derived.device": str(device),
+            "derived.world_size": world_size,
+            "derived.global_batch_size": config.batch_size * world_size,
+            "derived.train_images": int((manifest["split"] == "train").sum()),
+            "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader",
+            **guess,
+        }
         tracking.log_params(derived)
 
     last_save = time.monotonic()
@@ -497,22 +646,36 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
     def checkpoint(next_epoch: int, next_batch: int) -> None:
         nonlocal last_save
         if is_main:
-            save_checkpoint(folder, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "epoch": next_epoch, "batch": next_batch,
-                "run_id": run_id, "config": config.to_dict(), "subset_digest": subset.digest,
-            })  # fmt: skip
+            save_checkpoint(
+                folder,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "epoch": next_epoch,
+                    "batch": next_batch,
+                    "run_id": run_id,
+                    "config": config.to_dict(),
+                    "subset_digest": subset.digest,
+                },
+            )
         last_save = time.monotonic()
 
     metrics: dict[str, float] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[status]}"))  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, disable=not is_main) as progress:
         task = progress.add_task(f"pretrain {config.arch} on {subset.name}", total=total, completed=step, status="")
         while step < total:
             train_loader.set_epoch(epoch, batch)
 
-            def after_step(images: int, loss: float) -> None:
+            def after_step(images: int, loss: float, epoch: int = epoch) -> None:
                 nonlocal step, batch
                 step, batch = step + 1, batch + 1
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
@@ -521,21 +684,38 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
                 if config.checkpoint_minutes == 0 or time.monotonic() - last_save > 60 * config.checkpoint_minutes:
                     checkpoint(epoch, batch)
 
-            stats = train_steps(net, train_loader, optimizer, scheduler, device=device, max_steps=total - step,
-                                seed=config.seed, first_step=step, on_step=after_step)  # fmt: skip
+            stats = train_steps(
+                net,
+                train_loader,
+                optimizer,
+                scheduler,
+                device=device,
+                max_steps=total - step,
+                seed=config.seed,
+                first_step=step,
+                on_step=after_step,
+            )
             skipped = train_loader.check_skipped(config.max_skipped_fraction)
             epoch, batch = epoch + 1, 0
-            metrics = {"train_loss": stats.loss, "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": stats.images_per_second * world_size, "epoch": epoch,
-                       "skipped_images": skipped}  # fmt: skip
+            metrics = {
+                "train_loss": stats.loss,
+                "lr": scheduler.get_last_lr()[0],
+                "images_per_s": stats.images_per_second * world_size,
+                "epoch": epoch,
+                "skipped_images": skipped,
+            }
             if val_loader is not None:
                 metrics.update(evaluate(model, val_loader, device=device, coarse_of_label=coarse))
             if is_main:
                 mlflow.log_metrics(metrics, step=step)
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("val_top"))
-                progress.console.print(f"epoch {epoch}: loss {stats.loss:.3f}, {stats.images_per_second:.0f} img/s, {shown}")
+                progress.console.print(
+                    f"epoch {epoch}: loss {stats.loss:.3f}, {stats.images_per_second:.0f} img/s, {shown}"
+                )
                 if train_loader.skipped:
-                    mlflow.log_text("\n".join(f"{p}\t{why}" for p, why in train_loader.skipped.items()), "skipped_images.tsv")
+                    mlflow.log_text(
+                        "\n".join(f"{p}\t{why}" for p, why in train_loader.skipped.items()), "skipped_images.tsv"
+                    )
             checkpoint(epoch, 0)
             if on_epoch is not None and is_main:
                 on_epoch(epoch, metrics)
@@ -545,15 +725,30 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
 def _log_backbone(config: PretrainConfig, subset: ResolvedSubset, model: torch.nn.Module, folder: Path) -> dict:
     name = config.model_name or f"{config.arch}-{subset.name}"
     pairs = subset.manifest[["label", "label_wnid"]].drop_duplicates().sort_values("label")
-    info = {"backbone": model.config(), "label_wnids": pairs["label_wnid"].astype(str).tolist(),
-            "subset_name": subset.name, "subset_digest": subset.digest, "spec_digest": subset.spec_digest,
-            "source_digest": subset.source_digest, "recipe": config.recipe, "seed": config.seed}  # fmt: skip
+    info = {
+        "backbone": model.config(),
+        "label_wnids": pairs["label_wnid"].astype(str).tolist(),
+        "subset_name": subset.name,
+        "subset_digest": subset.digest,
+        "spec_digest": subset.spec_digest,
+        "source_digest": subset.source_digest,
+        "recipe": config.recipe,
+        "seed": config.seed,
+    }
     version = tracking.log_backbone(
-        model, info, name=name if config.register else None,
-        tags={"arch": config.arch, "subset_name": subset.name, "subset_digest": subset.digest,
-              "spec_digest": subset.spec_digest, "spec": subset.spec_yaml, "seed": str(config.seed),
-              "recipe": config.recipe},
-    )  # fmt: skip
+        model,
+        info,
+        name=name if config.register else None,
+        tags={
+            "arch": config.arch,
+            "subset_name": subset.name,
+            "subset_digest": subset.digest,
+            "spec_digest": subset.spec_digest,
+            "spec": subset.spec_yaml,
+            "seed": str(config.seed),
+            "recipe": config.recipe,
+        },
+    )
     uri = f"models:/{name}/{version}" if version else f"runs:/{mlflow.active_run().info.run_id}/backbone"
     return {"model_name": name if version else "", "model_version": version or "", "model_uri": uri}
 
@@ -563,7 +758,9 @@ def _device(config: PretrainConfig, rank: int, world_size: int) -> torch.device:
     if config.device == "cuda" and not available:
         raise UserError("device=cuda but no CUDA device is visible; expected device=auto or cpu here")
     if config.gpus > max(available, 1) or (config.gpus > 1 and not available):
-        raise UserError(f"gpus={config.gpus} but {available} CUDA device(s) exist; expected gpus <= {max(available, 1)}")
+        raise UserError(
+            f"gpus={config.gpus} but {available} CUDA device(s) exist; expected gpus <= {max(available, 1)}"
+        )
     if config.device == "cpu" or not available:
         return torch.device("cpu")
     local = int(os.environ.get("LOCAL_RANK", rank))
@@ -577,8 +774,18 @@ def _launch_torchrun(config: PretrainConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config.to_dict()))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.gpus}",
-                   "-m", "imagenet_transfer.cli", "pretrain", "--config", str(path)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={config.gpus}",
+            "-m",
+            "imagenet_transfer.cli",
+            "pretrain",
+            "--config",
+            str(path),
+        ]
         done = subprocess.run(command)
     if done.returncode:
         raise SystemExit(done.returncode)

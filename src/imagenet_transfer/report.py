@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -59,8 +59,19 @@ FINDINGS = {
     "E7": "Adding more data (A+B vs A) does not always help and can hurt.",
 }
 NOT_PUBLISHED = "not published"
-RESULT_COLUMNS = ["experiment", "variant", "paper_variant", "seed", "arch", "benchmark", "num_classes", "images_per_class",
-                  "run_id", "metric", "value"]  # fmt: skip
+RESULT_COLUMNS = [
+    "experiment",
+    "variant",
+    "paper_variant",
+    "seed",
+    "arch",
+    "benchmark",
+    "num_classes",
+    "images_per_class",
+    "run_id",
+    "metric",
+    "value",
+]
 BASELINE = "full"
 RANDOM_LABEL = "random init (no pre-training)"
 
@@ -79,25 +90,37 @@ def find_grid_run(grid_run_id: str | None = None) -> tuple:
         except mlflow.exceptions.MlflowException:
             run = None
         if run is None or run.info.lifecycle_stage == "deleted":
-            raise UserError(f"--grid-run {grid_run_id}: no such run in the tracking store {uri}; expected the id of a "
-                            "FINISHED reproduce run (tag stage=reproduce)")  # fmt: skip
+            raise UserError(
+                f"--grid-run {grid_run_id}: no such run in the tracking store {uri}; expected the id of a "
+                "FINISHED reproduce run (tag stage=reproduce)"
+            )
         if run.data.tags.get("stage") != "reproduce":
-            raise UserError(f"--grid-run {grid_run_id} is a {run.data.tags.get('stage', 'untagged')} run; expected a "
-                            "reproduce run (tag stage=reproduce, from `imagenet-transfer reproduce`)")  # fmt: skip
+            raise UserError(
+                f"--grid-run {grid_run_id} is a {run.data.tags.get('stage', 'untagged')} run; expected a "
+                "reproduce run (tag stage=reproduce, from `imagenet-transfer reproduce`)"
+            )
         if run.info.status != "FINISHED":
-            raise UserError(f"--grid-run {grid_run_id} is a reproduce run with status {run.info.status}; expected a "
-                            "FINISHED one (it holds some steps' results only: `imagenet-transfer reproduce` with the "
-                            "same grid resumes it)")  # fmt: skip
+            raise UserError(
+                f"--grid-run {grid_run_id} is a reproduce run with status {run.info.status}; expected a "
+                "FINISHED one (it holds some steps' results only: `imagenet-transfer reproduce` with the "
+                "same grid resumes it)"
+            )
         return run, []
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'reproduce'",
-                              order_by=["attributes.start_time DESC"], output_format="list")  # fmt: skip
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.stage = 'reproduce'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
     for position, run in enumerate(runs):
         if run.info.status == "FINISHED":
             return run, runs[:position]
     unfinished = f"; found {len(runs)} that did not finish ({_describe(runs)})" if runs else ""
-    raise UserError(f"no grid run to report: expected a run tagged stage=reproduce with status FINISHED in the "
-                    f"tracking store {uri} (any experiment){unfinished}; run `imagenet-transfer reproduce` first (it "
-                    "resumes an unfinished grid), or pass --grid-run ID")  # fmt: skip
+    raise UserError(
+        f"no grid run to report: expected a run tagged stage=reproduce with status FINISHED in the "
+        f"tracking store {uri} (any experiment){unfinished}; run `imagenet-transfer reproduce` first (it "
+        "resumes an unfinished grid), or pass --grid-run ID"
+    )
 
 
 def _describe(runs: list, most: int = 5) -> str:
@@ -119,18 +142,33 @@ def grid_results(run) -> pd.DataFrame:
     ids = sorted({s["run_id"] for s in transfer})
     metrics: dict[str, dict[str, float]] = {}
     for start in range(0, len(ids), 100):
-        chunk = ", ".join(f"'{i}'" for i in ids[start:start + 100])
-        for found in mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_id IN ({chunk})",
-                                        output_format="list"):  # fmt: skip
+        chunk = ", ".join(f"'{i}'" for i in ids[start : start + 100])
+        for found in mlflow.search_runs(
+            search_all_experiments=True, filter_string=f"attributes.run_id IN ({chunk})", output_format="list"
+        ):
             metrics[found.info.run_id] = found.data.metrics
     rows = []
     for step in transfer:
         for metric in MAIN_METRICS.get(step.get("benchmark"), ()):
             value = metrics.get(step["run_id"], {}).get(metric)
             if value is not None:
-                rows.append({k: step.get(k) for k in ("experiment", "variant", "paper_variant", "seed", "arch", "benchmark",
-                                                      "num_classes", "images_per_class", "run_id")}
-                            | {"metric": metric, "value": float(value)})  # fmt: skip
+                rows.append(
+                    {
+                        k: step.get(k)
+                        for k in (
+                            "experiment",
+                            "variant",
+                            "paper_variant",
+                            "seed",
+                            "arch",
+                            "benchmark",
+                            "num_classes",
+                            "images_per_class",
+                            "run_id",
+                        )
+                    }
+                    | {"metric": metric, "value": float(value)}
+                )
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -145,10 +183,19 @@ def trial_results() -> pd.DataFrame:
         classes = run.data.params.get("num_classes")
         if objective is None or classes in (None, ""):
             continue
-        rows.append({"study_name": run.data.tags.get("study_name", ""), "trial_number": run.data.tags.get("trial_number", ""),
-                     "budget": run.data.params.get("budget", ""), "num_classes": float(classes),
-                     "images_per_class": run.data.params.get("images_per_class", ""), "objective": float(objective)})  # fmt: skip
-    return pd.DataFrame(rows, columns=["study_name", "trial_number", "budget", "num_classes", "images_per_class", "objective"])
+        rows.append(
+            {
+                "study_name": run.data.tags.get("study_name", ""),
+                "trial_number": run.data.tags.get("trial_number", ""),
+                "budget": run.data.params.get("budget", ""),
+                "num_classes": float(classes),
+                "images_per_class": run.data.params.get("images_per_class", ""),
+                "objective": float(objective),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["study_name", "trial_number", "budget", "num_classes", "images_per_class", "objective"]
+    )
 
 
 # -- tables (pure) -----------------------------------------------------------------------------------------
@@ -214,7 +261,7 @@ def display_rows(table: pd.DataFrame, metrics: list[str]) -> tuple[list[str], li
     rows = []
     for _, row in table.iterrows():
         if row["variant"] == RANDOM:
-            label = RANDOM_LABEL + str(row["row"])[len(RANDOM):]  # keeps " (arch)" of a multi-arch table
+            label = RANDOM_LABEL + str(row["row"])[len(RANDOM) :]  # keeps " (arch)" of a multi-arch table
             cells = [label, "—", "0"]
         else:
             cells = [str(row["row"]), f"{int(row['num_classes'])}", f"{row['images_per_class']:.0f}"]
@@ -246,7 +293,9 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
     import matplotlib.pyplot as plt
 
     made = {}
-    random = results[results["variant"] == RANDOM].drop_duplicates(["run_id", "metric"]).groupby("metric")["value"].mean()
+    random = (
+        results[results["variant"] == RANDOM].drop_duplicates(["run_id", "metric"]).groupby("metric")["value"].mean()
+    )
 
     def curve(ax, stats, x: str, label: str, **style) -> None:
         ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=label, **style)
@@ -258,8 +307,14 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
             colours.setdefault(container.get_label().split(" (")[0], container.lines[0].get_color())
         for metric in metrics:
             if metric in random.index:
-                ax.axhline(random[metric], color=colours.get(metric, "0.45"), linestyle=":", linewidth=1.5, gid=RANDOM,
-                           label=f"{metric}, {RANDOM_LABEL}")  # fmt: skip
+                ax.axhline(
+                    random[metric],
+                    color=colours.get(metric, "0.45"),
+                    linestyle=":",
+                    linewidth=1.5,
+                    gid=RANDOM,
+                    label=f"{metric}, {RANDOM_LABEL}",
+                )
 
     def finish_axes(ax) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -282,9 +337,18 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
         for metric, stats in per_class.items():
             curve(ax, stats, "images_per_class", metric, marker="o")
         reference(ax, list(per_class))
-        ax.set(xscale="log", xlabel="pre-training images per class", ylabel="transfer metric (%)", title=f"E1: transfer vs images per class{label}")
+        ax.set(
+            xscale="log",
+            xlabel="pre-training images per class",
+            ylabel="transfer metric (%)",
+            title=f"E1: transfer vs images per class{label}",
+        )
         finish_axes(ax)
-        save(fig, "transfer_vs_images_per_class.png", "Transfer vs images per class (E1 and the full set; mean ± std over seeds).")
+        save(
+            fig,
+            "transfer_vs_images_per_class.png",
+            "Transfer vs images per class (E1 and the full set; mean ± std over seeds).",
+        )
     by_classes = _series(results, "num_classes", lambda v: v == BASELINE or v.startswith(("e2-", "e3-")))
     budget = _series(results, "num_classes", lambda v: v.startswith("e5-"))
     if by_classes or budget:
@@ -294,16 +358,28 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
         for metric, stats in budget.items():
             curve(ax, stats, "num_classes", f"{metric} (E5 fixed budget)", marker="s", linestyle="--")
         reference(ax, list(dict.fromkeys([*by_classes, *budget])))
-        ax.set(xscale="log", xlabel="number of pre-training classes (labels)", ylabel="transfer metric (%)",
-               title=f"E2/E3/E5: transfer vs number of classes{label}")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="number of pre-training classes (labels)",
+            ylabel="transfer metric (%)",
+            title=f"E2/E3/E5: transfer vs number of classes{label}",
+        )
         finish_axes(ax)
-        save(fig, "transfer_vs_num_classes.png", "Transfer vs number of classes: coarser labels (E2, E3) and a fixed image budget (E5).")
+        save(
+            fig,
+            "transfer_vs_num_classes.png",
+            "Transfer vs number of classes: coarser labels (E2, E3) and a fixed image budget (E5).",
+        )
     if not trials.empty:
         fig, ax = plt.subplots(figsize=(8.5, 4))
         for study, part in trials.groupby("study_name"):
             ax.scatter(part["num_classes"], part["objective"], label=study or "study")
-        ax.set(xscale="log", xlabel="number of classes C (images per class = B / C)", ylabel="objective",
-               title="Budget study: C vs objective")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="number of classes C (images per class = B / C)",
+            ylabel="objective",
+            title="Budget study: C vs objective",
+        )
         finish_axes(ax)
         save(fig, "budget_study_classes_vs_objective.png", "Budget-study trials: number of classes C vs the objective.")
     return made
@@ -322,27 +398,39 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame, questions: dict[str, str],
-                 skipped: list | None = None) -> None:  # fmt: skip
+def build_report(
+    folder: Path,
+    run,
+    results: pd.DataFrame,
+    trials: pd.DataFrame,
+    questions: dict[str, str],
+    skipped: list | None = None,
+) -> None:
     """Write report.md, report.html, tables/*.csv and plots/*.png into `folder` (`skipped`: newer grid runs
     that did not finish, named in the introduction)."""
     (folder / "tables").mkdir(parents=True)
     (folder / "plots").mkdir()
-    label = f" ({run.data.params.get('grid_name', '')}, {run.data.params.get('profile', '')})" if run is not None else ""
+    label = (
+        f" ({run.data.params.get('grid_name', '')}, {run.data.params.get('profile', '')})" if run is not None else ""
+    )
     plots = plot_results(results, trials, folder / "plots", label)
     seeds = results["seed"].nunique() if not results.empty else 0
     title = "imagenet-transfer report"
     intro = []
     if run is not None:
         params = run.data.params
-        intro.append(f"Grid `{params.get('grid_name', '')}` at scale `{params.get('profile', '')}` — reproduce run "
-                     f"`{run.info.run_id}` ({run.info.status}), {seeds} seed(s) per variant.")  # fmt: skip
+        intro.append(
+            f"Grid `{params.get('grid_name', '')}` at scale `{params.get('profile', '')}` — reproduce run "
+            f"`{run.info.run_id}` ({run.info.status}), {seeds} seed(s) per variant."
+        )
     if skipped:
         intro.append(f"Not reported: {len(skipped)} newer grid run(s) that did not finish, {_describe(skipped)}.")
-    intro.append("Cells: mean ± std over seeds (sample std; a single seed shows the value alone); Δ: difference to the "
-                 f"`{BASELINE}` variant's mean, same backbone. “paper”: the value PAPER.md publishes for the paper's "
-                 "variant this row stands for (AlexNet on ImageNet — not comparable in absolute terms to the embedded "
-                 f"world), “{NOT_PUBLISHED}” where none is known.")  # fmt: skip
+    intro.append(
+        "Cells: mean ± std over seeds (sample std; a single seed shows the value alone); Δ: difference to the "
+        f"`{BASELINE}` variant's mean, same backbone. “paper”: the value PAPER.md publishes for the paper's "
+        "variant this row stands for (AlexNet on ImageNet — not comparable in absolute terms to the embedded "
+        f"world), “{NOT_PUBLISHED}” where none is known."
+    )
     md, body = [f"# {title}", "", *intro, ""], [f"<h1>{title}</h1>", *(f"<p>{html.escape(t)}</p>" for t in intro)]
     for exp_id in dict.fromkeys(results["experiment"]) if not results.empty else []:
         part = experiment_results(results, exp_id)
@@ -353,7 +441,11 @@ def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame,
         heading = f"{exp_id}: {questions.get(exp_id, '')}".rstrip(": ")
         finding = FINDINGS.get(exp_id, NOT_PUBLISHED)
         md += [f"## {heading}", "", _markdown_table(header, rows), "", f"Paper's finding: {finding}", ""]
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), f"<p>Paper's finding: {html.escape(finding)}</p>"]
+        body += [
+            f"<h2>{html.escape(heading)}</h2>",
+            _html_table(header, rows),
+            f"<p>Paper's finding: {html.escape(finding)}</p>",
+        ]
     if results.empty:
         md += ["No transfer results in the grid run: none of its transfer steps has a metric.", ""]
         body.append("<p>No transfer results in the grid run: none of its transfer steps has a metric.</p>")
@@ -362,15 +454,22 @@ def build_report(folder: Path, run, results: pd.DataFrame, trials: pd.DataFrame,
     for name, caption in plots.items():
         md += [f"![{caption}](plots/{name})", "", caption, ""]
         data = base64.b64encode((folder / "plots" / name).read_bytes()).decode()
-        body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+        text = html.escape(caption)
+        body.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+        )
     if trials.empty:
         md += ["No budget-study trials (stage=trial) in this tracking store.", ""]
         body.append("<p>No budget-study trials (stage=trial) in this tracking store.</p>")
     (folder / "report.md").write_text("\n".join(md))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}")  # fmt: skip
-    (folder / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-                                        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px}th{background:#eee}img{max-width:100%}"
+    )
+    (folder / "report.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def write_report(out: str | Path | None = None, *, grid_run_id: str | None = None) -> Path:
@@ -382,9 +481,11 @@ def write_report(out: str | Path | None = None, *, grid_run_id: str | None = Non
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"  # configure's
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():  # reading would create it
-        raise UserError(f"no grid run to report: expected a run tagged stage=reproduce with status FINISHED in the "
-                        f"tracking store {uri}, which does not exist; run `imagenet-transfer reproduce` first, or set "
-                        "MLFLOW_TRACKING_URI to the store the grid ran in")  # fmt: skip
+        raise UserError(
+            f"no grid run to report: expected a run tagged stage=reproduce with status FINISHED in the "
+            f"tracking store {uri}, which does not exist; run `imagenet-transfer reproduce` first, or set "
+            "MLFLOW_TRACKING_URI to the store the grid ran in"
+        )
     tracking.configure()
     run, skipped = find_grid_run(grid_run_id)
     trials = trial_results()
@@ -393,13 +494,16 @@ def write_report(out: str | Path | None = None, *, grid_run_id: str | None = Non
         questions = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/experiments.json")
     except Exception:
         questions = {}
-    out = Path(out) if out else Path("reports") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(out) if out else Path("reports") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not an empty folder; expected a new folder for the report")
     params = run.data.params
     note = f"; skipped {len(skipped)} newer grid run(s) that did not finish: {_describe(skipped)}" if skipped else ""
-    print(f"reporting grid run {run.info.run_id} (grid {params.get('grid_name', '')}, scale {params.get('profile', '')}, "
-          f"{run.info.status}, {len(results)} metric value(s)){note}", file=sys.stderr)  # fmt: skip
+    print(
+        f"reporting grid run {run.info.run_id} (grid {params.get('grid_name', '')}, scale {params.get('profile', '')}, "
+        f"{run.info.status}, {len(results)} metric value(s)){note}",
+        file=sys.stderr,
+    )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -18,18 +18,20 @@ reference for "better than no pre-training at all".
 A step is skipped when a FINISHED run in the current tracking store carries its `step_key`: the hash of the
 stage, its normalised config, its upstream input (the subset digest and the source's content digest for a
 subset or pre-training, the model version for a benchmark) and the code version (`provenance.code_version`).
-A pre-training reuses the registered model version (when it still exists in the store), a benchmark the metrics. So an interrupted
-grid resumes where it stopped, and a finished one costs nothing to rerun. Each step runs under an exclusive
-file lock named by its key (in the cache folder): a second `reproduce` on the same machine and store waits for a
-step the first is running and then reuses its result, so two grids that overlap never train the same thing twice.
+A pre-training reuses the registered model version (when it still exists in the store), a benchmark the
+metrics. So an interrupted grid resumes where it stopped, and a finished one costs nothing to rerun. Each step
+runs under an exclusive file lock named by its key (in the cache folder): a second `reproduce` on the same
+machine and store waits for a step the first is running and then reuses its result, so two grids that overlap
+never train the same thing twice.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -81,7 +83,9 @@ def load_grid(path: str | Path) -> Grid:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise UserError(f"grid file {path} cannot be read ({err.strerror}); expected a YAML grid like configs/paper.yaml") from None
+        raise UserError(
+            f"grid file {path} cannot be read ({err.strerror}); expected a YAML grid like configs/paper.yaml"
+        ) from None
     except yaml.YAMLError as err:
         raise UserError(f"grid file {path} is not valid YAML ({err})") from None
 
@@ -121,7 +125,10 @@ def load_grid(path: str | Path) -> Grid:
             valid = list(_config_class(name).field_names())
             unknown = sorted(set(overrides) - set(valid))
             if unknown:
-                fail(f"{where}, benchmark {name}", f"unknown config key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+                fail(
+                    f"{where}, benchmark {name}",
+                    f"unknown config key(s) {', '.join(unknown)}; valid: {', '.join(valid)}",
+                )
             out[name] = dict(overrides)
         return out
 
@@ -130,12 +137,14 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         fail("seeds", f"expected a positive integer, got {seeds!r}")
     scales = {}
-    for profile, settings in keys("scales", top.get("scales") or {}, SCALES + ("smoke",)).items():
+    for profile, settings in keys("scales", top.get("scales") or {}, (*SCALES, "smoke")).items():
         settings = dict(keys(f"scales.{profile}", settings or {}, SCALE_KEYS))
         settings["archs"] = archs(f"scales.{profile}", settings.get("archs", ["small"]))
         settings["benchmarks"] = benchmarks(f"scales.{profile}", settings.get("benchmarks") or {})
         if "world" in settings and settings["world"] not in ("tiny", "default", "large"):
-            fail(f"scales.{profile}.world", f"unknown world size {settings['world']!r}; expected tiny, default or large")
+            fail(
+                f"scales.{profile}.world", f"unknown world size {settings['world']!r}; expected tiny, default or large"
+            )
         pretrain = settings.get("pretrain") or {}
         valid = [name for name in PretrainConfig.field_names() if name not in GRID_OWNED]
         if not isinstance(pretrain, dict) or set(pretrain) - set(valid):
@@ -145,9 +154,12 @@ def load_grid(path: str | Path) -> Grid:
             fail(f"scales.{profile}.baselines", f"expected true or false, got {settings['baselines']!r}")
         data_paths = settings.get("data") or {}
         if not isinstance(data_paths, dict) or any(name not in BENCHMARKS for name in data_paths):
-            fail(f"scales.{profile}.data", f"expected a mapping benchmark -> path with benchmarks among {', '.join(BENCHMARKS)}")
+            fail(
+                f"scales.{profile}.data",
+                f"expected a mapping benchmark -> path with benchmarks among {', '.join(BENCHMARKS)}",
+            )
         scales[profile] = settings
-    missing = [p for p in SCALES + ("smoke",) if p not in scales]
+    missing = [p for p in (*SCALES, "smoke") if p not in scales]
     if missing:
         fail("scales", f"missing profile(s) {', '.join(missing)}; expected world, smoke and real")
 
@@ -162,11 +174,16 @@ def load_grid(path: str | Path) -> Grid:
         for profile in scales:
             listed = (entry.get("variants") or {}).get(profile)
             if not listed:
-                fail(f"{where}, variants", f"no variants for scale {profile!r}; expected variants for {', '.join(scales)}")
+                fail(
+                    f"{where}, variants",
+                    f"no variants for scale {profile!r}; expected variants for {', '.join(scales)}",
+                )
             if not isinstance(listed, (list, dict)):
                 fail(f"{where}, variants.{profile}", "expected a list of presets or a mapping preset -> paper preset")
             # a list entry that is one of the paper's presets stands for itself
-            pairs = listed.items() if isinstance(listed, dict) else ((n, n if n in PAPER_PRESETS else None) for n in listed)
+            pairs = (
+                listed.items() if isinstance(listed, dict) else ((n, n if n in PAPER_PRESETS else None) for n in listed)
+            )
             out = []
             for name, paper in pairs:
                 for which, preset_name in (("variant", name), ("paper variant", paper)):
@@ -181,9 +198,12 @@ def load_grid(path: str | Path) -> Grid:
         if unknown_profiles:
             fail(f"{where}, variants", f"unknown scale(s) {', '.join(unknown_profiles)}; expected {', '.join(scales)}")
         experiments[str(exp_id)] = Experiment(
-            str(exp_id), str(entry.get("question", "")), chosen, variants,
+            str(exp_id),
+            str(entry.get("question", "")),
+            chosen,
+            variants,
             archs(where, entry["archs"]) if "archs" in entry else None,
-        )  # fmt: skip
+        )
     if not experiments:
         fail("experiments", "expected at least one experiment")
     return Grid(str(top.get("name") or path.stem), str(path), seeds, scales, experiments)
@@ -250,8 +270,11 @@ class Plan:
 
     @property
     def steps(self) -> int:
-        return (len({u.subset.key for u in self.units}) + sum(1 + len(u.benchmarks) for u in self.units)
-                + sum(len(b.benchmarks) for b in self.baselines))
+        return (
+            len({u.subset.key for u in self.units})
+            + sum(1 + len(u.benchmarks) for u in self.units)
+            + sum(len(b.benchmarks) for b in self.baselines)
+        )
 
 
 def step_key(stage: str, config: dict[str, Any], upstream: str) -> str:
@@ -285,7 +308,9 @@ def expand(
     chosen = list(grid.experiments) if not only else list(only)
     unknown = [e for e in chosen if e not in grid.experiments]
     if unknown:
-        raise UserError(f"--only {','.join(unknown)}: not in grid {grid.path}; expected some of {', '.join(grid.experiments)}")
+        raise UserError(
+            f"--only {','.join(unknown)}: not in grid {grid.path}; expected some of {', '.join(grid.experiments)}"
+        )
     recipe = "smoke" if smoke else settings.get("recipe", "world")
     entries = [
         Entry(exp_id, variant, arch, seed, recipe)
@@ -293,14 +318,21 @@ def expand(
         for variant in grid.experiments[exp_id].variants[profile]
         for arch in grid.experiments[exp_id].archs or settings["archs"]
         for seed in range(seeds or grid.seeds)
-    ]  # fmt: skip
+    ]
     return profile, entries
 
 
 def make_plan(
-    grid: Grid, *, scale: str = "world", smoke: bool = False, seeds: int | None = None, only: list[str] | None = None,
-    source: str = "", data: dict[str, str] | None = None, world: str | Path | None = None,
-) -> Plan:  # fmt: skip
+    grid: Grid,
+    *,
+    scale: str = "world",
+    smoke: bool = False,
+    seeds: int | None = None,
+    only: list[str] | None = None,
+    source: str = "",
+    data: dict[str, str] | None = None,
+    world: str | Path | None = None,
+) -> Plan:
     """Resolve the grid at a scale into units; builds every subset in memory (no run) so that a variant
     that does not fit the source fails here, before anything starts."""
     from imagenet_transfer.catalog import load_catalog, source_digest
@@ -317,15 +349,19 @@ def make_plan(
         root = Path(world) if world else generate(size=settings.get("world", "default"), progress=False)
         manifest = read_world(root)  # raises on a folder that is not a world
         if present_parts(manifest) != set(PARTS):
-            raise UserError(f"world {root} holds only the part(s) {', '.join(sorted(present_parts(manifest)))}; "
-                            f"expected a complete world (`imagenet-transfer synth --out {root}` adds the rest)")
+            raise UserError(
+                f"world {root} holds only the part(s) {', '.join(sorted(present_parts(manifest)))}; "
+                f"expected a complete world (`imagenet-transfer synth --out {root}` adds the rest)"
+            )
         world_hash = manifest["content_sha256"]
         world_root = str(Path(root).absolute())
         source = source or str(Path(world_root) / "imagenet")
     else:
         source = source or settings.get("source") or ""
         if not source:
-            raise UserError("--scale real needs --source: the ImageNet folder (train/<wnid>/, val/) or a catalog .parquet")
+            raise UserError(
+                "--scale real needs --source: the ImageNet folder (train/<wnid>/, val/) or a catalog .parquet"
+            )
     paths = {**(settings.get("data") or {}), **(data or {})}
     catalog = load_catalog(source)
     content = source_digest(source)
@@ -337,7 +373,9 @@ def make_plan(
         for name in experiment.benchmarks:
             overrides = {**settings["benchmarks"].get(name, {}), **experiment.benchmarks[name]}
             config = make_config(name, quick=smoke or bool(settings.get("quick")))
-            target = paths.get(name) or (str(Path(world_root) / "imagenet") if name == "probe" and world_root else world_root)
+            target = paths.get(name) or (
+                str(Path(world_root) / "imagenet") if name == "probe" and world_root else world_root
+            )
             if name == "probe" and not target:
                 target = source  # the probes read the pre-training source's fine classes
             if not target:
@@ -357,30 +395,59 @@ def make_plan(
             try:
                 built = build_subset(catalog, spec)
             except UserError as err:
-                raise UserError(f"grid file {grid.path}, experiment {entry.experiment}, variant {name} at scale "
-                                f"{profile}: {err}") from None  # fmt: skip
+                raise UserError(
+                    f"grid file {grid.path}, experiment {entry.experiment}, variant {name} at scale {profile}: {err}"
+                ) from None
             summary = built.summary()
             subsets[name] = SubsetPlan(
-                name, spec, built.digest, summary["num_labels"], summary["num_fine_classes"], summary["train_images"],
+                name,
+                spec,
+                built.digest,
+                summary["num_labels"],
+                summary["num_fine_classes"],
+                summary["train_images"],
                 step_key("subset", spec.params(), f"{built.digest}:{content}"),
-            )  # fmt: skip
+            )
             del built  # a real-scale manifest is large; it is rebuilt when the subset step runs
         try:
-            config = PretrainConfig(subset=name, source=source, arch=entry.arch, recipe=entry.recipe, seed=entry.seed,
-                                    model_name=f"{grid.name}-{entry.arch}-{name}-s{entry.seed}",
-                                    **settings["pretrain"]).resolve()  # fmt: skip
+            config = PretrainConfig(
+                subset=name,
+                source=source,
+                arch=entry.arch,
+                recipe=entry.recipe,
+                seed=entry.seed,
+                model_name=f"{grid.name}-{entry.arch}-{name}-s{entry.seed}",
+                **settings["pretrain"],
+            ).resolve()
         except (TypeError, UserError) as err:
             raise UserError(f"grid file {grid.path}, scales.{profile}.pretrain: {err}") from None
-        trained = {k: v for k, v in config.to_dict().items()
-                   if k not in PretrainConfig.OPERATIONAL + ("subset", "source")}  # fmt: skip
-        units.append(Unit(entry.experiment, entry.variant, entry.arch, entry.seed, subsets[name], config,
-                          step_key("pretrain", trained, f"{subsets[name].digest}:{content}"), configs[entry.experiment]))  # fmt: skip
+        trained = {
+            k: v for k, v in config.to_dict().items() if k not in (*PretrainConfig.OPERATIONAL, "subset", "source")
+        }
+        units.append(
+            Unit(
+                entry.experiment,
+                entry.variant,
+                entry.arch,
+                entry.seed,
+                subsets[name],
+                config,
+                step_key("pretrain", trained, f"{subsets[name].digest}:{content}"),
+                configs[entry.experiment],
+            )
+        )
     baselines = []
     if settings.get("baselines", False):  # one random backbone per experiment and arch, at the unit's resolution
         for unit in units:
             if not any(b.experiment == unit.experiment and b.arch == unit.arch for b in baselines):
-                baselines.append(Baseline(unit.experiment, unit.arch, f"random:{unit.arch}@{unit.pretrain.resolution}",
-                                          configs[unit.experiment]))  # fmt: skip
+                baselines.append(
+                    Baseline(
+                        unit.experiment,
+                        unit.arch,
+                        f"random:{unit.arch}@{unit.pretrain.resolution}",
+                        configs[unit.experiment],
+                    )
+                )
     seeds_used = seeds or grid.seeds
     return Plan(grid, scale, profile, smoke, seeds_used, source, world_root, world_hash, tuple(units), tuple(baselines))
 
@@ -390,7 +457,7 @@ def _normalised(config, world_root: str, world_hash: str) -> dict[str, Any]:
     same world found at another path gives the same key."""
     values = config.to_dict()
     if world_root and isinstance(values.get("data"), str) and values["data"].startswith(world_root):
-        values["data"] = f"world:{world_hash}" + values["data"][len(world_root):]
+        values["data"] = f"world:{world_hash}" + values["data"][len(world_root) :]
     return values
 
 
@@ -407,16 +474,21 @@ def _find_finished(key: str):
     import mlflow
 
     runs = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"tags.step_key = '{key}' and attributes.status = 'FINISHED'",
-        max_results=1, order_by=["attributes.start_time DESC"], output_format="list",
-    )  # fmt: skip
+        search_all_experiments=True,
+        filter_string=f"tags.step_key = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
     return runs[0] if runs else None
 
 
 def run_grid(
-    plan: Plan, *, device: str = "auto",
+    plan: Plan,
+    *,
+    device: str = "auto",
     on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run the plan's steps under one grid run, reusing finished ones; returns the step table and times.
 
     `on_step(record)` is called after every step (a test interrupts the grid there)."""
@@ -428,45 +500,94 @@ def run_grid(
     console = Console(stderr=True)
     tracking.configure()
     client = mlflow.MlflowClient()
-    params = {"grid": plan.grid.path, "grid_name": plan.grid.name, "scale": plan.scale, "profile": plan.profile,
-              "smoke": plan.smoke, "seeds": plan.seeds, "only": ",".join(dict.fromkeys(u.experiment for u in plan.units)),
-              "source": plan.source, "world": plan.world, "steps": plan.steps}  # fmt: skip
+    params = {
+        "grid": plan.grid.path,
+        "grid_name": plan.grid.name,
+        "scale": plan.scale,
+        "profile": plan.profile,
+        "smoke": plan.smoke,
+        "seeds": plan.seeds,
+        "only": ",".join(dict.fromkeys(u.experiment for u in plan.units)),
+        "source": plan.source,
+        "world": plan.world,
+        "steps": plan.steps,
+    }
     records: list[dict[str, Any]] = []
     seconds = dict.fromkeys(STAGES, 0.0)
     done: dict[str, dict[str, Any]] = {}  # step key -> outputs, within this grid run
     started = time.monotonic()
-    with tracking.start_run("reproduce", params=params, tags={"grid": plan.grid.name, "scale": plan.profile},
-                            run_name=f"reproduce {plan.grid.name} {plan.profile}") as grid_run:  # fmt: skip
+    with tracking.start_run(
+        "reproduce",
+        params=params,
+        tags={"grid": plan.grid.name, "scale": plan.profile},
+        run_name=f"reproduce {plan.grid.name} {plan.profile}",
+    ) as grid_run:
         grid_id = grid_run.info.run_id
         client.log_artifact(grid_id, plan.grid.path)  # the grid file as run, and what each experiment asks
-        client.log_dict(grid_id, {e: plan.grid.experiments[e].question for e in params["only"].split(",") if e}, "experiments.json")
+        client.log_dict(
+            grid_id, {e: plan.grid.experiments[e].question for e in params["only"].split(",") if e}, "experiments.json"
+        )
 
-        def record(unit: Unit | Baseline, stage: str, key: str, outputs: dict[str, Any], reused: bool, took: float,
-                   benchmark: str = "") -> None:  # fmt: skip
+        def record(
+            unit: Unit | Baseline,
+            stage: str,
+            key: str,
+            outputs: dict[str, Any],
+            reused: bool,
+            took: float,
+            benchmark: str = "",
+        ) -> None:
             seconds[stage] += took
             if isinstance(unit, Baseline):
-                variant = {"variant": RANDOM, "paper_variant": None, "seed": 0, "num_classes": 0,
-                           "num_fine_classes": 0, "train_images": 0, "images_per_class": 0.0}  # fmt: skip
+                variant = {
+                    "variant": RANDOM,
+                    "paper_variant": None,
+                    "seed": 0,
+                    "num_classes": 0,
+                    "num_fine_classes": 0,
+                    "train_images": 0,
+                    "images_per_class": 0.0,
+                }
             else:
-                variant = {"variant": unit.variant.preset, "paper_variant": unit.variant.paper, "seed": unit.seed,
-                           "num_classes": unit.subset.num_labels, "num_fine_classes": unit.subset.num_fine_classes,
-                           "train_images": unit.subset.train_images,
-                           "images_per_class": round(unit.subset.images_per_class, 3)}  # fmt: skip
-            row = {"experiment": unit.experiment, **variant, "arch": unit.arch, "stage": stage, "benchmark": benchmark,
-                   "step_key": key, "reused": reused, "seconds": round(took, 3), **outputs}  # fmt: skip
+                variant = {
+                    "variant": unit.variant.preset,
+                    "paper_variant": unit.variant.paper,
+                    "seed": unit.seed,
+                    "num_classes": unit.subset.num_labels,
+                    "num_fine_classes": unit.subset.num_fine_classes,
+                    "train_images": unit.subset.train_images,
+                    "images_per_class": round(unit.subset.images_per_class, 3),
+                }
+            row = {
+                "experiment": unit.experiment,
+                **variant,
+                "arch": unit.arch,
+                "stage": stage,
+                "benchmark": benchmark,
+                "step_key": key,
+                "reused": reused,
+                "seconds": round(took, 3),
+                **outputs,
+            }
             records.append(row)
             client.log_dict(grid_id, records, "steps.json")  # written as it goes: an interrupted grid keeps it
             what = f"{stage} {benchmark}".strip()
             state = "reused" if reused else f"ran in {took:.1f} s"
-            console.print(f"[{len(records)}/{plan.steps}] {unit.experiment} {row['variant']} {unit.arch} "
-                          f"seed {row['seed']} {what}: {state}")  # fmt: skip
+            console.print(
+                f"[{len(records)}/{plan.steps}] {unit.experiment} {row['variant']} {unit.arch} "
+                f"seed {row['seed']} {what}: {state}"
+            )
             if on_step is not None:
                 on_step(row)
 
         subsets_seen: set[str] = set()
         for unit in plan.units:
-            tags = {"grid": plan.grid.name, "experiment": unit.experiment, "variant": unit.variant.preset,
-                    "seed": str(unit.seed)}  # fmt: skip
+            tags = {
+                "grid": plan.grid.name,
+                "experiment": unit.experiment,
+                "variant": unit.variant.preset,
+                "seed": str(unit.seed),
+            }
             with tracking.nested_under(grid_id, tags):
                 folder, outputs, reused, took = _subset_step(unit.subset, plan.source, done)
                 if unit.subset.key not in subsets_seen:
@@ -484,13 +605,18 @@ def run_grid(
             tags = {"grid": plan.grid.name, "experiment": baseline.experiment, "variant": RANDOM, "seed": "0"}
             with tracking.nested_under(grid_id, tags):
                 for name, config in baseline.benchmarks.items():
-                    key = step_key(f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), baseline.backbone)
+                    key = step_key(
+                        f"transfer:{name}", _normalised(config, plan.world, plan.world_hash), baseline.backbone
+                    )
                     t_outputs, reused, took = _transfer_step(name, baseline.backbone, config, key, done, device)
                     record(baseline, "transfer", key, t_outputs, reused, took, benchmark=name)
         total = time.monotonic() - started
         metrics = {f"seconds_{stage}": value for stage, value in seconds.items()}
-        metrics.update(seconds_total=total, steps_run=sum(not r["reused"] for r in records),
-                       steps_reused=sum(r["reused"] for r in records))  # fmt: skip
+        metrics.update(
+            seconds_total=total,
+            steps_run=sum(not r["reused"] for r in records),
+            steps_reused=sum(r["reused"] for r in records),
+        )
         mlflow.log_metrics(metrics)
     return {"run_id": grid_id, "records": records, **metrics}
 
@@ -517,7 +643,9 @@ def _subset_step(subset: SubsetPlan, source: str, done: dict) -> tuple[Path, dic
     return folder, outputs, reused, time.monotonic() - started
 
 
-def _pretrain_step(unit: Unit, folder: Path, done: dict, client, device: str, links: dict[str, str]) -> tuple[dict, bool, float]:
+def _pretrain_step(
+    unit: Unit, folder: Path, done: dict, client, device: str, links: dict[str, str]
+) -> tuple[dict, bool, float]:
     key = unit.pretrain_key
     started = time.monotonic()
     if key in done:
@@ -560,8 +688,10 @@ def _materialise(subset: SubsetPlan, source: str, folder: Path) -> None:
     if not (folder / "subset.json").exists():
         built = build_subset(load_catalog(source), subset.spec)
         if built.digest != subset.digest:
-            raise UserError(f"subset {subset.preset}: the source {source} changed while the grid ran (digest "
-                            f"{built.digest}, planned {subset.digest}); expected an unchanged source")  # fmt: skip
+            raise UserError(
+                f"subset {subset.preset}: the source {source} changed while the grid ran (digest "
+                f"{built.digest}, planned {subset.digest}); expected an unchanged source"
+            )
         write_subset(built, folder, source=source, source_digest=source_digest(source))
 
 
@@ -591,13 +721,22 @@ def _transfer_step(name: str, model_uri: str, config, key: str, done: dict, devi
 
 
 def reproduce(
-    grid_path: str | Path, *, scale: str = "world", smoke: bool = False, seeds: int | None = None,
-    only: list[str] | None = None, source: str = "", data: dict[str, str] | None = None,
-    world: str | Path | None = None, device: str = "auto", on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    grid_path: str | Path,
+    *,
+    scale: str = "world",
+    smoke: bool = False,
+    seeds: int | None = None,
+    only: list[str] | None = None,
+    source: str = "",
+    data: dict[str, str] | None = None,
+    world: str | Path | None = None,
+    device: str = "auto",
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Load, plan (everything checked before any run starts) and run a grid; returns `run_grid`'s summary."""
-    plan = make_plan(load_grid(grid_path), scale=scale, smoke=smoke, seeds=seeds, only=only, source=source,
-                     data=data, world=world)  # fmt: skip
+    plan = make_plan(
+        load_grid(grid_path), scale=scale, smoke=smoke, seeds=seeds, only=only, source=source, data=data, world=world
+    )
     return run_grid(plan, device=device, on_step=on_step)
 
 

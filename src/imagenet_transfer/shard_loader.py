@@ -50,6 +50,7 @@ PIPELINES = ("auto", "loader", "shards")
 
 class HostBatch(NamedTuple):
     """What the host hands to the device for one batch (tensors only, so workers and pinning handle it)."""
+
     images: Tensor  # uint8 (k, side, side, 3) or (k, 3, side, side) if `chw`: the records decoded on the host
     payload: Tensor  # uint8 bytes of the JPEGs left for the device, back to back
     sizes: Tensor  # int64 size of each of those JPEGs
@@ -127,13 +128,16 @@ def augment(images: Tensor, seeds: Tensor, *, resolution: int, train: bool, resi
     side = images.shape[1]
     if resize is not None and resize != side:
         nchw = images.permute(0, 3, 1, 2).float()
-        nchw = torch.nn.functional.interpolate(nchw, size=(resize, resize), mode="bilinear", antialias=True,
-                                               align_corners=False)  # fmt: skip
+        nchw = torch.nn.functional.interpolate(
+            nchw, size=(resize, resize), mode="bilinear", antialias=True, align_corners=False
+        )
         images, side = nchw.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1), resize
     room = side - resolution
     if room < 0:
-        raise UserError(f"shards hold {side}px images, smaller than the {resolution}px crop; expected shards "
-                        f"prepared with --short-side >= {resolution}")
+        raise UserError(
+            f"shards hold {side}px images, smaller than the {resolution}px crop; expected shards "
+            f"prepared with --short-side >= {resolution}"
+        )
     top, left, mirror = (t.to(images.device) for t in crop_params(seeds, room, train))  # no-op if on the device
     steps = torch.arange(resolution, device=images.device)
     rows = top[:, None] + steps
@@ -146,9 +150,22 @@ def augment(images: Tensor, seeds: Tensor, *, resolution: int, train: bool, resi
 class ShardLoader:
     """Iterable of (float images NCHW normalised on `device`, int64 labels on `device`) read from shards."""
 
-    def __init__(self, shards: ShardSet, split: str, sampler: EpochSampler, *, batch_size: int, resolution: int,
-                 train: bool, normalisation: str, device: torch.device, channels_last: bool, workers: int,
-                 device_decode: float, reader: str | None = None) -> None:
+    def __init__(
+        self,
+        shards: ShardSet,
+        split: str,
+        sampler: EpochSampler,
+        *,
+        batch_size: int,
+        resolution: int,
+        train: bool,
+        normalisation: str,
+        device: torch.device,
+        channels_last: bool,
+        workers: int,
+        device_decode: float,
+        reader: str | None = None,
+    ) -> None:
         self.shards, self.split, self.sampler, self.train = shards, split, sampler, train
         self.resolution, self.normalisation, self.device = resolution, normalisation, device
         self.channels_last, self.device_decode = channels_last, device_decode
@@ -157,9 +174,19 @@ class ShardLoader:
         cuda = device.type == "cuda"
         self.host = _HostBatches(shards, split, device_decode)
         self.reader = reader or ("thread" if shards.format == "raw" and cuda else "workers")
-        self.loader = None if self.reader == "thread" else DataLoader(
-            self.host, batch_size=None, sampler=self.keys, num_workers=workers, pin_memory=cuda,
-            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)  # fmt: skip
+        self.loader = (
+            None
+            if self.reader == "thread"
+            else DataLoader(
+                self.host,
+                batch_size=None,
+                sampler=self.keys,
+                num_workers=workers,
+                pin_memory=cuda,
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+        )
         self.skipped = shards.skipped(split)  # images prepare could not read: absent from the shards
         self.seen = 0
         self._normalisation: tuple[Tensor, Tensor] | None = None
@@ -182,8 +209,9 @@ class ShardLoader:
             from torchvision.io import ImageReadMode, decode_jpeg
 
             payload = host.payload.cpu()
-            decoded = decode_jpeg(list(torch.split(payload, host.sizes.tolist())), mode=ImageReadMode.RGB,
-                                  device=device)  # fmt: skip
+            decoded = decode_jpeg(
+                list(torch.split(payload, host.sizes.tolist())), mode=ImageReadMode.RGB, device=device
+            )
             parts.append(torch.stack(decoded).permute(0, 2, 3, 1))
         images = parts[0] if len(parts) == 1 else torch.cat(parts)
         seeds = host.seeds.to(device, non_blocking=non_blocking)  # crop offsets are computed on the device
@@ -261,17 +289,35 @@ class ShardLoader:
         total = count + len(self.shards.splits[self.split])
         if count and count > max_fraction * total:
             listing = "; ".join(f"{p} ({why})" for p, why in list(self.skipped.items())[:20])
-            raise UserError(f"{count} of {total} {self.split} images could not be read when the shards in "
-                            f"{self.shards.folder} were prepared, more than the allowed fraction {max_fraction:g}: "
-                            f"{listing}; expected readable JPEG files (fix or remove them from the manifest)")
+            raise UserError(
+                f"{count} of {total} {self.split} images could not be read when the shards in "
+                f"{self.shards.folder} were prepared, more than the allowed fraction {max_fraction:g}: "
+                f"{listing}; expected readable JPEG files (fix or remove them from the manifest)"
+            )
         return count
 
 
-def make_shard_loader(shards: ShardSet, split: str, *, arch: str, resolution: int | None = None, batch_size: int,
-                      workers: int = 0, train: bool, seed: int = 0, epoch: int = 0, start_batch: int = 0,
-                      device: str | torch.device = "cpu", normalisation: str | None = None, rank: int = 0,
-                      world_size: int = 1, channels_last: bool = False, device_decode: float | None = None,
-                      reader: str | None = None, **_: object) -> ShardLoader:
+def make_shard_loader(
+    shards: ShardSet,
+    split: str,
+    *,
+    arch: str,
+    resolution: int | None = None,
+    batch_size: int,
+    workers: int = 0,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    device: str | torch.device = "cpu",
+    normalisation: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+    device_decode: float | None = None,
+    reader: str | None = None,
+    **_: object,
+) -> ShardLoader:
     """The shard loader of `split` for `arch`, with `data.make_loader`'s arguments and checks.
 
     `device_decode`: share of each JPEG batch decoded on the device (default: 0.5 on CUDA, 0 elsewhere; the
@@ -292,8 +338,10 @@ def make_shard_loader(shards: ShardSet, split: str, *, arch: str, resolution: in
     if batch_size < 1 or workers < 0:
         raise UserError(f"batch_size {batch_size} / workers {workers}; expected batch_size ≥ 1 and workers ≥ 0")
     if train and n // world_size < batch_size:
-        raise UserError(f"{n} {split} images cannot fill one batch of {batch_size} per process "
-                        f"({world_size} process(es)); expected a smaller batch_size or more images")
+        raise UserError(
+            f"{n} {split} images cannot fill one batch of {batch_size} per process "
+            f"({world_size} process(es)); expected a smaller batch_size or more images"
+        )
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is not in 0..{world_size - 1}")
     device = torch.device(device)
@@ -301,17 +349,38 @@ def make_shard_loader(shards: ShardSet, split: str, *, arch: str, resolution: in
         device_decode = 0.5 if device.type == "cuda" else 0.0
     if not 0 <= device_decode <= 1:
         raise UserError(f"device_decode={device_decode}; expected a share between 0 and 1")
-    sampler = EpochSampler(n, batch_size=batch_size, seed=seed, epoch=epoch, shuffle=train, drop_last=train,
-                           start_batch=start_batch, rank=rank, world_size=world_size)  # fmt: skip
+    sampler = EpochSampler(
+        n,
+        batch_size=batch_size,
+        seed=seed,
+        epoch=epoch,
+        shuffle=train,
+        drop_last=train,
+        start_batch=start_batch,
+        rank=rank,
+        world_size=world_size,
+    )
     if not 0 <= start_batch <= sampler.batches_per_epoch():
         raise UserError(f"start_batch {start_batch} is outside the epoch's 0..{sampler.batches_per_epoch()} batches")
-    return ShardLoader(shards, split, sampler, batch_size=batch_size, resolution=resolution, train=train,
-                       normalisation=normalisation, device=device, channels_last=channels_last, workers=workers,
-                       device_decode=device_decode, reader=reader)  # fmt: skip
+    return ShardLoader(
+        shards,
+        split,
+        sampler,
+        batch_size=batch_size,
+        resolution=resolution,
+        train=train,
+        normalisation=normalisation,
+        device=device,
+        channels_last=channels_last,
+        workers=workers,
+        device_decode=device_decode,
+        reader=reader,
+    )
 
 
-def select_shards(pipeline: str, folder: str, manifest_digest: str, resolution: int,
-                  device: torch.device) -> ShardSet | None:
+def select_shards(
+    pipeline: str, folder: str, manifest_digest: str, resolution: int, device: torch.device
+) -> ShardSet | None:
     """The shards pre-training reads, or None for the loose-file loader.
 
     "loader": None. "shards": `folder`, or the prepared shards of this manifest at round(res·256/227) px found
@@ -331,7 +400,9 @@ def select_shards(pipeline: str, folder: str, manifest_digest: str, resolution: 
             return None
         return ShardSet.open(found, manifest_digest=manifest_digest)
     if pipeline == "shards":
-        raise UserError(f"input_pipeline=shards but no shards of manifest {manifest_digest} at {side}px are "
-                        f"prepared; expected `imagenet-transfer prepare --subset ... --short-side {side}` first "
-                        "(or --shards DIR)")
+        raise UserError(
+            f"input_pipeline=shards but no shards of manifest {manifest_digest} at {side}px are "
+            f"prepared; expected `imagenet-transfer prepare --subset ... --short-side {side}` first "
+            "(or --shards DIR)"
+        )
     return None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -79,6 +80,7 @@ class ShardOptions(Settings):
 @dataclass(frozen=True)
 class Records:
     """What to prepare, in manifest order: image paths, integer labels, split of each ("train"/"val")."""
+
     paths: Sequence[str]
     labels: Sequence[int]
     splits: Sequence[str]
@@ -130,12 +132,15 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 def _no_space(folder: Path, err: OSError) -> UserError:
-    return UserError(f"the disk under {folder} ran out of space while writing shards ({err.strerror}); "
-                     "expected enough free space (the unfinished shard was removed; rerun to resume)")
+    return UserError(
+        f"the disk under {folder} ran out of space while writing shards ({err.strerror}); "
+        "expected enough free space (the unfinished shard was removed; rerun to resume)"
+    )
 
 
-def _write_shard(folder: str, name: str, rows: np.ndarray, paths: list[str], labels: list[int],
-                 options: ShardOptions, key: str) -> dict:
+def _write_shard(
+    folder: str, name: str, rows: np.ndarray, paths: list[str], labels: list[int], options: ShardOptions, key: str
+) -> dict:
     """Write one shard (.bin, then its .json), atomically; returns its .json content. Runs in a worker."""
     import torch
 
@@ -165,9 +170,17 @@ def _write_shard(folder: str, name: str, rows: np.ndarray, paths: list[str], lab
         if err.errno == errno.ENOSPC:
             raise _no_space(folder_path, err) from None
         raise
-    meta = {"name": name, "key": key, "bytes": position, "sha256": digest.hexdigest(),
-            "rows": [r for r, _ in kept], "labels": [lab for _, lab in kept], "offsets": offsets, "sizes": sizes,
-            "skipped": skipped}  # fmt: skip
+    meta = {
+        "name": name,
+        "key": key,
+        "bytes": position,
+        "sha256": digest.hexdigest(),
+        "rows": [r for r, _ in kept],
+        "labels": [lab for _, lab in kept],
+        "offsets": offsets,
+        "sizes": sizes,
+        "skipped": skipped,
+    }
     _write_json(folder_path / f"{name}.json", meta)
     return meta
 
@@ -203,13 +216,22 @@ def check_disk(folder: Path, needed: int) -> None:
     """UserError when the disk under `folder` has less than `needed` bytes free."""
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise UserError(f"the shards need about {needed / 2**30:.2f} GiB in {folder} but only {free / 2**30:.2f} "
-                        "GiB are free; expected a disk with room (give --out elsewhere, or --format jpeg)")
+        raise UserError(
+            f"the shards need about {needed / 2**30:.2f} GiB in {folder} but only {free / 2**30:.2f} "
+            "GiB are free; expected a disk with room (give --out elsewhere, or --format jpeg)"
+        )
 
 
-def write_shards(folder: Path, records: Records, options: ShardOptions, manifest_digest: str, *,
-                 workers: int = 0, on_progress: Callable[[int, int], None] | None = None,
-                 on_shard: Callable[[int, int], None] | None = None) -> dict:
+def write_shards(
+    folder: Path,
+    records: Records,
+    options: ShardOptions,
+    manifest_digest: str,
+    *,
+    workers: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> dict:
     """Prepare (or finish preparing) the shards of `records` in `folder`; returns the index (index.json).
 
     `workers` processes write shards in parallel (0: in this process). The index returned also says how
@@ -224,8 +246,10 @@ def write_shards(folder: Path, records: Records, options: ShardOptions, manifest
     if index_path.exists():
         existing = json.loads(index_path.read_text())
         if existing.get("key") != key:
-            raise UserError(f"{folder} holds shards of another manifest or other options (key "
-                            f"{existing.get('key')}, expected {key}); expected an empty folder or this key's")
+            raise UserError(
+                f"{folder} holds shards of another manifest or other options (key "
+                f"{existing.get('key')}, expected {key}); expected an empty folder or this key's"
+            )
         try:
             return ShardSet.open(folder, manifest_digest=manifest_digest, options=options, verify="full").info
         except UserError:  # damaged: drop the index and the damaged shards, then rebuild those below
@@ -260,8 +284,15 @@ def write_shards(folder: Path, records: Records, options: ShardOptions, manifest
             on_shard(len(metas), len(tasks))
 
     def args(name: str, rows: np.ndarray) -> tuple:
-        return (str(folder), name, rows, [str(records.paths[r]) for r in rows],
-                [int(records.labels[r]) for r in rows], options, key)  # fmt: skip
+        return (
+            str(folder),
+            name,
+            rows,
+            [str(records.paths[r]) for r in rows],
+            [int(records.labels[r]) for r in rows],
+            options,
+            key,
+        )
 
     if workers <= 0:
         for name, rows in todo:
@@ -306,9 +337,17 @@ def _write_index(folder: Path, metas: list[dict], options: ShardOptions, manifes
     with open(tmp, "wb") as out:
         np.savez(out, **arrays)
     os.replace(tmp, folder / "index.npz")
-    info = {"key": key, "version": FORMAT_VERSION, "manifest_digest": manifest_digest, "options": options.to_dict(),
-            "counts": {s: len(columns[s]["row"]) for s in SPLITS}, "bytes": sum(s["bytes"] for s in shards),
-            "shards": shards, "skipped": skipped, "index_sha256": _sha256(folder / "index.npz")}  # fmt: skip
+    info = {
+        "key": key,
+        "version": FORMAT_VERSION,
+        "manifest_digest": manifest_digest,
+        "options": options.to_dict(),
+        "counts": {s: len(columns[s]["row"]) for s in SPLITS},
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": shards,
+        "skipped": skipped,
+        "index_sha256": _sha256(folder / "index.npz"),
+    }
     info["self_sha256"] = _self_digest(info)
     _write_json(folder / "index.json", info)  # the per-shard .json files stay: a repair rebuilds only damaged shards
     return info
@@ -345,6 +384,7 @@ def find_prepared(manifest_digest: str, side: int, root: Path | None = None) -> 
 @dataclass(frozen=True)
 class SplitIndex:
     """One split's records: arrays of shard number, byte offset, size, label and manifest row."""
+
     shard: np.ndarray
     offset: np.ndarray
     size: np.ndarray
@@ -367,8 +407,14 @@ class ShardSet:
         self._pid = os.getpid()
 
     @classmethod
-    def open(cls, folder: Path | str, *, manifest_digest: str | None = None, options: ShardOptions | None = None,
-             verify: str = "size") -> ShardSet:
+    def open(
+        cls,
+        folder: Path | str,
+        *,
+        manifest_digest: str | None = None,
+        options: ShardOptions | None = None,
+        verify: str = "size",
+    ) -> ShardSet:
         """Open `folder`, refusing stale shards (another manifest digest or options), a tampered index and
         truncated shards (`verify="size"`; `"full"` also compares every shard's sha256)."""
         folder = Path(folder)
@@ -376,38 +422,54 @@ class ShardSet:
         try:
             info = json.loads(index_path.read_text())
         except FileNotFoundError:
-            raise UserError(f"{folder} has no index.json; expected a folder written by `imagenet-transfer prepare` "
-                            "(an interrupted prepare resumes when run again)") from None
+            raise UserError(
+                f"{folder} has no index.json; expected a folder written by `imagenet-transfer prepare` "
+                "(an interrupted prepare resumes when run again)"
+            ) from None
         except (OSError, ValueError) as err:
             raise UserError(f"{index_path} cannot be read ({err}); expected the JSON index prepare writes") from None
         if not isinstance(info, dict) or info.get("self_sha256") != _self_digest(info):
-            raise UserError(f"{index_path} does not match its own checksum (edited or damaged); "
-                            "expected the index prepare wrote (prepare the shards again)")
+            raise UserError(
+                f"{index_path} does not match its own checksum (edited or damaged); "
+                "expected the index prepare wrote (prepare the shards again)"
+            )
         if manifest_digest is not None and info["manifest_digest"] != manifest_digest:
-            raise UserError(f"shards in {folder} were prepared from manifest {info['manifest_digest']}, but the "
-                            f"manifest now has digest {manifest_digest}; expected shards of this manifest "
-                            "(prepare them again: they are never read stale)")
+            raise UserError(
+                f"shards in {folder} were prepared from manifest {info['manifest_digest']}, but the "
+                f"manifest now has digest {manifest_digest}; expected shards of this manifest "
+                "(prepare them again: they are never read stale)"
+            )
         if options is not None and info["options"] != options.to_dict():
             raise UserError(f"shards in {folder} have options {info['options']}; expected {options.to_dict()}")
         npz = folder / "index.npz"
         if not npz.exists() or _sha256(npz) != info["index_sha256"]:
-            raise UserError(f"{npz} is missing or does not match the checksum in index.json; expected the "
-                            "index prepare wrote (prepare the shards again)")
+            raise UserError(
+                f"{npz} is missing or does not match the checksum in index.json; expected the "
+                "index prepare wrote (prepare the shards again)"
+            )
         with np.load(npz) as arrays:
             splits = {s: SplitIndex(*(arrays[f"{s}_{f}"] for f in INDEX_FIELDS)) for s in SPLITS}
         for shard in info["shards"]:
             path = folder / shard["file"]
             size = path.stat().st_size if path.exists() else None
             if size != shard["bytes"]:
-                raise UserError(f"shard {path} has {size} bytes but the index says {shard['bytes']} (truncated or "
-                                "replaced); expected the file prepare wrote (prepare the shards again)")
+                raise UserError(
+                    f"shard {path} has {size} bytes but the index says {shard['bytes']} (truncated or "
+                    "replaced); expected the file prepare wrote (prepare the shards again)"
+                )
             if verify == "full" and _sha256(path) != shard["sha256"]:
-                raise UserError(f"shard {path} does not match its sha256 in the index (damaged); expected the "
-                                "file prepare wrote (prepare the shards again)")
+                raise UserError(
+                    f"shard {path} does not match its sha256 in the index (damaged); expected the "
+                    "file prepare wrote (prepare the shards again)"
+                )
         for split, index in splits.items():  # records must lie inside their shard files
-            if len(index) and np.any(index.offset + index.size > np.asarray([s["bytes"] for s in info["shards"]])[index.shard]):
-                raise UserError(f"{npz}: {split} records reach past the end of their shards; expected a "
-                                "consistent index (prepare the shards again)")
+            if len(index) and np.any(
+                index.offset + index.size > np.asarray([s["bytes"] for s in info["shards"]])[index.shard]
+            ):
+                raise UserError(
+                    f"{npz}: {split} records reach past the end of their shards; expected a "
+                    "consistent index (prepare the shards again)"
+                )
         return cls(folder, info, splits)
 
     @property
@@ -426,7 +488,9 @@ class ShardSet:
             self._maps, self._pid = {}, os.getpid()
         if shard not in self._maps:
             path = self.files[shard]
-            self._maps[shard] = np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else np.zeros(0, np.uint8)
+            self._maps[shard] = (
+                np.memmap(path, dtype=np.uint8, mode="c") if path.stat().st_size else np.zeros(0, np.uint8)
+            )
         return self._maps[shard]
 
     def read_raw(self, split: str, positions: np.ndarray, out=None):
@@ -439,7 +503,7 @@ class ShardSet:
         local = index.offset[positions] // self.options.record_bytes
         if np.all(shards[:-1] <= shards[1:]):  # grouped by shard: one (multi-threaded) copy per shard
             bounds = [0, *(np.flatnonzero(np.diff(shards)) + 1).tolist(), len(positions)]
-            for a, b in zip(bounds[:-1], bounds[1:]):
+            for a, b in itertools.pairwise(bounds):
                 records = torch.from_numpy(self._map(int(shards[a]))).view(-1, side, side, 3)
                 torch.index_select(records, 0, torch.from_numpy(local[a:b]), out=out[a:b])
             return out
@@ -457,7 +521,9 @@ class ShardSet:
         sizes = index.size[positions]
         out = np.empty(int(sizes.sum()), dtype=np.uint8)
         start = 0
-        for shard, offset, size in zip(index.shard[positions].tolist(), index.offset[positions].tolist(), sizes.tolist()):
+        for shard, offset, size in zip(
+            index.shard[positions].tolist(), index.offset[positions].tolist(), sizes.tolist()
+        ):
             out[start : start + size] = self._map(shard)[offset : offset + size]
             start += size
         return torch.from_numpy(out), sizes.tolist()

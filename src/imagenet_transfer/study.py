@@ -30,6 +30,7 @@ joins the study (a second worker) or continues it (a restart): `n_trials` counts
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -61,11 +62,15 @@ class StudyConfig(Settings):
     n_trials: int = Field(3, ge=1)  # finished (complete or pruned) trials the study should hold, over all workers
     study_name: str = ""  # "" = budget-<B>
     storage: str = ""  # Optuna RDB URL, or a .log/.journal file; "" = sqlite beside the MLflow store
-    objective: tuple[Literal[tuple(OBJECTIVE_METRICS)], ...] = Field(("voc12_action",), min_length=1)  # maximised on val
+    objective: tuple[Literal[tuple(OBJECTIVE_METRICS)], ...] = Field(
+        ("voc12_action",), min_length=1
+    )  # maximised on val
     min_classes: int | None = Field(None, ge=1)  # C range; None = the smallest C whose B/C images every class has
     max_classes: int | None = Field(None, ge=1)  # None = every class of the source (at most B)
     log_classes: bool = True  # sample C on a log scale
-    labels: tuple[str, ...] = Field(("fine",), min_length=1)  # label granularities searched: fine, bottom-up-K, top-down-K
+    labels: tuple[str, ...] = Field(
+        ("fine",), min_length=1
+    )  # label granularities searched: fine, bottom-up-K, top-down-K
     class_rules: tuple[Literal[CLASS_RULES], ...] = Field(("random",), min_length=1)  # class-selection rules searched
     source: str = ""  # pre-training source (default: the embedded world)
     arch: str = "small"
@@ -105,8 +110,10 @@ class StudyConfig(Settings):
         if len(set(self.objective)) != len(self.objective):
             raise ValueError(f"objective {','.join(self.objective)} repeats a benchmark; expected each once")
         if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"heartbeat_interval={self.heartbeat_interval}, grace_period={self.grace_period}: "
-                             "expected heartbeat_interval < grace_period")  # fmt: skip
+            raise ValueError(
+                f"heartbeat_interval={self.heartbeat_interval}, grace_period={self.grace_period}: "
+                "expected heartbeat_interval < grace_period"
+            )
         return self
 
     @property
@@ -115,11 +122,21 @@ class StudyConfig(Settings):
 
     def search_space(self, low: int, high: int) -> dict[str, Any]:
         """What must match for a second worker or a restart to join an existing study."""
-        return {"budget": self.budget, "objective": list(self.objective), "num_classes": [low, high, self.log_classes],
-                "labels": list(self.labels), "class_rules": list(self.class_rules), "arch": self.arch,
-                "recipe": self.recipe, "iterations": self.iterations, "epochs": self.epochs,
-                "batch_size": self.batch_size, "benchmark_settings": list(self.benchmark_settings),
-                "quick": self.quick, "seed": self.seed}  # fmt: skip
+        return {
+            "budget": self.budget,
+            "objective": list(self.objective),
+            "num_classes": [low, high, self.log_classes],
+            "labels": list(self.labels),
+            "class_rules": list(self.class_rules),
+            "arch": self.arch,
+            "recipe": self.recipe,
+            "iterations": self.iterations,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "benchmark_settings": list(self.benchmark_settings),
+            "quick": self.quick,
+            "seed": self.seed,
+        }
 
 
 # -- checks that happen before anything runs ----------------------------------------------------------------
@@ -156,15 +173,21 @@ def check(config: StudyConfig) -> Pools:
     catalog = load_catalog(source)
     train = catalog[catalog["split"] == "train"]
     per_class = train["wnid"].astype(str).value_counts()
-    need(config.budget <= len(train), f"budget={config.budget} is larger than the source's {len(train)} train "
-                                      f"images ({source}); expected at most {len(train)}")  # fmt: skip
+    need(
+        config.budget <= len(train),
+        f"budget={config.budget} is larger than the source's {len(train)} train "
+        f"images ({source}); expected at most {len(train)}",
+    )
     pools, smallest, largest = {}, 1, config.budget
     removed = set(tax.pascal_removed())
     for rule in config.class_rules:
         counts = per_class if rule == "random" else per_class[[w in removed for w in per_class.index]]
         need(len(counts) > 0, f"class rule {rule} keeps none of the source's classes")
-        need(config.budget <= counts.sum(), f"budget={config.budget} is larger than the {int(counts.sum())} train "
-                                            f"images of the classes rule {rule} keeps")  # fmt: skip
+        need(
+            config.budget <= counts.sum(),
+            f"budget={config.budget} is larger than the {int(counts.sum())} train "
+            f"images of the classes rule {rule} keeps",
+        )
         smallest = max(smallest, math.ceil(config.budget / int(counts.min())))  # B/C images for any C classes
         largest = min(largest, len(counts))
         if rule == "random":
@@ -176,10 +199,16 @@ def check(config: StudyConfig) -> Pools:
             pools[rule] = str(write_catalog(kept, path, {"source": str(source), "rule": rule}))
     low = config.min_classes if config.min_classes is not None else max(smallest, min(2, largest))
     high = config.max_classes if config.max_classes is not None else largest
-    need(low >= smallest, f"min_classes={low}: a budget of {config.budget} gives {math.ceil(config.budget / low)} "
-                          f"images to each class, more than the smallest class has; expected min_classes >= {smallest}")
-    need(high <= largest, f"max_classes={high}: the source ({', '.join(config.class_rules)}) has {largest} classes "
-                          f"for a budget of {config.budget}; expected max_classes <= {largest}")
+    need(
+        low >= smallest,
+        f"min_classes={low}: a budget of {config.budget} gives {math.ceil(config.budget / low)} "
+        f"images to each class, more than the smallest class has; expected min_classes >= {smallest}",
+    )
+    need(
+        high <= largest,
+        f"max_classes={high}: the source ({', '.join(config.class_rules)}) has {largest} classes "
+        f"for a budget of {config.budget}; expected max_classes <= {largest}",
+    )
     need(low <= high, f"classes range {low}..{high} is empty; expected min_classes <= max_classes")
     return Pools(pools, low, high)
 
@@ -190,7 +219,9 @@ def label_spec(labels: str, taxonomy=None) -> dict[str, Any]:
         return {"labels": "fine", "label_classes": None}
     method, _, k = labels.rpartition("-")
     if method not in ("bottom-up", "top-down") or not k.isdigit():
-        raise UserError(f"budget study: labels {labels!r}; expected fine, bottom-up-K or top-down-K (e.g. top-down-127)")
+        raise UserError(
+            f"budget study: labels {labels!r}; expected fine, bottom-up-K or top-down-K (e.g. top-down-127)"
+        )
     if taxonomy is not None:
         taxonomy.labels(method, int(k))  # raises, listing the valid K
     return {"labels": method, "label_classes": int(k)}
@@ -203,9 +234,18 @@ def _check_pretrain(config: StudyConfig) -> None:
 def pretrain_config(config: StudyConfig, subset: str, source: str = ""):
     from imagenet_transfer.pretrain import PretrainConfig
 
-    return PretrainConfig(subset=subset, source=source, arch=config.arch, recipe=config.recipe,
-                          iterations=config.iterations, epochs=config.epochs, batch_size=config.batch_size,
-                          seed=config.seed, workers=config.workers, device=config.device)  # fmt: skip
+    return PretrainConfig(
+        subset=subset,
+        source=source,
+        arch=config.arch,
+        recipe=config.recipe,
+        iterations=config.iterations,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        workers=config.workers,
+        device=config.device,
+    )
 
 
 def benchmark_config(config: StudyConfig, name: str, evaluate_on: str):
@@ -215,8 +255,10 @@ def benchmark_config(config: StudyConfig, name: str, evaluate_on: str):
     mine = [s.split(".", 1)[1] for s in config.benchmark_settings if s.split(".", 1)[0] == name and "." in s]
     stray = [s for s in config.benchmark_settings if s.split(".", 1)[0] not in config.objective or "." not in s]
     if stray:
-        raise UserError(f"budget study: benchmark setting(s) {', '.join(stray)}; expected BENCHMARK.KEY=VALUE with "
-                        f"BENCHMARK one of the objective's: {', '.join(config.objective)}")
+        raise UserError(
+            f"budget study: benchmark setting(s) {', '.join(stray)}; expected BENCHMARK.KEY=VALUE with "
+            f"BENCHMARK one of the objective's: {', '.join(config.objective)}"
+        )
     if any(s.startswith("evaluate_on=") for s in mine):
         raise UserError(f"budget study: {name}.evaluate_on is set by the study (val for trials, test at the end)")
     return make_config(name, mine, quick=config.quick).replace(evaluate_on=evaluate_on)
@@ -237,8 +279,10 @@ def open_storage(config: StudyConfig):
     location = config.storage or default_storage()
     if "://" not in location:
         if not location.endswith((".log", ".journal")):
-            raise UserError(f"storage {location!r}: expected an RDB URL (sqlite:///…, postgresql://…) or a journal "
-                            "file path ending in .log or .journal")  # fmt: skip
+            raise UserError(
+                f"storage {location!r}: expected an RDB URL (sqlite:///…, postgresql://…) or a journal "
+                "file path ending in .log or .journal"
+            )
         from optuna.storages.journal import JournalFileBackend
 
         path = Path(location).expanduser()
@@ -261,8 +305,10 @@ def open_storage(config: StudyConfig):
             storage = _rdb_storage(location, config)
     except Exception as err:
         why = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise UserError(f"storage {shown} cannot be reached ({type(err).__name__}: {why}); expected a reachable "
-                        "database URL or a .log/.journal file") from None  # fmt: skip
+        raise UserError(
+            f"storage {shown} cannot be reached ({type(err).__name__}: {why}); expected a reachable "
+            "database URL or a .log/.journal file"
+        ) from None
     return storage, shown
 
 
@@ -271,10 +317,12 @@ def _rdb_storage(location: str, config: StudyConfig):
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     return optuna.storages.RDBStorage(
-        location, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
+        location,
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry),
         engine_kwargs={"connect_args": {"timeout": 30}} if location.startswith("sqlite") else None,
-    )  # fmt: skip
+    )
 
 
 def _redact(url: str) -> str:
@@ -334,15 +382,24 @@ def create_study(config: StudyConfig, pools: Pools | None = None):
         stored, asked = json.loads(existing.user_attrs.get("search_space", "null")), json.loads(json.dumps(space))
         if stored is not None and stored != asked:
             diff = {k: (stored.get(k), v) for k, v in asked.items() if stored.get(k) != v}
-            raise UserError(f"study {config.study_name!r} in {shown} exists with another search space "
-                            f"(stored vs asked: {diff}); expected the same settings, or another --study-name")
+            raise UserError(
+                f"study {config.study_name!r} in {shown} exists with another search space "
+                f"(stored vs asked: {diff}); expected the same settings, or another --study-name"
+            )
         if [d.name.lower() for d in existing.directions] != directions:
-            raise UserError(f"study {config.study_name!r} in {shown} has {len(existing.directions)} objective(s); "
-                            f"asked for {len(directions)} ({','.join(config.objective)})")
+            raise UserError(
+                f"study {config.study_name!r} in {shown} has {len(existing.directions)} objective(s); "
+                f"asked for {len(directions)} ({','.join(config.objective)})"
+            )
     finished = len(existing.get_trials(deepcopy=False, states=_finished_states())) if existing is not None else 0
-    study = optuna.create_study(storage=storage, study_name=config.study_name, directions=directions,
-                                sampler=make_sampler(config, finished), pruner=make_pruner(config.pruner),
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        storage=storage,
+        study_name=config.study_name,
+        directions=directions,
+        sampler=make_sampler(config, finished),
+        pruner=make_pruner(config.pruner),
+        load_if_exists=True,
+    )
     if "search_space" not in study.user_attrs:
         study.set_user_attr("search_space", json.dumps(space))
     return study, shown
@@ -368,9 +425,13 @@ def run_study(config: StudyConfig, *, create_only: bool = False) -> dict[str, An
     params.update({"search.num_classes_low": pools.low, "search.num_classes_high": pools.high})
     # the first worker records the config as params; a joining or restarted one (whose n_trials, heartbeat or
     # device may differ) only updates the tag n_trials: params cannot change in MLflow
-    with tracking.start_run("study", params=None if run_id else params, run_name=f"study {config.study_name}",
-                            tags={"study_name": config.study_name, "storage": shown, "n_trials": str(config.n_trials)},
-                            run_id=run_id) as run:  # fmt: skip
+    with tracking.start_run(
+        "study",
+        params=None if run_id else params,
+        run_name=f"study {config.study_name}",
+        tags={"study_name": config.study_name, "storage": shown, "n_trials": str(config.n_trials)},
+        run_id=run_id,
+    ) as run:
         run_id = run.info.run_id
         study.set_user_attr("mlflow_run_id", run_id)
         if create_only:
@@ -381,9 +442,12 @@ def run_study(config: StudyConfig, *, create_only: bool = False) -> dict[str, An
             print(f"study {config.study_name} ({shown}): {done} finished trial(s), running up to {remaining} more")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(lambda trial: run_trial(trial, config, pools, run_id), n_trials=remaining,
-                               callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=_finished_states())],
-                               gc_after_trial=True)  # fmt: skip
+                study.optimize(
+                    lambda trial: run_trial(trial, config, pools, run_id),
+                    n_trials=remaining,
+                    callbacks=[optuna.study.MaxTrialsCallback(config.n_trials, states=_finished_states())],
+                    gc_after_trial=True,
+                )
         else:
             print(f"study {config.study_name} ({shown}) already holds {done} finished trial(s); nothing to run")
         summary = finish(study, config, run_id)
@@ -419,16 +483,27 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
     tags = {"study_name": config.study_name, "trial_number": str(trial.number)}
     retried = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")  # a retry of it
     params = {"budget": config.budget, "images_per_class": images_per_class, **sampled}
-    with tracking.nested_under(study_run_id, tags), tracking.start_run(
-        "trial", params=params, tags={**tags, **({"retry_of_trial": str(retried)} if retried is not None else {})},
-        run_name=f"{config.study_name} trial {trial.number}",
-    ) as run:  # fmt: skip
+    with (
+        tracking.nested_under(study_run_id, tags),
+        tracking.start_run(
+            "trial",
+            params=params,
+            tags={**tags, **({"retry_of_trial": str(retried)} if retried is not None else {})},
+            run_name=f"{config.study_name} trial {trial.number}",
+        ) as run,
+    ):
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         name = f"e5-budget-{config.budget}-classes-{c}"
         name += "" if sampled["labels"] == "fine" else f"-{sampled['labels']}"
         name += "" if sampled["class_rule"] == "random" else f"-{sampled['class_rule']}"
-        spec = SubsetSpec(name=name, classes="random", num_classes=c, budget=config.budget, seed=config.seed,
-                          **label_spec(sampled["labels"]))  # fmt: skip
+        spec = SubsetSpec(
+            name=name,
+            classes="random",
+            num_classes=c,
+            budget=config.budget,
+            seed=config.seed,
+            **label_spec(sampled["labels"]),
+        )
         spec_file = _write_spec(spec)
         single = len(config.objective) == 1
 
@@ -445,8 +520,9 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
                 raise optuna.TrialPruned(f"val_top1 {metrics['val_top1']:.2f} after epoch {epoch}")
 
         try:
-            summary = run_pretrain(pretrain_config(config, str(spec_file), pools.sources[sampled["class_rule"]]),
-                                   on_epoch=on_epoch)  # fmt: skip
+            summary = run_pretrain(
+                pretrain_config(config, str(spec_file), pools.sources[sampled["class_rule"]]), on_epoch=on_epoch
+            )
         except optuna.TrialPruned:
             mlflow.set_tags({"pruned": "true", "state": "PRUNED"})
             # a later trial with the same parameters trains from scratch in a run of its own, instead of
@@ -455,13 +531,19 @@ def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> fl
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         parent = mlflow.get_run(summary["run_id"]).data.tags.get("mlflow.parentRunId")
-        mlflow.set_tags({"model_uri": summary["model_uri"], "pretrain_run_id": summary["run_id"],
-                         "pretrain_reused": str(parent != run.info.run_id).lower()})  # an earlier trial's pre-training
+        mlflow.set_tags(
+            {
+                "model_uri": summary["model_uri"],
+                "pretrain_run_id": summary["run_id"],
+                "pretrain_reused": str(parent != run.info.run_id).lower(),
+            }
+        )  # an earlier trial's pre-training
         trial.set_user_attr("model_uri", summary["model_uri"])
         values = []
         for bench, metric in zip(config.objective, config.metrics):
-            result = run_benchmark(bench, summary["model_uri"], benchmark_config(config, bench, "val"),
-                                   device=config.device)  # fmt: skip
+            result = run_benchmark(
+                bench, summary["model_uri"], benchmark_config(config, bench, "val"), device=config.device
+            )
             if not math.isfinite(result.get(metric, float("nan"))):
                 raise UserError(f"trial {trial.number}: {bench} gave no finite {metric}; expected a score on val")
             values.append(float(result[metric]))
@@ -481,8 +563,11 @@ def end_runs_of_dead_workers(study) -> list[str]:
     from optuna.trial import TrialState
 
     client, ended = mlflow.MlflowClient(), []
-    pending = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-               if t.user_attrs.get("mlflow_run_id") and t.user_attrs.get("mlflow_run_id") not in _ENDED]  # fmt: skip
+    pending = [
+        t.user_attrs["mlflow_run_id"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get("mlflow_run_id") and t.user_attrs.get("mlflow_run_id") not in _ENDED
+    ]
     while pending:
         run_id = pending.pop()
         _ENDED.add(run_id)
@@ -504,7 +589,11 @@ _ENDED: set[str] = set()  # runs this process has already looked at
 
 def sample(trial, config: StudyConfig, pools: Pools) -> dict[str, Any]:
     """The trial's point: C always; labels and the class rule only when there is a choice (else fixed)."""
-    out = {"num_classes": trial.suggest_int("num_classes", pools.low, pools.high, log=config.log_classes and pools.low < pools.high)}
+    out = {
+        "num_classes": trial.suggest_int(
+            "num_classes", pools.low, pools.high, log=config.log_classes and pools.low < pools.high
+        )
+    }
     for key, choices in (("labels", config.labels), ("class_rule", config.class_rules)):
         out[key] = trial.suggest_categorical(key, list(choices)) if len(choices) > 1 else choices[0]
     return out
@@ -548,12 +637,29 @@ def finish(study, config: StudyConfig, study_run_id: str) -> dict[str, Any]:
     best = chosen_trial(study)
     images = config.budget / best.params["num_classes"]
     best_values = best.values
-    mlflow.log_metrics({"best_objective": sum(best_values) / len(best_values), "best_trial_number": best.number,
-                        "best_num_classes": best.params["num_classes"], "best_images_per_class": images})  # fmt: skip
-    mlflow.set_tags({"best_trial_number": str(best.number), "best_params": json.dumps(
-        {**{"num_classes": best.params["num_classes"], "images_per_class": images}, **best.params})})
-    summary = {"trials": len(trials), "complete": len(complete), "best_trial": best.number,
-               "best_params": dict(best.params), "best_values": list(best_values)}  # fmt: skip
+    mlflow.log_metrics(
+        {
+            "best_objective": sum(best_values) / len(best_values),
+            "best_trial_number": best.number,
+            "best_num_classes": best.params["num_classes"],
+            "best_images_per_class": images,
+        }
+    )
+    mlflow.set_tags(
+        {
+            "best_trial_number": str(best.number),
+            "best_params": json.dumps(
+                {"num_classes": best.params["num_classes"], "images_per_class": images, **best.params}
+            ),
+        }
+    )
+    summary = {
+        "trials": len(trials),
+        "complete": len(complete),
+        "best_trial": best.number,
+        "best_params": dict(best.params),
+        "best_values": list(best_values),
+    }
     running = [t for t in trials if t.state == TrialState.RUNNING]
     finished = counts["complete"] + counts["pruned"]
     final = study.user_attrs.get("final_test") or {}
@@ -564,11 +670,13 @@ def finish(study, config: StudyConfig, study_run_id: str) -> dict[str, Any]:
         mlflow.log_metrics({f"test_{k}": v for k, v in final["metrics"].items()})
         return {**summary, "test": final["metrics"]}
     tested = {}
-    with tracking.nested_under(study_run_id, {"study_name": config.study_name, "trial_number": str(best.number),
-                                              "study_role": "final_test"}):  # fmt: skip
+    with tracking.nested_under(
+        study_run_id, {"study_name": config.study_name, "trial_number": str(best.number), "study_role": "final_test"}
+    ):
         for bench, metric in zip(config.objective, config.metrics):
-            result = run_benchmark(bench, best.user_attrs["model_uri"], benchmark_config(config, bench, "test"),
-                                   device=config.device)  # fmt: skip
+            result = run_benchmark(
+                bench, best.user_attrs["model_uri"], benchmark_config(config, bench, "test"), device=config.device
+            )
             tested[metric] = float(result[metric])
     mlflow.log_metrics({f"test_{k}": v for k, v in tested.items()})
     mlflow.set_tag("final_test", f"trial {best.number}")
@@ -591,8 +699,11 @@ def log_plots(study, config: StudyConfig) -> None:
     if not complete:
         mlflow.set_tag("plots", "none: no completed trial")
         return
-    targets = [(None, "objective")] if len(config.objective) == 1 else [
-        (lambda t, i=i: t.values[i], f"objective_{i}") for i in range(len(config.objective))]  # fmt: skip
+    targets = (
+        [(None, "objective")]
+        if len(config.objective) == 1
+        else [(lambda t, i=i: t.values[i], f"objective_{i}") for i in range(len(config.objective))]
+    )
     searched = sorted({p for t in complete for p in t.params})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -600,15 +711,21 @@ def log_plots(study, config: StudyConfig) -> None:
             suffix = "" if target is None else f"_{label.split('_')[1]}"
             name = config.metrics[0] if target is None else config.metrics[int(label.split("_")[1])]
             kwargs = {"target_name": f"{name} (val)", **({} if target is None else {"target": target})}
-            plots = {f"optimization_history{suffix}": lambda: ovm.plot_optimization_history(study, **kwargs),
-                     f"num_classes_vs_objective{suffix}": lambda: ovm.plot_slice(study, params=["num_classes"], **kwargs)}
+            plots = {
+                f"optimization_history{suffix}": functools.partial(ovm.plot_optimization_history, study, **kwargs),
+                f"num_classes_vs_objective{suffix}": functools.partial(
+                    ovm.plot_slice, study, params=["num_classes"], **kwargs
+                ),
+            }
             if len(searched) >= 2:
-                plots[f"contour{suffix}"] = lambda: ovm.plot_contour(study, params=searched[:2], **kwargs)
+                plots[f"contour{suffix}"] = functools.partial(ovm.plot_contour, study, params=searched[:2], **kwargs)
             if len(searched) >= 2 and len(complete) >= 3:
-                plots[f"param_importances{suffix}"] = lambda: ovm.plot_param_importances(study, **kwargs)
+                plots[f"param_importances{suffix}"] = functools.partial(ovm.plot_param_importances, study, **kwargs)
             else:
-                notes.append(f"param_importances{suffix}: skipped ({len(searched)} searched param(s), "
-                             f"{len(complete)} completed trial(s); needs >= 2 and >= 3)")
+                notes.append(
+                    f"param_importances{suffix}: skipped ({len(searched)} searched param(s), "
+                    f"{len(complete)} completed trial(s); needs >= 2 and >= 3)"
+                )
             for file_name, draw in plots.items():
                 try:
                     axes = draw()

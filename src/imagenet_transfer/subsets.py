@@ -41,7 +41,7 @@ from imagenet_transfer.paths import cache_dir
 from imagenet_transfer.taxonomy import METHODS, SPLITS, Taxonomy, load_taxonomy
 
 CLASS_RULES = ("all", "pascal-removed", "random", "half")
-LABEL_RULES = ("fine",) + METHODS
+LABEL_RULES = ("fine", *METHODS)
 HALVES = ("a", "b", "ab")
 
 
@@ -56,27 +56,37 @@ class SubsetSpec(Settings):
     images_per_class: int | None = Field(None, ge=1)  # E1: N train images per class (None: all)
     budget: int | None = Field(None, ge=1)  # E5: total train images, spread evenly over the classes
     labels: Literal[LABEL_RULES] = "fine"  # fine | bottom-up (E2) | top-down (E3)
-    label_classes: int | None = Field(None, ge=1)  # K of the bottom-up/top-down label set (its size on all 1000 classes)
+    label_classes: int | None = Field(
+        None, ge=1
+    )  # K of the bottom-up/top-down label set (its size on all 1000 classes)
     seed: int = 0
 
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except UserError as err:
-            raise UserError(f"subset spec {data.get('name', 'full')!r}: {str(err).removeprefix('SubsetSpec: ')}") from None
+            raise UserError(
+                f"subset spec {data.get('name', 'full')!r}: {str(err).removeprefix('SubsetSpec: ')}"
+            ) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> SubsetSpec:
         if (self.classes == "random") != (self.num_classes is not None):
             raise ValueError("num_classes goes with classes: random, and classes: random needs num_classes")
         if self.classes == "half" and (self.split is None or self.half is None):
-            raise ValueError(f"classes: half needs split (one of {', '.join(SPLITS)}) and half (one of {', '.join(HALVES)})")
+            raise ValueError(
+                f"classes: half needs split (one of {', '.join(SPLITS)}) and half (one of {', '.join(HALVES)})"
+            )
         if self.classes != "half" and (self.split is not None or self.half is not None):
             raise ValueError("split and half go with classes: half")
         if self.budget is not None and self.images_per_class is not None:
-            raise ValueError("budget and images_per_class contradict each other: give one (budget / classes = images per class)")
+            raise ValueError(
+                "budget and images_per_class contradict each other: give one (budget / classes = images per class)"
+            )
         if self.budget is not None and self.num_classes is not None and self.budget < self.num_classes:
-            raise ValueError(f"a budget of {self.budget} images cannot give each of {self.num_classes} classes an image")
+            raise ValueError(
+                f"a budget of {self.budget} images cannot give each of {self.num_classes} classes an image"
+            )
         if (self.labels == "fine") != (self.label_classes is None):
             raise ValueError("label_classes (K) goes with labels: bottom-up or top-down, which need it")
         return self
@@ -216,7 +226,11 @@ def build_subset(catalog: pd.DataFrame, spec: SubsetSpec, taxonomy: Taxonomy | N
     if len(fine) >= 1024:
         raise UserError(f"the catalog has {len(fine)} classes; expected at most the 1000 ILSVRC-2012 classes")
     codes = wnid.cat.codes.to_numpy()
-    split = catalog["split"] if isinstance(catalog["split"].dtype, pd.CategoricalDtype) else catalog["split"].astype("category")
+    split = (
+        catalog["split"]
+        if isinstance(catalog["split"].dtype, pd.CategoricalDtype)
+        else catalog["split"].astype("category")
+    )
     split_codes = split.cat.codes.to_numpy()
     train_code = _code_of(split, "train")
     val_code = _code_of(split, "val")
@@ -252,23 +266,29 @@ def build_subset(catalog: pd.DataFrame, spec: SubsetSpec, taxonomy: Taxonomy | N
         starts = np.r_[0, np.flatnonzero(np.diff(row_codes)) + 1]
         rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
         keep = ~row_train | (rank < quota[row_codes])
-        rows, names, row_codes, row_labels, row_train = (a[keep] for a in (rows, names, row_codes, row_labels, row_train))
+        rows, names, row_codes, row_labels, row_train = (
+            a[keep] for a in (rows, names, row_codes, row_labels, row_train)
+        )
 
-    manifest = pd.DataFrame({
-        "path": catalog["path"].take(rows).reset_index(drop=True),
-        "wnid": pd.Categorical.from_codes(row_codes, categories=fine),
-        "label": row_labels,
-        "label_wnid": pd.Categorical.from_codes(row_labels, categories=label_wnids),
-        "split": pd.Categorical.from_codes((~row_train).astype(np.int8), categories=["train", "val"]),
-    })  # fmt: skip
+    manifest = pd.DataFrame(
+        {
+            "path": catalog["path"].take(rows).reset_index(drop=True),
+            "wnid": pd.Categorical.from_codes(row_codes, categories=fine),
+            "label": row_labels,
+            "label_wnid": pd.Categorical.from_codes(row_labels, categories=label_wnids),
+            "split": pd.Categorical.from_codes((~row_train).astype(np.int8), categories=["train", "val"]),
+        }
+    )
     digest = _digest(names, row_labels, row_train)
 
-    counts = pd.DataFrame({
-        "wnid": chosen,
-        "label_wnid": [label_of.get(w, w) for w in chosen],
-        "train_images": np.bincount(row_codes[row_train], minlength=len(fine))[chosen_mask],
-        "val_images": np.bincount(row_codes[~row_train], minlength=len(fine))[chosen_mask],
-    })  # fmt: skip
+    counts = pd.DataFrame(
+        {
+            "wnid": chosen,
+            "label_wnid": [label_of.get(w, w) for w in chosen],
+            "train_images": np.bincount(row_codes[row_train], minlength=len(fine))[chosen_mask],
+            "val_images": np.bincount(row_codes[~row_train], minlength=len(fine))[chosen_mask],
+        }
+    )
     classes = counts.groupby("label_wnid").agg(
         fine_classes=("wnid", "size"), train_images=("train_images", "sum"), val_images=("val_images", "sum")
     )
@@ -343,7 +363,9 @@ def write_subset(subset: Subset, out: Path, source: str = "", source_digest: str
         subset.classes.to_csv(tmp / "classes.tsv", sep="\t", index=False)
         subset.counts.to_csv(tmp / "counts.tsv", sep="\t", index=False)
         (tmp / "spec.yaml").write_text(subset.spec.to_yaml())
-        (tmp / "subset.json").write_text(json.dumps({**subset.summary(), "source": source, "source_digest": source_digest}, indent=2) + "\n")
+        (tmp / "subset.json").write_text(
+            json.dumps({**subset.summary(), "source": source, "source_digest": source_digest}, indent=2) + "\n"
+        )
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -364,7 +386,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     try:
         manifest = pd.read_parquet(manifest_path)
     except (OSError, ValueError) as err:
-        raise UserError(f"manifest {manifest_path} cannot be read ({err}); expected a subset folder or manifest.parquet") from None
+        raise UserError(
+            f"manifest {manifest_path} cannot be read ({err}); expected a subset folder or manifest.parquet"
+        ) from None
     missing = sorted({"path", "wnid", "label", "label_wnid", "split"} - set(manifest.columns))
     if missing:
         raise UserError(f"manifest {manifest_path} lacks column(s) {', '.join(missing)}")
@@ -373,11 +397,12 @@ def read_manifest(path: Path) -> pd.DataFrame:
         classes = pd.read_csv(classes_path, sep="\t")
         pairs = manifest[["label", "label_wnid"]].drop_duplicates().astype({"label_wnid": str})
         listed = dict(zip(classes["label"], classes["label_wnid"].astype(str)))
-        wrong = [(int(l), w) for l, w in zip(pairs["label"], pairs["label_wnid"]) if listed.get(int(l)) != w]
+        wrong = [(int(n), w) for n, w in zip(pairs["label"], pairs["label_wnid"]) if listed.get(int(n)) != w]
         if wrong:
             raise UserError(
                 f"manifest {manifest_path} labels do not match its class list {classes_path}: "
-                f"{', '.join(f'label {l} = {w}' for l, w in wrong[:5])}; expected the label/label_wnid pairs of classes.tsv"
+                f"{', '.join(f'label {n} = {w}' for n, w in wrong[:5])}; "
+                "expected the label/label_wnid pairs of classes.tsv"
             )
     return manifest
 
@@ -409,14 +434,24 @@ def log_subset(subset: Subset, source: str | Path, out: Path | None = None) -> t
     spec, out = subset.spec, subset_folder(subset, out)
     summary = subset.summary()
     content = source_digest(source)
-    tags = {"subset_name": spec.name, "subset_digest": subset.digest, "spec_digest": spec.digest,
-            "source_digest": content}  # fmt: skip
-    with tracking.start_run("subset", params={"subset": spec.params()}, tags=tags, run_name=f"subset {spec.name}") as run:
+    tags = {
+        "subset_name": spec.name,
+        "subset_digest": subset.digest,
+        "spec_digest": spec.digest,
+        "source_digest": content,
+    }
+    with tracking.start_run(
+        "subset", params={"subset": spec.params()}, tags=tags, run_name=f"subset {spec.name}"
+    ) as run:
         write_subset(subset, out, source=str(source), source_digest=content)
         tracking.log_dataset(
-            subset.manifest, name=spec.name, source=str(out), digest=subset.digest, context="subset",
+            subset.manifest,
+            name=spec.name,
+            source=str(out),
+            digest=subset.digest,
+            context="subset",
             tags={"spec_digest": spec.digest},
-        )  # fmt: skip
+        )
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int)})
         mlflow.log_artifacts(str(out), artifact_path="subset")
     return out, run.info.run_id

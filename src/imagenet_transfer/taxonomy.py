@@ -26,13 +26,27 @@ METHODS = ("bottom-up", "top-down")
 SPLITS = ("random", "minimal")
 
 PASCAL_SYNSETS = {
-    "aeroplane": "n02691156", "bicycle": "n02834778", "bird": "n01503061", "boat": "n02858304",
-    "bottle": "n02876657", "bus": "n02924116", "car": "n02958343", "cat": "n02121620",
-    "chair": "n03001627", "cow": "n01887787", "diningtable": "n03201208", "dog": "n02084071",
-    "horse": "n02374451", "motorbike": "n03769722", "person": "n00007846",
-    "pottedplant": "n00017222", "sheep": "n02411705", "sofa": "n04256520", "train": "n04468005",
+    "aeroplane": "n02691156",
+    "bicycle": "n02834778",
+    "bird": "n01503061",
+    "boat": "n02858304",
+    "bottle": "n02876657",
+    "bus": "n02924116",
+    "car": "n02958343",
+    "cat": "n02121620",
+    "chair": "n03001627",
+    "cow": "n01887787",
+    "diningtable": "n03201208",
+    "dog": "n02084071",
+    "horse": "n02374451",
+    "motorbike": "n03769722",
+    "person": "n00007846",
+    "pottedplant": "n00017222",
+    "sheep": "n02411705",
+    "sofa": "n04256520",
+    "train": "n04468005",
     "tvmonitor": "n03782006",
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,7 @@ class Taxonomy:
             f"no {method} label set has {classes} classes; available: {', '.join(map(str, self.levels(method)))}"
         )
 
-    @functools.cache
+    @functools.cache  # noqa: B019 - a taxonomy lives as long as the process; its levels are computed once
     def _levels(self, method: str) -> tuple[dict[str, str], ...]:
         return tuple(self._bottom_up() if method == "bottom-up" else self._top_down())
 
@@ -120,7 +134,7 @@ class Taxonomy:
         max_depth = max(self.depth(w) for w in self.classes)
         levels = []
         while len(set(label.values())) > 1:
-            label = {w: self.parent(l) if self.depth(l) == max_depth else l for w, l in label.items()}
+            label = {w: self.parent(a) if self.depth(a) == max_depth else a for w, a in label.items()}
             max_depth -= 1
             levels.append(label)
         return levels
@@ -130,7 +144,7 @@ class Taxonomy:
         labels = list(self.classes)
         levels = []
         for _ in range(rounds):
-            labels = [self.parent(l) or l for l in labels]
+            labels = [self.parent(a) or a for a in labels]
             for j in range(len(labels)):
                 for k in range(len(labels)):
                     if labels[k] != labels[j] and self.is_below(labels[k], labels[j]):
@@ -201,7 +215,7 @@ def _subset_sum(sizes: list[int], target: int) -> list[int] | None:
         for total, picked in list(reach.items()):
             new = total + sizes[i]
             if new <= target and new not in reach:
-                reach[new] = picked + [i]
+                reach[new] = [*picked, i]
     return reach.get(target)
 
 

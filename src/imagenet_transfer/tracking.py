@@ -34,7 +34,9 @@ from imagenet_transfer.errors import UserError
 DEFAULT_EXPERIMENT = "imagenet-transfer"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not traces
 MAX_PARAM_LENGTH = 6000
-_PARENT: contextvars.ContextVar[tuple[str | None, dict[str, str]]] = contextvars.ContextVar("parent", default=(None, {}))
+_PARENT: contextvars.ContextVar[tuple[str | None, dict[str, str]]] = contextvars.ContextVar(
+    "parent", default=(None, {})
+)
 _COMMAND_RUN = {"taken": False}  # the run `mlflow run` made is adopted once per process
 
 
@@ -141,15 +143,26 @@ def start_run(
         if run_id:
             run = mlflow.start_run(run_id=run_id, nested=nested, log_system_metrics=system_metrics or None)
         else:
-            run = mlflow.start_run(experiment_id=_experiment_for(parent), run_name=run_name, parent_run_id=parent,
-                                   nested=nested, log_system_metrics=system_metrics or None)  # fmt: skip
+            run = mlflow.start_run(
+                experiment_id=_experiment_for(parent),
+                run_name=run_name,
+                parent_run_id=parent,
+                nested=nested,
+                log_system_metrics=system_metrics or None,
+            )
     finally:
         if env_run is not None:
             os.environ["MLFLOW_RUN_ID"] = env_run
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        mlflow.set_tags({**inherited, "stage": stage, **(tags or {}),
-                         **({"mlflow.runName": run_name} if run_name and run_id == command_run else {})})  # fmt: skip
+        mlflow.set_tags(
+            {
+                **inherited,
+                "stage": stage,
+                **(tags or {}),
+                **({"mlflow.runName": run_name} if run_name and run_id == command_run else {}),
+            }
+        )
         if resolved:
             log_params(resolved, prefix="resolved.")
         if params:
@@ -177,8 +190,12 @@ def follow(command_run: str, run_id: str, stage: str, name: str) -> None:
     """The run `mlflow run` made becomes a child of `run_id`, where the command's results are (a resumed or
     finished pre-training, a study that another worker started), named after it."""
     client = mlflow.MlflowClient()
-    for key, value in {"mlflow.parentRunId": run_id, "stage": stage, "continued_in_run": run_id,
-                       "mlflow.runName": f"{name} (results in {run_id[:8]})"}.items():  # fmt: skip
+    for key, value in {
+        "mlflow.parentRunId": run_id,
+        "stage": stage,
+        "continued_in_run": run_id,
+        "mlflow.runName": f"{name} (results in {run_id[:8]})",
+    }.items():
         client.set_tag(command_run, key, value)
 
 
@@ -264,9 +281,13 @@ def log_dataset(
             columns.append(ColSpec(part.schema.inputs[0].type, name=col, required=not frame[col].hasnans))
     schema = json.dumps({"mlflow_colspec": Schema(columns).to_dict()}) if columns else None
     entity = Dataset(
-        name=dataset.name, digest=dataset.digest, source_type=dataset.source._get_source_type(),
-        source=dataset.source.to_json(), schema=schema, profile=json.dumps(dataset.profile),
-    )  # fmt: skip
+        name=dataset.name,
+        digest=dataset.digest,
+        source_type=dataset.source._get_source_type(),
+        source=dataset.source.to_json(),
+        schema=schema,
+        profile=json.dumps(dataset.profile),
+    )
     input_tags = [InputTag(key, value) for key, value in dict(tags or {}).items()]
     input_tags.append(InputTag(MLFLOW_DATASET_CONTEXT, context))
     mlflow.MlflowClient().log_inputs(mlflow.active_run().info.run_id, datasets=[DatasetInput(entity, tags=input_tags)])
@@ -295,9 +316,13 @@ def log_backbone(model, info: Mapping[str, Any], *, name: str | None, tags: Mapp
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logged = mlflow.pytorch.log_model(
-                model, name="backbone", serialization_format="pickle", pip_requirements=BACKBONE_REQUIREMENTS,
-                extra_files=[str(weights), str(meta)], tags=dict(tags),
-            )  # fmt: skip
+                model,
+                name="backbone",
+                serialization_format="pickle",
+                pip_requirements=BACKBONE_REQUIREMENTS,
+                extra_files=[str(weights), str(meta)],
+                tags=dict(tags),
+            )
     if name is None:
         return None
     version = mlflow.register_model(logged.model_uri, name, tags=dict(tags))
@@ -316,7 +341,9 @@ def backbone_files(uri: str) -> tuple[dict[str, Any], Path]:
     try:
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as err:
-        raise UserError(f"backbone {uri} cannot be found ({err.message}); expected models:/NAME@ALIAS or models:/NAME/VERSION") from None
+        raise UserError(
+            f"backbone {uri} cannot be found ({err.message}); expected models:/NAME@ALIAS or models:/NAME/VERSION"
+        ) from None
     found = {p.name: p for p in root.rglob("*") if p.name in ("backbone.json", "state_dict.pt")}
     if len(found) != 2:
         raise UserError(f"backbone {uri} has no state_dict.pt/backbone.json; expected a model logged by pretrain")
@@ -343,6 +370,10 @@ def load_backbone_with_info(uri: str):
             version = client.get_model_version_by_alias(name, uri.split("@", 1)[1]).version
         else:
             tail = uri.rsplit("/", 1)[1] if uri.count("/") > 1 else "latest"
-            version = tail if tail.isdigit() else max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+            version = (
+                tail
+                if tail.isdigit()
+                else max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+            )
         info = {**info, "model_name": name, "model_version": str(version)}
     return net, info

@@ -61,10 +61,27 @@ same readers and commands as real data.
 """
 
 from imagenet_transfer.synthetic.plan import SIZES, WorldSize
-from imagenet_transfer.synthetic.world import PARTS, default_world_dir, generate, present_parts, read_world, verify_world
+from imagenet_transfer.synthetic.world import (
+    PARTS,
+    default_world_dir,
+    generate,
+    present_parts,
+    read_world,
+    verify_world,
+)
 
-__all__ = ["PARTS", "SIZES", "WorldSize", "default_source", "default_world_dir", "generate", "present_parts", "read_world",
-           "run_synth", "verify_world"]
+__all__ = [
+    "PARTS",
+    "SIZES",
+    "WorldSize",
+    "default_source",
+    "default_world_dir",
+    "generate",
+    "present_parts",
+    "read_world",
+    "run_synth",
+    "verify_world",
+]
 
 
 def default_source() -> str:
@@ -73,8 +90,9 @@ def default_source() -> str:
     return str(generate(parts=("imagenet",)) / "imagenet")
 
 
-def run_synth(out=None, *, seed: int = 0, size: str = "default", resolution: int | None = None,
-              partitions: int | None = None):
+def run_synth(
+    out=None, *, seed: int = 0, size: str = "default", resolution: int | None = None, partitions: int | None = None
+):
     """`generate` the whole world as an MLflow run (stage=synth): the options as params, the folder and content
     digest as tags, the counts as metrics and world.json as an artifact. Returns the world's root."""
     import mlflow
@@ -88,8 +106,9 @@ def run_synth(out=None, *, seed: int = 0, size: str = "default", resolution: int
         root = generate(out, seed=seed, size=size, resolution=resolution, partitions=partitions)
         world = read_world(root)
         tracking.log_params({"out": str(root), **world["options"]}, prefix="resolved.")
-        mlflow.set_tags({"world": str(root), "content_sha256": world["content_sha256"],
-                         "generator_version": str(world["version"])})  # fmt: skip
+        mlflow.set_tags(
+            {"world": str(root), "content_sha256": world["content_sha256"], "generator_version": str(world["version"])}
+        )
         mlflow.log_metrics({k: float(v) for k, v in world.get("counts", {}).items() if isinstance(v, (int, float))})
         mlflow.log_artifact(str(root / "world.json"))
     return root

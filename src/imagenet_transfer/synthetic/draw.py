@@ -87,10 +87,15 @@ def object_shapes(tr: Traits) -> tuple[np.ndarray, list[np.ndarray], list[tuple[
     elif kind == 2:
         marks = [(_rect(c - [size * 0.7, 0], c + [size * 0.7, 0], size * 0.2), False)]
     elif kind == 3:
-        marks = [(_rect(c - [size * 0.6, 0], c + [size * 0.6, 0], size * 0.15), False),
-                 (_rect(c - [0, size * 0.6], c + [0, size * 0.6], size * 0.15), False)]  # fmt: skip
+        marks = [
+            (_rect(c - [size * 0.6, 0], c + [size * 0.6, 0], size * 0.15), False),
+            (_rect(c - [0, size * 0.6], c + [0, size * 0.6], size * 0.15), False),
+        ]
     else:
-        marks = [(c + [-size * 0.4, 0] + _CIRCLE * size * 0.3, False), (c + [size * 0.4, 0] + _CIRCLE * size * 0.3, False)]
+        marks = [
+            (c + [-size * 0.4, 0] + _CIRCLE * size * 0.3, False),
+            (c + [size * 0.4, 0] + _CIRCLE * size * 0.3, False),
+        ]
     return body, parts, marks
 
 
@@ -132,8 +137,15 @@ def _texture(rng: np.random.Generator, kind: int, h: int, w: int, period: float)
     return rng.random((h, w), dtype=np.float32)
 
 
-def fill_textured(canvas: Image.Image, pts: np.ndarray, colour: np.ndarray, kind: int, amount: float,
-                  period: float, rng: np.random.Generator) -> None:
+def fill_textured(
+    canvas: Image.Image,
+    pts: np.ndarray,
+    colour: np.ndarray,
+    kind: int,
+    amount: float,
+    period: float,
+    rng: np.random.Generator,
+) -> None:
     """Fill polygon `pts` with `colour` modulated by a texture pattern."""
     if kind == 0 or amount <= 0:
         ImageDraw.Draw(canvas).polygon(_poly(pts), fill=tuple(int(c) for c in colour))
@@ -152,8 +164,9 @@ def fill_textured(canvas: Image.Image, pts: np.ndarray, colour: np.ndarray, kind
 
 
 # -- objects --------------------------------------------------------------------------------------
-def draw_object(canvas: Image.Image, tr: Traits, m: np.ndarray, rng: np.random.Generator,
-                scale_px: float, pose: dict | None = None) -> np.ndarray:
+def draw_object(
+    canvas: Image.Image, tr: Traits, m: np.ndarray, rng: np.random.Generator, scale_px: float, pose: dict | None = None
+) -> np.ndarray:
     """Draw one object (or a person figure) with transform `m`; returns its box (x0, y0, x1, y1) on the canvas."""
     if tr.family == FIGURE:
         return draw_figure(canvas, tr, m, rng, scale_px, pose or random_pose(rng))
@@ -211,16 +224,27 @@ def figure_joints(pose: dict, rng: np.random.Generator) -> dict[str, np.ndarray]
     neck = hip + 0.65 * np.array([math.sin(lean), -math.cos(lean)])
     head = neck + 0.22 * np.array([math.sin(lean), -math.cos(lean)])
     out = {"hip": hip, "neck": neck, "head": head}
-    for limb, root, (l1, l2) in (("arm_b", neck, (0.32, 0.28)), ("arm_f", neck, (0.32, 0.28)),
-                                 ("leg_b", hip, (0.45, 0.45)), ("leg_f", hip, (0.45, 0.45))):  # fmt: skip
+    for limb, root, (l1, l2) in (
+        ("arm_b", neck, (0.32, 0.28)),
+        ("arm_f", neck, (0.32, 0.28)),
+        ("leg_b", hip, (0.45, 0.45)),
+        ("leg_f", hip, (0.45, 0.45)),
+    ):
         a1, a2 = pose[limb]
         mid = root + l1 * _dir(a1 + j())
         out[limb] = np.stack([root, mid, mid + l2 * _dir(a2 + j())])
     return out
 
 
-def draw_figure(canvas: Image.Image, tr: Traits, m: np.ndarray, rng: np.random.Generator,
-                scale_px: float, pose: dict, joints: dict | None = None) -> np.ndarray:
+def draw_figure(
+    canvas: Image.Image,
+    tr: Traits,
+    m: np.ndarray,
+    rng: np.random.Generator,
+    scale_px: float,
+    pose: dict,
+    joints: dict | None = None,
+) -> np.ndarray:
     """The person: head, torso, four limbs; hat = the class's first part, badge = its mark."""
     joints = joints or figure_joints(pose, rng)
     draw = ImageDraw.Draw(canvas)
@@ -231,13 +255,19 @@ def draw_figure(canvas: Image.Image, tr: Traits, m: np.ndarray, rng: np.random.G
     pts = []
     for limb in ("arm_b", "leg_b", "leg_f", "arm_f"):
         if limb == "arm_f":
-            shoulder = (joints["neck"] * 0.8 + joints["hip"] * 0.2)
-            torso = np.stack([joints["neck"] + [-0.14, 0], joints["neck"] + [0.14, 0],
-                              joints["hip"] + [0.11, 0], joints["hip"] + [-0.11, 0]])  # fmt: skip
+            shoulder = joints["neck"] * 0.8 + joints["hip"] * 0.2
+            torso = np.stack(
+                [
+                    joints["neck"] + [-0.14, 0],
+                    joints["neck"] + [0.14, 0],
+                    joints["hip"] + [0.11, 0],
+                    joints["hip"] + [-0.11, 0],
+                ]
+            )
             tp = apply(m, torso)
             pts.append(tp)
             fill_textured(canvas, tp, clothes, tr.texture, 0.3, scale_px * 0.15, rng)
-            kind, mx, my, size = tr.mark
+            _kind, mx, my, size = tr.mark
             badge = shoulder + [mx * 0.3, 0.12 + my * 0.2] + _CIRCLE * size * 0.25
             draw.polygon(_poly(apply(m, badge)), fill=tuple(int(c) for c in 255 - clothes))
         limb_pts = apply(m, joints[limb])

@@ -33,24 +33,87 @@ class WorldSize:
 
 
 SIZES: dict[str, WorldSize] = {
-    "tiny": WorldSize(classes=40, groups=10, train=24, val=6, resolution=32, voc_images=48,
-                      action_images=40, scenes=6, scene_images=10, partitions=3),
-    "default": WorldSize(classes=200, groups=40, train=240, val=20, resolution=64, voc_images=800,
-                         action_images=500, scenes=24, scene_images=100, partitions=10),
-    "large": WorldSize(classes=500, groups=90, train=600, val=50, resolution=96, voc_images=3000,
-                       action_images=2000, scenes=40, scene_images=100, partitions=10),
-}  # fmt: skip
+    "tiny": WorldSize(
+        classes=40,
+        groups=10,
+        train=24,
+        val=6,
+        resolution=32,
+        voc_images=48,
+        action_images=40,
+        scenes=6,
+        scene_images=10,
+        partitions=3,
+    ),
+    "default": WorldSize(
+        classes=200,
+        groups=40,
+        train=240,
+        val=20,
+        resolution=64,
+        voc_images=800,
+        action_images=500,
+        scenes=24,
+        scene_images=100,
+        partitions=10,
+    ),
+    "large": WorldSize(
+        classes=500,
+        groups=90,
+        train=600,
+        val=50,
+        resolution=96,
+        voc_images=3000,
+        action_images=2000,
+        scenes=40,
+        scene_images=100,
+        partitions=10,
+    ),
+}
 
 # Real SUN397 class names (Partitions/ClassName.txt), nested ones included; a world uses the first N.
 SCENE_NAMES = (
-    "/k/kitchen", "/d/desert/sand", "/w/windmill", "/a/auditorium", "/b/baseball_field", "/h/highway",
-    "/l/laundromat", "/w/waterfall/block", "/a/abbey", "/b/bakery/shop", "/b/bedroom", "/b/boathouse",
-    "/c/campsite", "/c/classroom", "/c/coast", "/c/corridor", "/d/dining_room", "/f/forest_path",
-    "/g/garage/indoor", "/g/greenhouse/indoor", "/h/harbor", "/l/living_room", "/l/library/indoor",
-    "/m/market/outdoor", "/m/mountain", "/o/office", "/p/pasture", "/p/playground", "/r/restaurant",
-    "/r/river", "/s/shoe_shop", "/s/stable", "/s/street", "/t/toyshop", "/t/train_station/platform",
-    "/v/veterinarians_office", "/w/wine_cellar/barrel_storage", "/z/zoo", "/a/aquarium", "/b/bus_interior",
-)  # fmt: skip
+    "/k/kitchen",
+    "/d/desert/sand",
+    "/w/windmill",
+    "/a/auditorium",
+    "/b/baseball_field",
+    "/h/highway",
+    "/l/laundromat",
+    "/w/waterfall/block",
+    "/a/abbey",
+    "/b/bakery/shop",
+    "/b/bedroom",
+    "/b/boathouse",
+    "/c/campsite",
+    "/c/classroom",
+    "/c/coast",
+    "/c/corridor",
+    "/d/dining_room",
+    "/f/forest_path",
+    "/g/garage/indoor",
+    "/g/greenhouse/indoor",
+    "/h/harbor",
+    "/l/living_room",
+    "/l/library/indoor",
+    "/m/market/outdoor",
+    "/m/mountain",
+    "/o/office",
+    "/p/pasture",
+    "/p/playground",
+    "/r/restaurant",
+    "/r/river",
+    "/s/shoe_shop",
+    "/s/stable",
+    "/s/street",
+    "/t/toyshop",
+    "/t/train_station/platform",
+    "/v/veterinarians_office",
+    "/w/wine_cellar/barrel_storage",
+    "/z/zoo",
+    "/a/aquarium",
+    "/b/bus_interior",
+)
 
 # Objects held or ridden by a person doing an action (ILSVRC wnids; drawn by the trait machinery).
 ACTION_PROPS = {
@@ -64,8 +127,9 @@ ACTION_PROPS = {
 }
 TABLE = "n03201208"  # dining table, under the computer
 # How often each VOC category appears (persons dominate, as in the real VOC2007).
-VOC_WEIGHTS = {c: (6.0 if c == "person" else 2.0 if c in ("car", "chair", "dog", "bird", "cat") else 1.0)
-               for c in VOC_CLASSES}  # fmt: skip
+VOC_WEIGHTS = {
+    c: (6.0 if c == "person" else 2.0 if c in ("car", "chair", "dog", "bird", "cat") else 1.0) for c in VOC_CLASSES
+}
 
 
 def check_options(size: str, resolution: int | None, partitions: int | None, seed: int) -> tuple[WorldSize, dict]:

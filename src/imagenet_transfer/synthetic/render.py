@@ -70,7 +70,7 @@ def _to_voc(box: np.ndarray, w: int, h: int) -> tuple[tuple[int, int, int, int],
     raw = max(x1 - x0, 1e-6) * max(y1 - y0, 1e-6)
     visible = max(cx1 - cx0, 0) * max(cy1 - cy0, 0) / raw
     truncated = int(x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1)
-    vb = (int(math.floor(cx0)) + 1, int(math.floor(cy0)) + 1, int(math.ceil(cx1)) + 1, int(math.ceil(cy1)) + 1)
+    vb = (math.floor(cx0) + 1, math.floor(cy0) + 1, math.ceil(cx1) + 1, math.ceil(cy1) + 1)
     return (vb[0], vb[1], min(vb[2], w), min(vb[3], h)), truncated, visible
 
 
@@ -116,7 +116,9 @@ def voc_image(world: World, rng: np.random.Generator) -> tuple[bytes, list[Box]]
         box = draw.draw_object(canvas, tr, draw.transform(angle, flip, scale, cx, cy), rng, scale, pose)
         names.append(name)
         boxes.append(box)
-        poses.append(("Left", "Right", "Frontal", "Unspecified")[int(flip) if rng.random() < 0.7 else 2 + int(rng.integers(2))])
+        poses.append(
+            ("Left", "Right", "Frontal", "Unspecified")[int(flip) if rng.random() < 0.7 else 2 + int(rng.integers(2))]
+        )
     if rng.random() < 0.2 and boxes:
         i = int(rng.integers(len(boxes)))
         boxes.append(draw.occlude(canvas, rng, boxes[i], rng.uniform(0.2, 0.7)))
@@ -126,8 +128,17 @@ def voc_image(world: World, rng: np.random.Generator) -> tuple[bytes, list[Box]]
     return draw.finish(canvas, rng), [o for o in objects if o.name is not None]
 
 
-def _prop(world: World, canvas: Image.Image, rng, m: np.ndarray, at: np.ndarray, wnids: tuple[str, ...],
-          k: float, scale: float, turn: float = 0.0) -> None:
+def _prop(
+    world: World,
+    canvas: Image.Image,
+    rng,
+    m: np.ndarray,
+    at: np.ndarray,
+    wnids: tuple[str, ...],
+    k: float,
+    scale: float,
+    turn: float = 0.0,
+) -> None:
     """Draw a prop from `wnids` centred at figure-frame point `at`, `k` times the figure scale."""
     tr = world.traits[wnids[int(rng.integers(len(wnids)))]]
     cx, cy = draw.apply(m, at[None])[0]
@@ -145,7 +156,9 @@ def action_image(world: World, rng: np.random.Generator, persons_of_class: list[
         if tr.family == FIGURE:
             continue
         scale = h * draw.SS * rng.uniform(0.06, 0.14)
-        m = draw.transform(rng.normal(0, 0.3), rng.random() < 0.5, scale, rng.uniform(0, w * draw.SS), rng.uniform(0, h * draw.SS))
+        m = draw.transform(
+            rng.normal(0, 0.3), rng.random() < 0.5, scale, rng.uniform(0, w * draw.SS), rng.uniform(0, h * draw.SS)
+        )
         draw.draw_object(canvas, tr, m, rng, scale)
     n = 2 if rng.random() < 0.3 else 1
     names, boxes, poses, actions = [], [], [], []
@@ -178,7 +191,17 @@ def action_image(world: World, rng: np.random.Generator, persons_of_class: list[
         elif action == "reading":
             _prop(world, canvas, rng, m, hands, ACTION_PROPS[action], 0.2, scale, 0.3)
         elif action == "playinginstrument":
-            _prop(world, canvas, rng, m, (joints["hip"] + joints["neck"]) / 2 + [0.12, 0.0], ACTION_PROPS[action], 0.3, scale, 0.8)
+            _prop(
+                world,
+                canvas,
+                rng,
+                m,
+                (joints["hip"] + joints["neck"]) / 2 + [0.12, 0.0],
+                ACTION_PROPS[action],
+                0.3,
+                scale,
+                0.8,
+            )
         elif action == "usingcomputer":
             _prop(world, canvas, rng, m, hands + [0.15, -0.05], ACTION_PROPS[action], 0.2, scale)
         names.append("person")

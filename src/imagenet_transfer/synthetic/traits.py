@@ -58,7 +58,7 @@ def subtree_counts(tax: Taxonomy) -> Counter:
     return counts
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _normals(seed: int, wnid: str, what: str, n: int) -> tuple[float, ...]:
     """`n` standard-normal values owned by (seed, synset, trait)."""
     rng = random.Random(hashlib.sha256(f"{seed}/{wnid}/{what}".encode()).digest())
@@ -119,21 +119,32 @@ class TraitModel:
             if not present:
                 continue
             v = self.draw(wnid, grain, f"part{slot}", 4)
-            parts.append(Part(
-                kind=self.choice(wnid, grain, f"part{slot}-kind", len(PART_KINDS)),
-                angle=float(np.arctan2(v[0], v[1])),
-                length=float(0.35 + 0.25 * _uniform(v[2]) + (0.15 if slot < 2 else 0.0)),
-                width=float(0.16 + 0.14 * _uniform(v[3])),
-            ))  # fmt: skip
+            parts.append(
+                Part(
+                    kind=self.choice(wnid, grain, f"part{slot}-kind", len(PART_KINDS)),
+                    angle=float(np.arctan2(v[0], v[1])),
+                    length=float(0.35 + 0.25 * _uniform(v[2]) + (0.15 if slot < 2 else 0.0)),
+                    width=float(0.16 + 0.14 * _uniform(v[3])),
+                )
+            )
         m = self.draw(wnid, "leaf", "mark", 3)
-        mark = (self.choice(wnid, "leaf", "mark-kind", len(MARK_KINDS)),
-                float(0.35 * np.tanh(m[0])), float(0.35 * np.tanh(m[1])), float(0.22 + 0.1 * _uniform(m[2])))  # fmt: skip
+        mark = (
+            self.choice(wnid, "leaf", "mark-kind", len(MARK_KINDS)),
+            float(0.35 * np.tanh(m[0])),
+            float(0.35 * np.tanh(m[1])),
+            float(0.22 + 0.1 * _uniform(m[2])),
+        )
         return Traits(
-            wnid=wnid, family=family, aspect=aspect, fourier=tuple(float(f) for f in fourier),
-            parts=tuple(parts), mark=mark, hue=hue,
+            wnid=wnid,
+            family=family,
+            aspect=aspect,
+            fourier=tuple(float(f) for f in fourier),
+            parts=tuple(parts),
+            mark=mark,
+            hue=hue,
             texture=self.choice(wnid, "layout", "texture", len(TEXTURES)),
             build=float(0.8 + 0.4 * _uniform(self.draw(wnid, "layout", "build", 1)[0])),
-        )  # fmt: skip
+        )
 
 
 def _uniform(z: float) -> float:

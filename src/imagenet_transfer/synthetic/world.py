@@ -29,8 +29,16 @@ from imagenet_transfer.errors import UserError
 from imagenet_transfer.paths import cache_dir, cache_lock
 from imagenet_transfer.synthetic import render
 from imagenet_transfer.synthetic.plan import (
-    ACTION_PROPS, ACTIONS, SIZES, TABLE, VOC_CLASSES, check_options, choose_classes, scene_recipes, voc_pools,
-)  # fmt: skip
+    ACTION_PROPS,
+    ACTIONS,
+    SIZES,
+    TABLE,
+    VOC_CLASSES,
+    check_options,
+    choose_classes,
+    scene_recipes,
+    voc_pools,
+)
 from imagenet_transfer.synthetic.traits import traits_for
 from imagenet_transfer.taxonomy import load_taxonomy
 
@@ -38,16 +46,21 @@ GENERATOR = "imagenet_transfer.synthetic"
 VERSION = 2  # 2: SUN397 scenes of the pre-training groups, 2-4 large objects, 100 images per scene
 # Top-level folders of a world; each gets a file count, byte count and digest in world.json.
 GROUPS = ("imagenet", "VOCdevkit/VOC2007", "VOCdevkit/VOC2012", "SUN397", "Partitions")
-PARTS = {"imagenet": "imagenet", "voc2007": "VOCdevkit/VOC2007", "voc2012": "VOCdevkit/VOC2012",
-         "sun397": {"images": "SUN397", "partitions": "Partitions"}}  # fmt: skip
+PARTS = {
+    "imagenet": "imagenet",
+    "voc2007": "VOCdevkit/VOC2007",
+    "voc2012": "VOCdevkit/VOC2012",
+    "sun397": {"images": "SUN397", "partitions": "Partitions"},
+}
 PART_GROUPS = {part: (f,) if isinstance(f, str) else tuple(f.values()) for part, f in PARTS.items()}  # part -> GROUPS
 PART_CODES = {"imagenet": 1, "voc07": 2, "voc12": 3, "sun": 4}
 TASK_PART = {"imagenet": "imagenet", "voc07": "voc2007", "voc12": "voc2012", "sun": "sun397"}
 
 
 # -- public API --------------------------------------------------------------------------------------
-def default_world_dir(*, seed: int = 0, size: str = "default", resolution: int | None = None,
-                      partitions: int | None = None) -> Path:
+def default_world_dir(
+    *, seed: int = 0, size: str = "default", resolution: int | None = None, partitions: int | None = None
+) -> Path:
     """`cache_dir()/worlds/<name>`, the name made of the generator version and the options."""
     preset, options = check_options(size, resolution, partitions, seed)
     name = f"v{VERSION}-{size}-r{options['resolution']}-s{seed}"
@@ -56,8 +69,16 @@ def default_world_dir(*, seed: int = 0, size: str = "default", resolution: int |
     return cache_dir() / "worlds" / name
 
 
-def generate(out: str | Path | None = None, *, seed: int = 0, size: str = "default", resolution: int | None = None,
-             partitions: int | None = None, progress: bool = True, parts: Iterable[str] | None = None) -> Path:
+def generate(
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    size: str = "default",
+    resolution: int | None = None,
+    partitions: int | None = None,
+    progress: bool = True,
+    parts: Iterable[str] | None = None,
+) -> Path:
     """Generate (or find) the world for these options; return its root folder.
 
     `out=None` uses `default_world_dir(...)`, where a corrupted world is regenerated; an explicit
@@ -67,8 +88,11 @@ def generate(out: str | Path | None = None, *, seed: int = 0, size: str = "defau
     preset, options = check_options(size, resolution, partitions, seed)
     wanted = _check_parts(parts)
     in_cache = out is None
-    out = (default_world_dir(seed=seed, size=size, resolution=resolution, partitions=partitions) if in_cache
-           else Path(out).expanduser()).absolute()  # fmt: skip
+    out = (
+        default_world_dir(seed=seed, size=size, resolution=resolution, partitions=partitions)
+        if in_cache
+        else Path(out).expanduser()
+    ).absolute()
     state, world = _existing(out, options, in_cache)
     if world is not None and wanted <= present_parts(world):
         return out
@@ -141,7 +165,12 @@ def _add_parts(tmp: Path, out: Path, built: dict) -> dict:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp / group, target)
     files = {**world["files"], **built["files"]}
-    manifest = {**world, "counts": {**world["counts"], **built["counts"]}, "files": files, "content_sha256": _combine(files)}
+    manifest = {
+        **world,
+        "counts": {**world["counts"], **built["counts"]},
+        "files": files,
+        "content_sha256": _combine(files),
+    }
     _write_json(out / "world.json", manifest)
     return manifest
 
@@ -163,13 +192,20 @@ def read_world(root: str | Path) -> dict:
     if world["version"] != VERSION:
         raise UserError(f"{path} was made by generator version {world['version']}, this is version {VERSION}; {hint}")
     files = world["files"]
-    if not isinstance(files, dict) or not files or not set(files) <= set(GROUPS) or _combine(files) != world["content_sha256"]:
+    if (
+        not isinstance(files, dict)
+        or not files
+        or not set(files) <= set(GROUPS)
+        or _combine(files) != world["content_sha256"]
+    ):
         raise UserError(f"{path} has an inconsistent file table; {hint}")
     for group in files:
         on_disk = sum(len(names) for _, _, names in os.walk(root / group))
         if on_disk != files[group]["count"]:
-            raise UserError(f"{root / group} holds {on_disk} files, world.json lists {files[group]['count']}: "
-                            f"the world is incomplete or was modified; {hint}")  # fmt: skip
+            raise UserError(
+                f"{root / group} holds {on_disk} files, world.json lists {files[group]['count']}: "
+                f"the world is incomplete or was modified; {hint}"
+            )
     return world
 
 
@@ -182,9 +218,13 @@ def verify_world(root: str | Path) -> dict:
         for folder, _, names in os.walk(root / group):
             for name in names:
                 data = (Path(folder) / name).read_bytes()
-                records.append((str((Path(folder) / name).relative_to(root)), hashlib.sha1(data).hexdigest(), len(data)))
+                records.append(
+                    (str((Path(folder) / name).relative_to(root)), hashlib.sha1(data).hexdigest(), len(data))
+                )
         if _digest(records)["sha256"] != world["files"][group]["sha256"]:
-            raise UserError(f"{root / group}: file contents differ from world.json; the world was modified or corrupted")
+            raise UserError(
+                f"{root / group}: file contents differ from world.json; the world was modified or corrupted"
+            )
     return world
 
 
@@ -199,8 +239,10 @@ def _existing(out: Path, options: dict, in_cache: bool) -> tuple[str, dict | Non
     if not any(out.iterdir()):
         return "empty", None
     if not (out / "world.json").exists() and not in_cache:
-        raise UserError(f"output {out} is not empty and holds no world.json; expected a missing or empty folder, "
-                        "or a world made by `imagenet-transfer synth`")  # fmt: skip
+        raise UserError(
+            f"output {out} is not empty and holds no world.json; expected a missing or empty folder, "
+            "or a world made by `imagenet-transfer synth`"
+        )
     try:
         world = read_world(out)
     except UserError:
@@ -208,8 +250,10 @@ def _existing(out: Path, options: dict, in_cache: bool) -> tuple[str, dict | Non
             return "stale", None
         raise
     if json.loads(json.dumps(options)) != world["options"]:
-        raise UserError(f"output {out} holds a world made with other options ({_brief(world['options'])}); "
-                        f"expected {_brief(options)}: choose another --out or delete it")  # fmt: skip
+        raise UserError(
+            f"output {out} holds a world made with other options ({_brief(world['options'])}); "
+            f"expected {_brief(options)}: choose another --out or delete it"
+        )
     return "done", world
 
 
@@ -245,10 +289,20 @@ def _build(tmp: Path, preset, options: dict, progress: bool, parts: list[str]) -
 
     voc_ids = list(range(1, preset.voc_images + 1))
     act_ids = list(range(1, preset.action_images + 1))
-    folders = {"voc2007": ("VOCdevkit/VOC2007/JPEGImages", "VOCdevkit/VOC2007/Annotations", "VOCdevkit/VOC2007/ImageSets/Main"),
-               "voc2012": ("VOCdevkit/VOC2012/JPEGImages", "VOCdevkit/VOC2012/Annotations", "VOCdevkit/VOC2012/ImageSets/Action"),
-               "sun397": ("Partitions", *(f"SUN397/{s['name'].lstrip('/')}" for s in scenes)),
-               "imagenet": tuple(f"imagenet/{split}/{w}" for split in ("train", "val") for w in classes)}  # fmt: skip
+    folders = {
+        "voc2007": (
+            "VOCdevkit/VOC2007/JPEGImages",
+            "VOCdevkit/VOC2007/Annotations",
+            "VOCdevkit/VOC2007/ImageSets/Main",
+        ),
+        "voc2012": (
+            "VOCdevkit/VOC2012/JPEGImages",
+            "VOCdevkit/VOC2012/Annotations",
+            "VOCdevkit/VOC2012/ImageSets/Action",
+        ),
+        "sun397": ("Partitions", *(f"SUN397/{s['name'].lstrip('/')}" for s in scenes)),
+        "imagenet": tuple(f"imagenet/{split}/{w}" for split in ("train", "val") for w in classes),
+    }
     for part in parts:
         for folder in folders[part]:
             (tmp / folder).mkdir(parents=True)
@@ -257,7 +311,9 @@ def _build(tmp: Path, preset, options: dict, progress: bool, parts: list[str]) -
     tasks = []
     for w in classes:
         for split, first, count in (("train", 1, preset.train), ("val", preset.train + 1, preset.val)):
-            tasks += [("imagenet", w, split, a, min(a + chunk, first + count)) for a in range(first, first + count, chunk)]
+            tasks += [
+                ("imagenet", w, split, a, min(a + chunk, first + count)) for a in range(first, first + count, chunk)
+            ]
     step = 32
     tasks += [("voc07", None, None, a, min(a + step, len(voc_ids) + 1)) for a in range(1, len(voc_ids) + 1, step)]
     tasks += [("voc12", None, None, a, min(a + step, len(act_ids) + 1)) for a in range(1, len(act_ids) + 1, step)]
@@ -281,7 +337,11 @@ def _build(tmp: Path, preset, options: dict, progress: bool, parts: list[str]) -
     write = _Writer(tmp, records)
     counts = {}
     if "imagenet" in parts:
-        counts["imagenet"] = {"classes": len(classes), "train": len(classes) * preset.train, "val": len(classes) * preset.val}
+        counts["imagenet"] = {
+            "classes": len(classes),
+            "train": len(classes) * preset.train,
+            "val": len(classes) * preset.val,
+        }
     if "voc2007" in parts:
         counts["voc2007"] = _write_voc07(write, annotations["voc07"], voc_ids, seed)
     if "voc2012" in parts:
@@ -292,7 +352,11 @@ def _build(tmp: Path, preset, options: dict, progress: bool, parts: list[str]) -
     files = {g: _digest([r for r in write.records if r[0].startswith(g + "/")]) for g in GROUPS if g in groups}
     label = tax.labels("top-down", 127)
     return {
-        "generator": GENERATOR, "version": VERSION, "seed": seed, "size": options["size"], "options": options,
+        "generator": GENERATOR,
+        "version": VERSION,
+        "seed": seed,
+        "size": options["size"],
+        "options": options,
         "parts": PARTS,
         "classes": classes,
         "class_names": {w: tax.name(w) for w in classes},
@@ -301,11 +365,14 @@ def _build(tmp: Path, preset, options: dict, progress: bool, parts: list[str]) -
         "voc_classes": list(VOC_CLASSES),
         "voc_sources": pools,
         "actions": list(ACTIONS),
-        "scenes": [{"name": s["name"], "groups": s["groups"], "group_names": [tax.name(g) for g in s["groups"]]} for s in scenes],
+        "scenes": [
+            {"name": s["name"], "groups": s["groups"], "group_names": [tax.name(g) for g in s["groups"]]}
+            for s in scenes
+        ],
         "counts": counts,
         "files": files,
         "content_sha256": _combine(files),
-    }  # fmt: skip
+    }
 
 
 def _run_all(world, root: Path, tasks: list):
@@ -349,13 +416,17 @@ def _task(task):
             name = f"{i:06d}"
             data, objects = render.voc_image(world, np.random.default_rng([seed, code, i]))
             recs.append(_save(f"VOCdevkit/VOC2007/JPEGImages/{name}.jpg", data))
-            recs.append(_save(f"VOCdevkit/VOC2007/Annotations/{name}.xml", _xml("VOC2007", name, world.scene_size, objects)))
+            recs.append(
+                _save(f"VOCdevkit/VOC2007/Annotations/{name}.xml", _xml("VOC2007", name, world.scene_size, objects))
+            )
             meta[name] = [(o.name, o.difficult) for o in objects]
         elif kind == "voc12":
             name = f"2012_{i:06d}"
             data, objects = render.action_image(world, np.random.default_rng([seed, code, i]), persons)
             recs.append(_save(f"VOCdevkit/VOC2012/JPEGImages/{name}.jpg", data))
-            recs.append(_save(f"VOCdevkit/VOC2012/Annotations/{name}.xml", _xml("VOC2012", name, world.scene_size, objects)))
+            recs.append(
+                _save(f"VOCdevkit/VOC2012/Annotations/{name}.xml", _xml("VOC2012", name, world.scene_size, objects))
+            )
             meta[name] = [o.actions for o in objects]
         else:
             rng = np.random.default_rng([seed, code, a, i])
@@ -368,14 +439,30 @@ def _task(task):
 
 def _xml(folder: str, name: str, size: tuple[int, int], objects: list) -> bytes:
     w, h = size
-    lines = ["<annotation>", f"\t<folder>{folder}</folder>", f"\t<filename>{name}.jpg</filename>",
-             "\t<source>", f"\t\t<database>imagenet-transfer synthetic world</database>",
-             f"\t\t<annotation>PASCAL {folder}</annotation>", "\t\t<image>synthetic</image>", "\t</source>",
-             "\t<size>", f"\t\t<width>{w}</width>", f"\t\t<height>{h}</height>", "\t\t<depth>3</depth>", "\t</size>",
-             "\t<segmented>0</segmented>"]  # fmt: skip
+    lines = [
+        "<annotation>",
+        f"\t<folder>{folder}</folder>",
+        f"\t<filename>{name}.jpg</filename>",
+        "\t<source>",
+        "\t\t<database>imagenet-transfer synthetic world</database>",
+        f"\t\t<annotation>PASCAL {folder}</annotation>",
+        "\t\t<image>synthetic</image>",
+        "\t</source>",
+        "\t<size>",
+        f"\t\t<width>{w}</width>",
+        f"\t\t<height>{h}</height>",
+        "\t\t<depth>3</depth>",
+        "\t</size>",
+        "\t<segmented>0</segmented>",
+    ]
     for o in objects:
-        lines += ["\t<object>", f"\t\t<name>{o.name}</name>", f"\t\t<pose>{o.pose}</pose>",
-                  f"\t\t<truncated>{o.truncated}</truncated>", f"\t\t<difficult>{o.difficult}</difficult>"]  # fmt: skip
+        lines += [
+            "\t<object>",
+            f"\t\t<name>{o.name}</name>",
+            f"\t\t<pose>{o.pose}</pose>",
+            f"\t\t<truncated>{o.truncated}</truncated>",
+            f"\t\t<difficult>{o.difficult}</difficult>",
+        ]
         if o.actions is not None:
             lines += ["\t\t<actions>"] + [f"\t\t\t<{k}>{v}</{k}>" for k, v in o.actions.items()] + ["\t\t</actions>"]
         lines += ["\t\t<bndbox>"] + [f"\t\t\t<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), o.box)]
@@ -417,8 +504,12 @@ def _write_voc07(write: _Writer, objects: dict, ids: list[int], seed: int) -> di
                 mine = [difficult for name, difficult in objects[n] if name == cls]
                 flags.append(f"{n} {(1 if not all(mine) else 0) if mine else -1:2d}")
             write(f"{base}/{cls}_{s}.txt", flags)
-    return {"trainval": len(trainval), "test": len(test), "objects": sum(len(v) for v in objects.values()),
-            "difficult": sum(d for v in objects.values() for _, d in v)}  # fmt: skip
+    return {
+        "trainval": len(trainval),
+        "test": len(test),
+        "objects": sum(len(v) for v in objects.values()),
+        "difficult": sum(d for v in objects.values() for _, d in v),
+    }
 
 
 def _write_voc12(write: _Writer, actions: dict, ids: list[int], seed: int) -> dict:
@@ -428,8 +519,10 @@ def _write_voc12(write: _Writer, actions: dict, ids: list[int], seed: int) -> di
     for s, members in {"train": train, "val": val, "trainval": sorted(train + val)}.items():
         write(f"{base}/{s}.txt", members)
         for act in ACTIONS:
-            write(f"{base}/{act}_{s}.txt",
-                  [f"{n} {j} {1 if a[act] else -1:2d}" for n in members for j, a in enumerate(actions[n], 1)])
+            write(
+                f"{base}/{act}_{s}.txt",
+                [f"{n} {j} {1 if a[act] else -1:2d}" for n in members for j, a in enumerate(actions[n], 1)],
+            )
     return {"train": len(train), "val": len(val), "persons": sum(len(actions[n]) for n in names)}
 
 

@@ -31,8 +31,8 @@ def resolve_backbone(spec: str, num_classes: int = 1000):
 
     `models:/NAME@ALIAS`, `models:/NAME/VERSION`: a registered pre-trained backbone (weights loaded with
     weights_only); `random:ARCH` or `random:ARCH@RES`: the same architecture randomly initialised with seed 0
-    (the no-pre-training baseline, identical on every call). `info` has `backbone` (the rebuild config), `uri`, and for registered ones
-    `subset_name`, `subset_digest`, `spec_digest`, `model_name`, `model_version`.
+    (the no-pre-training baseline, identical on every call). `info` has `backbone` (the rebuild config), `uri`,
+    and for registered ones `subset_name`, `subset_digest`, `spec_digest`, `model_name`, `model_version`.
     """
     from imagenet_transfer.models import build_backbone, default_resolution
 
@@ -42,7 +42,13 @@ def resolve_backbone(spec: str, num_classes: int = 1000):
         with torch.random.fork_rng(devices=[]):  # the same random weights every time: a reproducible baseline
             torch.manual_seed(0)
             net = build_backbone(m[1], num_classes, resolution=int(m[2]) if m[2] else default_resolution(m[1]))
-        return net, {"backbone": net.config(), "uri": spec, "subset_name": "none", "subset_digest": "", "spec_digest": ""}
+        return net, {
+            "backbone": net.config(),
+            "uri": spec,
+            "subset_name": "none",
+            "subset_digest": "",
+            "spec_digest": "",
+        }
     if not spec.startswith("models:/"):
         raise UserError(f"backbone {spec!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES]")
     from imagenet_transfer.tracking import load_backbone_with_info

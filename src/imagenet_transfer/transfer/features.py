@@ -70,7 +70,8 @@ class FeatureSlots:
         empty, twice = np.flatnonzero(self.count == 0), np.flatnonzero(self.count > 1)
         assert not len(empty) and not len(twice), (
             f"feature slots: {len(empty)} never filled (e.g. {empty[:5].tolist()}), "
-            f"{len(twice)} filled more than once (e.g. {twice[:5].tolist()}) of {len(self.count)}")
+            f"{len(twice)} filled more than once (e.g. {twice[:5].tolist()}) of {len(self.count)}"
+        )
         return self.arrays
 
 
@@ -97,16 +98,34 @@ def image_list_digest(paths: Sequence[str | Path]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(identity: str, images: str, layer: str, resolution: int, normalisation: str,
-              precision: str = "float32") -> str:
-    parts = {"version": CACHE_VERSION, "backbone": identity, "images": images, "layer": layer,
-             "resolution": resolution, "view": VIEW, "normalisation": normalisation, "precision": precision}
+def cache_key(
+    identity: str, images: str, layer: str, resolution: int, normalisation: str, precision: str = "float32"
+) -> str:
+    parts = {
+        "version": CACHE_VERSION,
+        "backbone": identity,
+        "images": images,
+        "layer": layer,
+        "resolution": resolution,
+        "view": VIEW,
+        "normalisation": normalisation,
+        "precision": precision,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def extract_features(net, paths: Sequence[str | Path], layers: Iterable[str] = ("fc7",), *, batch_size: int = 64,
-                     workers: int = 0, device: str | torch.device = "cpu", cache: bool = True,
-                     progress: bool = False, what: str = "images") -> FeatureSet:
+def extract_features(
+    net,
+    paths: Sequence[str | Path],
+    layers: Iterable[str] = ("fc7",),
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    cache: bool = True,
+    progress: bool = False,
+    what: str = "images",
+) -> FeatureSet:
     """The `layers` features of `paths` (see the module docstring), from the cache where possible."""
     from imagenet_transfer.data import normalisation_for
 
@@ -114,8 +133,10 @@ def extract_features(net, paths: Sequence[str | Path], layers: Iterable[str] = (
     vector_layers = [layer for layer in net.feature_layers if layer != "conv5"]
     unknown = [layer for layer in layers if layer not in vector_layers]
     if unknown:
-        raise UserError(f"feature layer(s) {', '.join(map(repr, unknown))} do not exist in {net.arch}; "
-                        f"expected some of {', '.join(vector_layers)}")
+        raise UserError(
+            f"feature layer(s) {', '.join(map(repr, unknown))} do not exist in {net.arch}; "
+            f"expected some of {', '.join(vector_layers)}"
+        )
     paths = [str(p) for p in paths]
     if not paths:
         raise UserError(f"no {what} to extract features from; expected at least one image")
@@ -125,8 +146,10 @@ def extract_features(net, paths: Sequence[str | Path], layers: Iterable[str] = (
     files: dict[str, Path] = {}
     if cache:
         identity, images = backbone_identity(net), image_list_digest(paths)
-        files = {layer: folder / f"{cache_key(identity, images, layer, net.resolution, normalisation, precision)}.npy"
-                 for layer in layers}
+        files = {
+            layer: folder / f"{cache_key(identity, images, layer, net.resolution, normalisation, precision)}.npy"
+            for layer in layers
+        }
     arrays = {}
     for layer, file in files.items():
         try:
@@ -139,32 +162,72 @@ def extract_features(net, paths: Sequence[str | Path], layers: Iterable[str] = (
     if not todo:
         return FeatureSet(arrays, True, 0.0, None)
     started = time.perf_counter()
-    fresh = _extract(net, paths, todo, batch_size=batch_size, workers=workers, device=torch.device(device),
-                     progress=progress, what=what)
+    fresh = _extract(
+        net,
+        paths,
+        todo,
+        batch_size=batch_size,
+        workers=workers,
+        device=torch.device(device),
+        progress=progress,
+        what=what,
+    )
     seconds = time.perf_counter() - started
     for layer, array in fresh.items():
         if layer in files:
-            _save(files[layer], array, {"layer": layer, "images": len(paths), "arch": net.arch,
-                                        "resolution": net.resolution, "first_image": paths[0]})
+            _save(
+                files[layer],
+                array,
+                {
+                    "layer": layer,
+                    "images": len(paths),
+                    "arch": net.arch,
+                    "resolution": net.resolution,
+                    "first_image": paths[0],
+                },
+            )
     arrays.update(fresh)
     return FeatureSet({layer: arrays[layer] for layer in layers}, False, seconds, len(paths) / max(seconds, 1e-9))
 
 
 @torch.inference_mode()
-def _extract(net, paths: list[str], layers: list[str], *, batch_size: int, workers: int, device: torch.device,
-             progress: bool, what: str) -> dict[str, np.ndarray]:
+def _extract(
+    net,
+    paths: list[str],
+    layers: list[str],
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    progress: bool,
+    what: str,
+) -> dict[str, np.ndarray]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from imagenet_transfer.data import make_loader
     from imagenet_transfer.engine import autocast
 
     frame = pd.DataFrame({"path": paths, "label": np.arange(len(paths), dtype=np.int64), "split": "val"})
-    loader = make_loader(frame, "val", arch=net.arch, resolution=net.resolution, batch_size=batch_size,
-                         workers=workers, train=False, device=device)
+    loader = make_loader(
+        frame,
+        "val",
+        arch=net.arch,
+        resolution=net.resolution,
+        batch_size=batch_size,
+        workers=workers,
+        train=False,
+        device=device,
+    )
     net = net.to(device).eval()
     slots = FeatureSlots(len(paths), {layer: net.feature_dims()[layer] for layer in layers})
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"features of {len(paths)} {what}", total=len(loader))
         for images, indices in loader:
             with autocast(device):
@@ -173,8 +236,10 @@ def _extract(net, paths: list[str], layers: list[str], *, batch_size: int, worke
             bar.advance(task)
     if loader.skipped:
         listing = "; ".join(f"{p} ({why})" for p, why in list(loader.skipped.items())[:20])
-        raise UserError(f"{len(loader.skipped)} of {len(paths)} {what} could not be read: {listing}; "
-                        "expected readable image files (fix or remove them from the lists)")
+        raise UserError(
+            f"{len(loader.skipped)} of {len(paths)} {what} could not be read: {listing}; "
+            "expected readable image files (fix or remove them from the lists)"
+        )
     return slots.result()
 
 
@@ -192,8 +257,9 @@ def _save(file: Path, array: np.ndarray, meta: dict) -> None:
 
 
 @torch.inference_mode()
-def inference_speed(net, *, batch_size: int = 64, batches: int = 5, layer: str = "fc7",
-                    device: str | torch.device = "cpu") -> float:
+def inference_speed(
+    net, *, batch_size: int = 64, batches: int = 5, layer: str = "fc7", device: str | torch.device = "cpu"
+) -> float:
     """Images per second of the backbone alone (random inputs, no decoding) up to `layer`: the ceiling that
     `extract_features` is compared with."""
     from imagenet_transfer.engine import autocast

@@ -46,8 +46,9 @@ def mean_per_class_accuracy(predictions: np.ndarray, targets: np.ndarray) -> flo
 def _pair(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
     predictions, targets = np.asarray(predictions), np.asarray(targets)
     if predictions.shape != targets.shape or predictions.ndim != 1 or not len(targets):
-        raise ValueError(f"predictions {predictions.shape} and targets {targets.shape}: expected two equal, "
-                         "non-empty 1-d arrays")
+        raise ValueError(
+            f"predictions {predictions.shape} and targets {targets.shape}: expected two equal, non-empty 1-d arrays"
+        )
     return predictions, targets
 
 
@@ -76,8 +77,15 @@ def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
 
-def fit_linear(x: np.ndarray, y: np.ndarray, *, num_classes: int, l2: float, max_iter: int = MAX_ITER,
-               init: LinearClassifier | None = None) -> LinearClassifier:
+def fit_linear(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    l2: float,
+    max_iter: int = MAX_ITER,
+    init: LinearClassifier | None = None,
+) -> LinearClassifier:
     """Multinomial logistic regression of labels `y` (0..num_classes-1) on features `x` (see module docstring)."""
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
     if x.ndim != 2 or y.shape != (len(x),) or not len(x):
@@ -95,8 +103,15 @@ def fit_linear(x: np.ndarray, y: np.ndarray, *, num_classes: int, l2: float, max
         else:
             layer.weight.zero_()
             layer.bias.zero_()
-    optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, history_size=10,
-                                  line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+    optimizer = torch.optim.LBFGS(
+        layer.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
     criterion = nn.CrossEntropyLoss()
 
     def closure() -> torch.Tensor:
@@ -109,8 +124,9 @@ def fit_linear(x: np.ndarray, y: np.ndarray, *, num_classes: int, l2: float, max
         loss = optimizer.step(closure)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"logistic regression (l2={l2}) diverged: loss {float(loss)}")
-    return LinearClassifier(mean, scale, layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy(),
-                            float(l2))
+    return LinearClassifier(
+        mean, scale, layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy(), float(l2)
+    )
 
 
 @contextlib.contextmanager
@@ -139,9 +155,17 @@ class Selection:
         return self.val_scores[self.l2]
 
 
-def select_l2(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, *, num_classes: int,
-              l2_grid: Sequence[float] = L2_GRID, max_iter: int = MAX_ITER,
-              score: Callable[[np.ndarray, np.ndarray], float] = mean_per_class_accuracy) -> Selection:
+def select_l2(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    num_classes: int,
+    l2_grid: Sequence[float] = L2_GRID,
+    max_iter: int = MAX_ITER,
+    score: Callable[[np.ndarray, np.ndarray], float] = mean_per_class_accuracy,
+) -> Selection:
     """Fit one classifier per L2 strength on the training rows and keep the best by `score` on validation."""
     if not len(l2_grid) or any(not l2 >= 0 for l2 in l2_grid):
         raise ValueError(f"l2_grid {tuple(l2_grid)}: expected one or more non-negative strengths")

@@ -105,8 +105,9 @@ def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
 class DetectionEvaluator:
     """Accumulates ground truth and detections per image; `accumulate` computes VOC07 AP, `coco` COCO AP."""
 
-    def __init__(self, classes: Sequence[str], *, iou_threshold: float = IOU_THRESHOLD,
-                 unknown_images: str = "error") -> None:
+    def __init__(
+        self, classes: Sequence[str], *, iou_threshold: float = IOU_THRESHOLD, unknown_images: str = "error"
+    ) -> None:
         if unknown_images not in ("error", "false_positive"):
             raise ValueError(f"unknown_images={unknown_images!r}; expected 'error' or 'false_positive'")
         self.classes = tuple(classes)
@@ -124,8 +125,10 @@ class DetectionEvaluator:
         boxes, labels = self._boxes(boxes, image_id), self._labels(labels, image_id)
         difficult = np.zeros(len(labels), bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
         if not len(boxes) == len(labels) == len(difficult):
-            raise ValueError(f"image {image_id!r}: {len(boxes)} boxes, {len(labels)} labels, "
-                             f"{len(difficult)} difficult flags; expected one of each per object")
+            raise ValueError(
+                f"image {image_id!r}: {len(boxes)} boxes, {len(labels)} labels, "
+                f"{len(difficult)} difficult flags; expected one of each per object"
+            )
         self._gt[image_id] = (boxes, labels, difficult)
 
     def update(self, image_id: str, boxes, scores, labels) -> None:
@@ -135,8 +138,10 @@ class DetectionEvaluator:
         boxes, labels = self._boxes(boxes, image_id), self._labels(labels, image_id)
         scores = np.asarray(scores, float).reshape(-1)
         if not len(boxes) == len(scores) == len(labels):
-            raise ValueError(f"image {image_id!r}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels; "
-                             "expected one of each per detection")
+            raise ValueError(
+                f"image {image_id!r}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels; "
+                "expected one of each per detection"
+            )
         if not np.isfinite(scores).all() or not np.isfinite(boxes).all():
             raise ValueError(f"image {image_id!r}: non-finite detection scores or boxes")
         self._dets[image_id] = (boxes, scores, labels)
@@ -164,8 +169,9 @@ class DetectionEvaluator:
         if labels.size and labels.dtype.kind in "UOS":
             unknown = sorted({str(n) for n in labels if str(n) not in self._index})
             if unknown:
-                raise ValueError(f"image {image_id!r}: unknown class(es) {unknown}; "
-                                 f"expected some of {', '.join(self.classes)}")
+                raise ValueError(
+                    f"image {image_id!r}: unknown class(es) {unknown}; expected some of {', '.join(self.classes)}"
+                )
             labels = np.array([self._index[str(n)] for n in labels])
         labels = labels.astype(int)
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
@@ -175,8 +181,10 @@ class DetectionEvaluator:
     def _check_images(self) -> list[str]:
         unknown = [i for i in self._dets if i not in self._gt]
         if unknown and self.unknown_images == "error":
-            raise ValueError(f"detections on {len(unknown)} image(s) without ground truth: {unknown[:5]}; register "
-                             "every evaluated image with add_ground_truth (no boxes for an empty image)")
+            raise ValueError(
+                f"detections on {len(unknown)} image(s) without ground truth: {unknown[:5]}; register "
+                "every evaluated image with add_ground_truth (no boxes for an empty image)"
+            )
         return unknown
 
     # -- VOC07 ------------------------------------------------------------------------------------
@@ -224,8 +232,9 @@ class DetectionEvaluator:
         else:
             recall = ctp / npos
             ap = voc07_ap(recall, precision)
-        return ClassPR(self.classes[c], ap, npos, ndifficult, scores[order][kept], tp, recall, precision,
-                       int((~kept).sum()))  # fmt: skip
+        return ClassPR(
+            self.classes[c], ap, npos, ndifficult, scores[order][kept], tp, recall, precision, int((~kept).sum())
+        )
 
     # -- COCO -------------------------------------------------------------------------------------
     def coco(self, prefix: str = "coco") -> dict[str, float]:
@@ -239,13 +248,21 @@ class DetectionEvaluator:
         for image_id, (boxes, labels, difficult) in self._gt.items():
             for box, label, diff in zip(boxes, labels, difficult):
                 xywh = _coco_box(box)
-                annotations.append({"id": len(annotations) + 1, "image_id": ids[image_id],
-                                    "category_id": int(label) + 1, "bbox": xywh, "area": xywh[2] * xywh[3],
-                                    "iscrowd": int(diff)})  # fmt: skip
-        results = [{"image_id": ids[image_id], "category_id": int(label) + 1, "bbox": _coco_box(box),
-                    "score": float(score)}
-                   for image_id, (boxes, scores, labels) in self._dets.items()
-                   for box, score, label in zip(boxes, scores, labels)]  # fmt: skip
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": ids[image_id],
+                        "category_id": int(label) + 1,
+                        "bbox": xywh,
+                        "area": xywh[2] * xywh[3],
+                        "iscrowd": int(diff),
+                    }
+                )
+        results = [
+            {"image_id": ids[image_id], "category_id": int(label) + 1, "bbox": _coco_box(box), "score": float(score)}
+            for image_id, (boxes, scores, labels) in self._dets.items()
+            for box, score, label in zip(boxes, scores, labels)
+        ]
         keys = (f"{prefix}_ap", f"{prefix}_ap50", f"{prefix}_ap75")
         if not any(not a["iscrowd"] for a in annotations):
             return dict.fromkeys(keys, float("nan"))  # nothing to find
@@ -253,8 +270,11 @@ class DetectionEvaluator:
             return dict.fromkeys(keys, 0.0)  # loadRes cannot take an empty list
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             gt = COCO()
-            gt.dataset = {"images": [{"id": n} for n in ids.values()], "annotations": annotations,
-                          "categories": [{"id": n + 1, "name": name} for n, name in enumerate(self.classes)]}
+            gt.dataset = {
+                "images": [{"id": n} for n in ids.values()],
+                "annotations": annotations,
+                "categories": [{"id": n + 1, "name": name} for n, name in enumerate(self.classes)],
+            }
             gt.createIndex()
             evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
             evaluation.evaluate()
@@ -269,4 +289,4 @@ def _coco_box(box: np.ndarray) -> list[float]:
     return [x0 - 1.0, y0 - 1.0, x1 - x0 + 1.0, y1 - y0 + 1.0]
 
 
-__all__ = ["ClassPR", "DetectionEvaluator", "DetectionResult", "IOU_THRESHOLD", "voc07_ap", "voc_iou"]
+__all__ = ["IOU_THRESHOLD", "ClassPR", "DetectionEvaluator", "DetectionResult", "voc07_ap", "voc_iou"]

@@ -87,20 +87,30 @@ class Config(Settings):
     @classmethod
     def quick(cls, **changes) -> Config:
         """Seconds on the tiny world: few images per class, a small L2 grid."""
-        return cls(**{"k": 5, "train_per_class": 8, "l2_grid": (1e-3, 1e-1), "max_iter": 30, "batch_size": 32,
-                      "workers": 0, **changes})
+        return cls(
+            **{
+                "k": 5,
+                "train_per_class": 8,
+                "l2_grid": (1e-3, 1e-1),
+                "max_iter": 30,
+                "batch_size": 32,
+                "workers": 0,
+                **changes,
+            }
+        )
 
 
 # -- pure functions: kNN and the coarse-space accuracy -----------------------------------------------------
-def knn_neighbours(train_x: np.ndarray, query_x: np.ndarray, k: int, *,
-                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def knn_neighbours(
+    train_x: np.ndarray, query_x: np.ndarray, k: int, *, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarities and indices of the k most similar training rows of each query row, most similar first."""
     train = torch.nn.functional.normalize(torch.as_tensor(np.asarray(train_x, dtype=np.float32)), dim=1)
     query = torch.nn.functional.normalize(torch.as_tensor(np.asarray(query_x, dtype=np.float32)), dim=1)
     k = min(k, len(train))
     sims, idx = [], []
     for start in range(0, len(query), chunk):
-        top = (query[start:start + chunk] @ train.T).topk(k, dim=1)
+        top = (query[start : start + chunk] @ train.T).topk(k, dim=1)
         sims.append(top.values)
         idx.append(top.indices)
     return torch.cat(sims).numpy(), torch.cat(idx).numpy()
@@ -116,8 +126,9 @@ def knn_vote(sims: np.ndarray, neighbour_labels: np.ndarray, k: int, num_classes
     return votes.argmax(axis=1)
 
 
-def knn_predict(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, *, k: int,
-                num_classes: int) -> np.ndarray:
+def knn_predict(
+    train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray, *, k: int, num_classes: int
+) -> np.ndarray:
     """k-nearest-neighbour labels of the query rows (cosine similarity, see `knn_vote`)."""
     sims, idx = knn_neighbours(train_x, query_x, k)
     return knn_vote(sims, np.asarray(train_y)[idx], min(k, idx.shape[1]), num_classes)
@@ -154,8 +165,10 @@ def sample_source(catalog: pd.DataFrame, *, train_per_class: int, val_per_class:
     catalog = catalog.assign(wnid=catalog["wnid"].astype(str), split=catalog["split"].astype(str))
     train, val = catalog[catalog["split"] == "train"], catalog[catalog["split"] == "val"]
     if train.empty or val.empty:
-        raise UserError(f"the probe's source has {len(train)} train and {len(val)} val images; expected both "
-                        "(train/<wnid>/ and val/ in an ImageNet layout)")
+        raise UserError(
+            f"the probe's source has {len(train)} train and {len(val)} val images; expected both "
+            "(train/<wnid>/ and val/ in an ImageNet layout)"
+        )
     classes = sorted(set(train["wnid"]) & set(val["wnid"]))
     if not classes:
         raise UserError("the probe's source has no class with both train and val images")
@@ -183,16 +196,31 @@ def run(backbone, info: dict, config: Config, *, device: str | torch.device = "c
     parts = _parts(config, info)
     label_wnids = _label_wnids(backbone, info) if "coarse" in parts else None
     penultimate = "fc7" if backbone.fc6 is not None else "pool5"
-    frame = sample_source(load_catalog(config.data or world_part("imagenet")), train_per_class=config.train_per_class,
-                          val_per_class=config.val_per_class, seed=config.seed)
+    frame = sample_source(
+        load_catalog(config.data or world_part("imagenet")),
+        train_per_class=config.train_per_class,
+        val_per_class=config.val_per_class,
+        seed=config.seed,
+    )
     layers = [layer] if "coarse" not in parts else list(dict.fromkeys([layer, penultimate]))
-    got = extract_features(backbone, frame["path"].tolist(), layers, batch_size=config.batch_size,
-                           workers=config.workers, device=device, progress=progress, what="probe images")
+    got = extract_features(
+        backbone,
+        frame["path"].tolist(),
+        layers,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=device,
+        progress=progress,
+        what="probe images",
+    )
     is_train = (frame["split"] == "train").to_numpy()
     y = frame["label"].to_numpy()
     num_classes = int(y.max()) + 1
-    metrics = {"probe_fine_classes": float(num_classes), "probe_train_images": float(is_train.sum()),
-               "probe_val_images": float((~is_train).sum())}
+    metrics = {
+        "probe_fine_classes": float(num_classes),
+        "probe_train_images": float(is_train.sum()),
+        "probe_val_images": float((~is_train).sum()),
+    }
     if got.images_per_s:
         metrics["probe_features_images_per_s"] = got.images_per_s
     tables, figures = {}, {}
@@ -209,14 +237,19 @@ def run(backbone, info: dict, config: Config, *, device: str | torch.device = "c
         metrics["probe_linear_val_top1"], metrics["probe_linear_l2"] = float(chosen["val_top1"]), float(chosen["l2"])
         tables["probe_linear.csv"] = table
     if "coarse" in parts:
-        mapping, coarse_metrics = coarse_probe(backbone, got.arrays[penultimate][~is_train],
-                                               frame.loc[~is_train, "wnid"].to_numpy(), label_wnids,
-                                               config.coarse_level)
+        mapping, coarse_metrics = coarse_probe(
+            backbone,
+            got.arrays[penultimate][~is_train],
+            frame.loc[~is_train, "wnid"].to_numpy(),
+            label_wnids,
+            config.coarse_level,
+        )
         metrics.update(coarse_metrics)
         tables["probe_coarse_map.csv"] = mapping
     if "probe_knn.csv" in tables:
-        figures["probe_knn.png"] = knn_figure(tables["probe_knn.csv"], metrics.get("probe_linear_top1"), layer,
-                                              chance=100 / num_classes)
+        figures["probe_knn.png"] = knn_figure(
+            tables["probe_knn.csv"], metrics.get("probe_linear_top1"), layer, chance=100 / num_classes
+        )
     return Result(metrics, figures, tables)
 
 
@@ -239,12 +272,16 @@ def _parts(config: Config, info: dict) -> tuple[str, ...]:
 def _label_wnids(backbone, info: dict) -> list[str]:
     wnids = info.get("label_wnids")
     if not wnids:
-        raise UserError(f"backbone {info.get('uri', '?')} does not say which wnid each of its outputs is "
-                        "(no label_wnids in its backbone.json: a random: backbone, or one pre-trained before "
-                        "label_wnids were recorded); the fine→coarse probe needs them: drop `coarse` from parts")
+        raise UserError(
+            f"backbone {info.get('uri', '?')} does not say which wnid each of its outputs is "
+            "(no label_wnids in its backbone.json: a random: backbone, or one pre-trained before "
+            "label_wnids were recorded); the fine→coarse probe needs them: drop `coarse` from parts"
+        )
     if len(wnids) != backbone.num_classes:
-        raise UserError(f"backbone {info.get('uri', '?')} has {backbone.num_classes} outputs but {len(wnids)} "
-                        "label_wnids; expected one wnid per output label")
+        raise UserError(
+            f"backbone {info.get('uri', '?')} has {backbone.num_classes} outputs but {len(wnids)} "
+            "label_wnids; expected one wnid per output label"
+        )
     return list(map(str, wnids))
 
 
@@ -269,8 +306,16 @@ def linear_probe(frame: pd.DataFrame, x: np.ndarray, config: Config) -> tuple[pd
     held = np.zeros(len(frame), dtype=bool)
     held[carve_validation(roles, config.val_fraction, seed=[config.seed, 4])] = True
     fit = is_train & ~held
-    sel = select_l2(x[fit], y[fit], x[held], y[held], num_classes=num_classes, l2_grid=config.l2_grid,
-                    max_iter=config.max_iter, score=top1_accuracy)
+    sel = select_l2(
+        x[fit],
+        y[fit],
+        x[held],
+        y[held],
+        num_classes=num_classes,
+        l2_grid=config.l2_grid,
+        max_iter=config.max_iter,
+        score=top1_accuracy,
+    )
     final = fit_linear(x[is_train], y[is_train], num_classes=num_classes, l2=sel.l2, max_iter=config.max_iter)
     top1 = 100 * top1_accuracy(final.predict(x[~is_train]), y[~is_train])
     table = pd.DataFrame({"l2": list(sel.val_scores), "val_top1": [100 * v for v in sel.val_scores.values()]})
@@ -279,8 +324,9 @@ def linear_probe(frame: pd.DataFrame, x: np.ndarray, config: Config) -> tuple[pd
 
 
 @torch.inference_mode()
-def coarse_probe(backbone, penultimate: np.ndarray, val_wnids: np.ndarray, label_wnids: list[str],
-                 coarse_level: str) -> tuple[pd.DataFrame, dict[str, float]]:
+def coarse_probe(
+    backbone, penultimate: np.ndarray, val_wnids: np.ndarray, label_wnids: list[str], coarse_level: str
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """(b): the backbone's predictions (its classifier on the cached penultimate features) in the coarse space."""
     from imagenet_transfer.taxonomy import load_taxonomy
 
@@ -289,14 +335,18 @@ def coarse_probe(backbone, penultimate: np.ndarray, val_wnids: np.ndarray, label
     fine_to_coarse = taxonomy.labels(method, int(count))
     unknown = sorted(set(val_wnids) - set(fine_to_coarse))
     if unknown:
-        raise UserError(f"{len(unknown)} val class(es) of the source are not ILSVRC-2012 classes, e.g. {unknown[:3]}; "
-                        "the coarse label sets are defined on the ILSVRC classes")
+        raise UserError(
+            f"{len(unknown)} val class(es) of the source are not ILSVRC-2012 classes, e.g. {unknown[:3]}; "
+            "the coarse label sets are defined on the ILSVRC classes"
+        )
     mapping = coarse_map(label_wnids, fine_to_coarse, taxonomy)
     if (mapping["rule"] == "unknown").any():
         bad = mapping.loc[mapping["rule"] == "unknown", "label_wnid"].tolist()
-        raise UserError(f"{len(bad)} output label(s) of the backbone cannot be placed in {coarse_level}, "
-                        f"e.g. {bad[:3]}; "
-                        "expected WordNet noun wnids (ILSVRC classes or their ancestors)")
+        raise UserError(
+            f"{len(bad)} output label(s) of the backbone cannot be placed in {coarse_level}, "
+            f"e.g. {bad[:3]}; "
+            "expected WordNet noun wnids (ILSVRC classes or their ancestors)"
+        )
     codes = {w: i for i, w in enumerate(sorted(set(mapping["coarse_wnid"]) | set(fine_to_coarse.values())))}
     coarse_of_label = mapping["coarse_wnid"].map(codes).to_numpy()
     target = np.array([codes[fine_to_coarse[w]] for w in val_wnids])
@@ -333,5 +383,18 @@ def knn_figure(curve: pd.DataFrame, linear_top1: float | None, layer: str, chanc
     return fig
 
 
-__all__ = ["Config", "PARTS", "coarse_map", "coarse_probe", "coarse_top1", "knn_curve", "knn_neighbours",
-           "knn_predict", "knn_vote", "linear_probe", "probe_layer", "run", "sample_source"]
+__all__ = [
+    "PARTS",
+    "Config",
+    "coarse_map",
+    "coarse_probe",
+    "coarse_top1",
+    "knn_curve",
+    "knn_neighbours",
+    "knn_predict",
+    "knn_vote",
+    "linear_probe",
+    "probe_layer",
+    "run",
+    "sample_source",
+]

@@ -67,8 +67,9 @@ def parse_setting(text: str, field: FieldInfo, where: str) -> Any:
         return None
     item = _tuple_item(hint)
     value = text if item is None else tuple(part.strip() for part in text.split(",") if part.strip())
-    adapter = TypeAdapter(Annotated[(hint, *field.metadata)] if field.metadata else hint,
-                          config=ConfigDict(strict=False))  # fmt: skip
+    adapter = TypeAdapter(
+        Annotated[(hint, *field.metadata)] if field.metadata else hint, config=ConfigDict(strict=False)
+    )
     try:
         return adapter.validate_python(value)
     except ValidationError as err:
@@ -148,22 +149,34 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
     module = benchmark_module(name)
     net, info = resolve_backbone(backbone)
     check_data(name, config)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    target = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     tags = {
-        "benchmark": name, "backbone": backbone, "backbone_arch": info["backbone"]["arch"],
-        "model_name": info.get("model_name", ""), "model_version": info.get("model_version", ""),
-        "subset_name": info.get("subset_name", ""), "subset_digest": info.get("subset_digest", ""),
+        "benchmark": name,
+        "backbone": backbone,
+        "backbone_arch": info["backbone"]["arch"],
+        "model_name": info.get("model_name", ""),
+        "model_version": info.get("model_version", ""),
+        "subset_name": info.get("subset_name", ""),
+        "subset_digest": info.get("subset_digest", ""),
         "spec_digest": info.get("spec_digest", ""),
         "evaluate_on": getattr(config, "evaluate_on", "test"),  # val: scored on data held out from training
-    }  # fmt: skip
-    pretraining = {"arch": info["backbone"]["arch"], "subset_name": info.get("subset_name", ""),
-                   "subset_digest": info.get("subset_digest", ""), "recipe": info.get("recipe", ""),
-                   "seed": info.get("seed", ""), "model_name": info.get("model_name", ""),
-                   "model_version": info.get("model_version", "")}  # fmt: skip
+    }
+    pretraining = {
+        "arch": info["backbone"]["arch"],
+        "subset_name": info.get("subset_name", ""),
+        "subset_digest": info.get("subset_digest", ""),
+        "recipe": info.get("recipe", ""),
+        "seed": info.get("seed", ""),
+        "model_name": info.get("model_name", ""),
+        "model_version": info.get("model_version", ""),
+    }
     params = {"benchmark": name, "backbone": backbone, "device": device, "config": config.to_dict()}
     shown = f"{tags['model_name']} v{tags['model_version']}" if tags["model_name"] else backbone
-    with tracking.start_run("transfer", params=params, resolved={"device": str(target)}, tags=tags,
-                            run_name=f"{name} on {shown}"):  # fmt: skip
+    with tracking.start_run(
+        "transfer", params=params, resolved={"device": str(target)}, tags=tags, run_name=f"{name} on {shown}"
+    ):
         tracking.log_params(pretraining, prefix="backbone.")
         result = module.run(net, info, config, device=target)
         finite = {k: float(v) for k, v in result.metrics.items() if math.isfinite(float(v))}
@@ -175,7 +188,6 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
         for file_name, table in result.tables.items():
             mlflow.log_text(table.to_csv(index=False), file_name)
     return result.metrics
-
 
 
 def run_all(backbone: str, *, quick: bool = False, data: str = "", device: str = "auto") -> dict[str, dict[str, float]]:
@@ -190,10 +202,19 @@ def run_all(backbone: str, *, quick: bool = False, data: str = "", device: str =
         configs[name] = make_config(name, [f"data={target}"] if target else None, quick=quick)
         check_data(name, configs[name])  # every benchmark's data before the first run
     results = {}
-    with tracking.start_run("transfer-all", params={"backbone": backbone, "quick": quick, "data": data, "device": device},
-                            tags={"backbone": backbone}, run_name=f"all benchmarks on {backbone}"):  # fmt: skip
+    with tracking.start_run(
+        "transfer-all",
+        params={"backbone": backbone, "quick": quick, "data": data, "device": device},
+        tags={"backbone": backbone},
+        run_name=f"all benchmarks on {backbone}",
+    ):
         for name, config in configs.items():
             results[name] = run_benchmark(name, backbone, config, device=device)
-            mlflow.log_metrics({k: float(v) for k, v in results[name].items()
-                                if math.isfinite(float(v)) and not k.startswith(("voc07_ap_", "voc12_action_ap_"))})  # fmt: skip
+            mlflow.log_metrics(
+                {
+                    k: float(v)
+                    for k, v in results[name].items()
+                    if math.isfinite(float(v)) and not k.startswith(("voc07_ap_", "voc12_action_ap_"))
+                }
+            )
     return results

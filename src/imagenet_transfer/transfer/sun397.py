@@ -42,8 +42,10 @@ def find_sun397(root: str | Path) -> SUN397Layout:
     for partitions in (root / "Partitions", images / "Partitions", root.parent / "Partitions"):
         if (partitions / "ClassName.txt").is_file():
             return SUN397Layout(images, partitions)
-    raise UserError(f"{root}: no Partitions/ClassName.txt found next to or inside the SUN397 images; "
-                    "expected SUN397/<letter>/<class>/*.jpg and Partitions/{ClassName,Training_01,Testing_01}.txt")  # fmt: skip
+    raise UserError(
+        f"{root}: no Partitions/ClassName.txt found next to or inside the SUN397 images; "
+        "expected SUN397/<letter>/<class>/*.jpg and Partitions/{ClassName,Training_01,Testing_01}.txt"
+    )
 
 
 def read_class_names(path: str | Path) -> list[str]:

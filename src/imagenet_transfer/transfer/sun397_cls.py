@@ -62,8 +62,7 @@ from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import Result, world_part
 from imagenet_transfer.transfer.linear import L2_GRID, fit_linear, mean_per_class_accuracy, select_l2
-from imagenet_transfer.transfer.sun397 import (SUN397Layout, class_of, find_sun397, read_class_names,
-                                               read_partition)
+from imagenet_transfer.transfer.sun397 import SUN397Layout, class_of, find_sun397, read_class_names, read_partition
 
 Protocol = Literal["linear", "finetune"]
 PROTOCOLS = get_args(Protocol)
@@ -113,8 +112,18 @@ class Config(Settings):
     @classmethod
     def quick(cls, **changes) -> Config:
         """A few seconds on the tiny world: two partitions, two L2 strengths, two epochs."""
-        return cls(**{"partitions": (1, 2), "l2_grid": (1e-3, 1e-1), "max_iter": 30, "epochs": 2,
-                      "train_batch_size": 8, "batch_size": 32, "workers": 0, **changes})
+        return cls(
+            **{
+                "partitions": (1, 2),
+                "l2_grid": (1e-3, 1e-1),
+                "max_iter": 30,
+                "epochs": 2,
+                "train_batch_size": 8,
+                "batch_size": 32,
+                "workers": 0,
+                **changes,
+            }
+        )
 
 
 # -- the data: partitions as tables of (entry, path, label, role) -------------------------------------------
@@ -128,8 +137,17 @@ class Partition:
         return self.frame[self.frame["role"] == role]
 
 
-def load_partition(layout: SUN397Layout, number: int, classes: list[str], *, val_fraction: float, seed: int,
-                   max_missing_fraction: float, evaluate_on: str = "test", eval_fraction: float = 0.25) -> Partition:
+def load_partition(
+    layout: SUN397Layout,
+    number: int,
+    classes: list[str],
+    *,
+    val_fraction: float,
+    seed: int,
+    max_missing_fraction: float,
+    evaluate_on: str = "test",
+    eval_fraction: float = 0.25,
+) -> Partition:
     """Partition `number` as one table: its training list split into train/val (per class, seeded), its test
     list; UserError for an absent partition, an unknown class, or more missing images than tolerated.
 
@@ -139,38 +157,53 @@ def load_partition(layout: SUN397Layout, number: int, classes: list[str], *, val
     files = [layout.partitions / f"{kind}_{number:02d}.txt" for kind in kinds]
     absent = [f.name for f in files if not f.is_file()]
     if absent:
-        raise UserError(f"SUN397 partition {number}: {', '.join(absent)} not found in {layout.partitions}; "
-                        f"available partitions: {', '.join(map(str, layout.partition_ids())) or 'none'}")
+        raise UserError(
+            f"SUN397 partition {number}: {', '.join(absent)} not found in {layout.partitions}; "
+            f"available partitions: {', '.join(map(str, layout.partition_ids())) or 'none'}"
+        )
     train, test = read_partition(files[0]), (read_partition(files[1]) if len(files) > 1 else [])
     label_of = {c: i for i, c in enumerate(classes)}
     unknown = sorted({class_of(e) for e in train + test} - set(label_of))
     if unknown:
-        raise UserError(f"SUN397 partition {number}: {len(unknown)} class(es) not in ClassName.txt, e.g. "
-                        f"{unknown[:3]}; expected every listed image under a class of "
-                        f"{layout.partitions / 'ClassName.txt'}")
+        raise UserError(
+            f"SUN397 partition {number}: {len(unknown)} class(es) not in ClassName.txt, e.g. "
+            f"{unknown[:3]}; expected every listed image under a class of "
+            f"{layout.partitions / 'ClassName.txt'}"
+        )
     overlap = set(train) & set(test)
     if overlap:
-        raise UserError(f"SUN397 partition {number}: {len(overlap)} image(s) in both Training and Testing lists, "
-                        f"e.g. {sorted(overlap)[:3]}")
+        raise UserError(
+            f"SUN397 partition {number}: {len(overlap)} image(s) in both Training and Testing lists, "
+            f"e.g. {sorted(overlap)[:3]}"
+        )
     entries = train + test
     paths = [str(layout.image(e)) for e in entries]
     missing = [e for e, p in zip(entries, paths) if not Path(p).is_file()]
     if len(missing) > max_missing_fraction * len(entries):
-        raise UserError(f"SUN397 partition {number}: {len(missing)} of {len(entries)} listed images are missing "
-                        f"under {layout.images} (more than max_missing_fraction={max_missing_fraction:g}), e.g. "
-                        f"{'; '.join(missing[:20])}; expected the full SUN397 image tree for these lists")
-    frame = pd.DataFrame({"entry": entries, "path": paths,
-                          "label": np.array([label_of[class_of(e)] for e in entries], dtype=np.int64),
-                          "role": ["train"] * len(train) + ["test"] * len(test)})
+        raise UserError(
+            f"SUN397 partition {number}: {len(missing)} of {len(entries)} listed images are missing "
+            f"under {layout.images} (more than max_missing_fraction={max_missing_fraction:g}), e.g. "
+            f"{'; '.join(missing[:20])}; expected the full SUN397 image tree for these lists"
+        )
+    frame = pd.DataFrame(
+        {
+            "entry": entries,
+            "path": paths,
+            "label": np.array([label_of[class_of(e)] for e in entries], dtype=np.int64),
+            "role": ["train"] * len(train) + ["test"] * len(test),
+        }
+    )
     frame = frame[~frame["entry"].isin(set(missing))].reset_index(drop=True)
     if evaluate_on == "val":
         frame.loc[carve_validation(frame, eval_fraction, seed=[seed, number, 1]), "role"] = "test"
     frame.loc[carve_validation(frame, val_fraction, seed=[seed, number]), "role"] = "val"
     for role in ("train", "val", "test"):
         if not (frame["role"] == role).any():
-            raise UserError(f"SUN397 partition {number} has no {role} images left (after dropping {len(missing)} "
-                            f"missing ones and carving val_fraction={val_fraction:g}); expected at least two "
-                            "training images per class")
+            raise UserError(
+                f"SUN397 partition {number} has no {role} images left (after dropping {len(missing)} "
+                f"missing ones and carving val_fraction={val_fraction:g}); expected at least two "
+                "training images per class"
+            )
     return Partition(number, frame, missing)
 
 
@@ -190,9 +223,19 @@ def carve_validation(frame: pd.DataFrame, fraction: float, *, seed) -> np.ndarra
 def load_partitions(config: Config) -> tuple[list[str], list[Partition]]:
     layout = find_sun397(config.data or world_part("sun397"))
     classes = read_class_names(layout.partitions / "ClassName.txt")
-    parts = [load_partition(layout, p, classes, val_fraction=config.val_fraction, seed=config.seed,
-                            max_missing_fraction=config.max_missing_fraction, evaluate_on=config.evaluate_on,
-                            eval_fraction=config.eval_fraction) for p in config.partitions]
+    parts = [
+        load_partition(
+            layout,
+            p,
+            classes,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            max_missing_fraction=config.max_missing_fraction,
+            evaluate_on=config.evaluate_on,
+            eval_fraction=config.eval_fraction,
+        )
+        for p in config.partitions
+    ]
     return classes, parts
 
 
@@ -208,17 +251,23 @@ def run(backbone, info: dict, config: Config, *, device: str | torch.device = "c
         table = _finetune(backbone, parts, len(classes), config, device, progress)
         speed = None
     metrics = summarise(table, config.protocol)
-    metrics.update({
-        "sun397_partitions": float(len(parts)), "sun397_classes": float(len(classes)),
-        "sun397_missing_images": float(sum(len(p.missing) for p in parts)),
-        **{f"sun397_{role}_images": float(np.mean([len(p.part(role)) for p in parts]))
-           for role in ("train", "val", "test")},
-    })  # fmt: skip
+    metrics.update(
+        {
+            "sun397_partitions": float(len(parts)),
+            "sun397_classes": float(len(classes)),
+            "sun397_missing_images": float(sum(len(p.missing) for p in parts)),
+            **{
+                f"sun397_{role}_images": float(np.mean([len(p.part(role)) for p in parts]))
+                for role in ("train", "val", "test")
+            },
+        }
+    )
     if speed:
         metrics["sun397_features_images_per_s"] = speed
     if config.protocol == "linear":
-        return Result(metrics, {"sun397_layers.png": layer_figure(table, 100 / len(classes))},
-                      {"sun397_linear.csv": table})
+        return Result(
+            metrics, {"sun397_layers.png": layer_figure(table, 100 / len(classes))}, {"sun397_linear.csv": table}
+        )
     return Result(metrics, {"sun397_finetune.png": finetune_figure(table)}, {"sun397_finetune.csv": table})
 
 
@@ -229,33 +278,54 @@ def feature_layers(backbone, requested: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(have)
     absent = [layer for layer in requested if layer not in have]
     if absent:
-        raise UserError(f"layer(s) {', '.join(absent)} do not exist in a {backbone.arch} backbone; "
-                        f"it has {', '.join(have)} (leave `layers` empty to use all of them)")
+        raise UserError(
+            f"layer(s) {', '.join(absent)} do not exist in a {backbone.arch} backbone; "
+            f"it has {', '.join(have)} (leave `layers` empty to use all of them)"
+        )
     return tuple(requested)
 
 
-def _linear(backbone, parts: list[Partition], num_classes: int, layers: tuple[str, ...], config: Config,
-            device: torch.device, progress: bool) -> tuple[pd.DataFrame, float | None]:
+def _linear(
+    backbone,
+    parts: list[Partition],
+    num_classes: int,
+    layers: tuple[str, ...],
+    config: Config,
+    device: torch.device,
+    progress: bool,
+) -> tuple[pd.DataFrame, float | None]:
     from imagenet_transfer.transfer.features import extract_features
 
     paths = sorted({p for part in parts for p in part.frame["path"]})
-    got = extract_features(backbone, paths, layers, batch_size=config.batch_size, workers=config.workers,
-                           device=device, progress=progress, what="SUN397 images")
+    got = extract_features(
+        backbone,
+        paths,
+        layers,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=device,
+        progress=progress,
+        what="SUN397 images",
+    )
     row_of = {p: i for i, p in enumerate(paths)}
     tables = []
     for part in parts:
-        split = {role: (part.part(role)["path"].map(row_of).to_numpy(), part.part(role)["label"].to_numpy())
-                 for role in ("train", "val", "test")}
-        per_layer = {layer: {role: (got.arrays[layer][rows], y) for role, (rows, y) in split.items()}
-                     for layer in layers}
+        split = {
+            role: (part.part(role)["path"].map(row_of).to_numpy(), part.part(role)["label"].to_numpy())
+            for role in ("train", "val", "test")
+        }
+        per_layer = {
+            layer: {role: (got.arrays[layer][rows], y) for role, (rows, y) in split.items()} for layer in layers
+        }
         table = evaluate_layers(per_layer, num_classes=num_classes, l2_grid=config.l2_grid, max_iter=config.max_iter)
         tables.append(table.assign(partition=part.number))
     table = pd.concat(tables, ignore_index=True)
     return table[["partition", "layer", "l2", "val_acc", "test_acc", "chosen"]], got.images_per_s
 
 
-def evaluate_layers(data: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], *, num_classes: int,
-                    l2_grid=L2_GRID, max_iter: int = 100) -> pd.DataFrame:
+def evaluate_layers(
+    data: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], *, num_classes: int, l2_grid=L2_GRID, max_iter: int = 100
+) -> pd.DataFrame:
     """The linear protocol on one partition, a pure function: `data[layer][role] = (features, labels)` for
     roles train, val, test. Per layer: L2 chosen on val (fitted on train), refitted on train + val, scored on
     test. The chosen layer is the one with the best val accuracy (ties: the earlier layer). Accuracies are
@@ -264,10 +334,22 @@ def evaluate_layers(data: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], *
     for layer, roles in data.items():
         (tx, ty), (vx, vy), (sx, sy) = roles["train"], roles["val"], roles["test"]
         sel = select_l2(tx, ty, vx, vy, num_classes=num_classes, l2_grid=l2_grid, max_iter=max_iter)
-        final = fit_linear(np.concatenate([tx, vx]), np.concatenate([ty, vy]), num_classes=num_classes,
-                           l2=sel.l2, max_iter=max_iter, init=None)
-        rows.append({"layer": layer, "l2": sel.l2, "val_acc": 100 * sel.val_score,
-                     "test_acc": 100 * mean_per_class_accuracy(final.predict(sx), sy)})
+        final = fit_linear(
+            np.concatenate([tx, vx]),
+            np.concatenate([ty, vy]),
+            num_classes=num_classes,
+            l2=sel.l2,
+            max_iter=max_iter,
+            init=None,
+        )
+        rows.append(
+            {
+                "layer": layer,
+                "l2": sel.l2,
+                "val_acc": 100 * sel.val_score,
+                "test_acc": 100 * mean_per_class_accuracy(final.predict(sx), sy),
+            }
+        )
     table = pd.DataFrame(rows)
     table["chosen"] = False
     table.loc[table["val_acc"].idxmax(), "chosen"] = True
@@ -296,8 +378,9 @@ def _mean_std(name: str, values: pd.Series) -> dict[str, float]:
 
 
 # -- finetune ----------------------------------------------------------------------------------------------
-def _finetune(backbone, parts: list[Partition], num_classes: int, config: Config, device: torch.device,
-              progress: bool) -> pd.DataFrame:
+def _finetune(
+    backbone, parts: list[Partition], num_classes: int, config: Config, device: torch.device, progress: bool
+) -> pd.DataFrame:
     from imagenet_transfer.data import make_loader
     from imagenet_transfer.engine import train_steps
 
@@ -307,25 +390,50 @@ def _finetune(backbone, parts: list[Partition], num_classes: int, config: Config
         train = part.part("train")
         batch = min(config.train_batch_size, len(train))
         frame = part.frame.assign(split=part.frame["role"].where(part.frame["role"] == "train", "other"))
-        loader = make_loader(frame, "train", arch=net.arch, resolution=net.resolution, batch_size=batch,
-                             workers=config.workers, train=True, seed=config.seed, device=device)
+        loader = make_loader(
+            frame,
+            "train",
+            arch=net.arch,
+            resolution=net.resolution,
+            batch_size=batch,
+            workers=config.workers,
+            train=True,
+            seed=config.seed,
+            device=device,
+        )
         head = list(net.classifier.parameters())
         trunk = [p for name, p in net.named_parameters() if not name.startswith("classifier.")]
-        optimizer = torch.optim.SGD([{"params": trunk, "lr": config.trunk_lr}, {"params": head, "lr": config.lr}],
-                                    momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(
+            [{"params": trunk, "lr": config.trunk_lr}, {"params": head, "lr": config.lr}],
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
         total = config.epochs * len(loader)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s, total=total: 0.5 * (1 + math.cos(math.pi * s / total))
+        )
         rows, best_state, best_val = [], None, -1.0
         for epoch in range(config.epochs):
             loader.set_epoch(epoch)
-            stats = train_steps(net, loader, optimizer, scheduler, device=device, max_steps=len(loader),
-                                seed=config.seed * 1000 + part.number, first_step=epoch * len(loader))
+            stats = train_steps(
+                net,
+                loader,
+                optimizer,
+                scheduler,
+                device=device,
+                max_steps=len(loader),
+                seed=config.seed * 1000 + part.number,
+                first_step=epoch * len(loader),
+            )
             loader.check_skipped(config.max_missing_fraction)
             val = 100 * mean_per_class_accuracy(*predict(net, part.part("val"), config, device))
             rows.append({"partition": part.number, "epoch": epoch + 1, "train_loss": stats.loss, "val_acc": val})
             if progress:
-                print(f"sun397 finetune partition {part.number} epoch {epoch + 1}/{config.epochs}: "
-                      f"loss {stats.loss:.3f}, val {val:.1f} %", flush=True)
+                print(
+                    f"sun397 finetune partition {part.number} epoch {epoch + 1}/{config.epochs}: "
+                    f"loss {stats.loss:.3f}, val {val:.1f} %",
+                    flush=True,
+                )
             if val > best_val:  # the earliest epoch among equals
                 best_val, best_state = val, copy.deepcopy(net.state_dict())
         net.load_state_dict(best_state)
@@ -357,8 +465,16 @@ def predict(net, frame: pd.DataFrame, config: Config, device: torch.device) -> t
     from imagenet_transfer.transfer.features import FeatureSlots
 
     indexed = pd.DataFrame({"path": frame["path"].to_numpy(), "label": np.arange(len(frame)), "split": "val"})
-    loader = make_loader(indexed, "val", arch=net.arch, resolution=net.resolution, batch_size=config.batch_size,
-                         workers=config.workers, train=False, device=device)
+    loader = make_loader(
+        indexed,
+        "val",
+        arch=net.arch,
+        resolution=net.resolution,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        train=False,
+        device=device,
+    )
     net.eval()
     slots = FeatureSlots(len(frame), {"logits": net.num_classes})
     for images, indices in loader:
@@ -377,22 +493,29 @@ def layer_figure(table: pd.DataFrame, chance: float | None = None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats = table.groupby("layer", sort=False).agg(acc=("test_acc", "mean"), std=("test_acc", "std"),
-                                                   chosen=("chosen", "sum"), val=("val_acc", "mean"))
+    stats = table.groupby("layer", sort=False).agg(
+        acc=("test_acc", "mean"), std=("test_acc", "std"), chosen=("chosen", "sum"), val=("val_acc", "mean")
+    )
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     bars = ax.bar(stats.index, stats["acc"], yerr=stats["std"].fillna(0), capsize=4, color="#4c72b0")
     for bar, (_, row) in zip(bars, stats.iterrows()):
         if row["chosen"]:
             bar.set_hatch("//")
-        ax.annotate(f"{row['acc']:.1f}\n(val {row['val']:.1f})", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{row['acc']:.1f}\n(val {row['val']:.1f})",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.legend(fontsize=7, loc="upper right")
     ax.set_ylabel("SUN397 mean per-class accuracy (%)")
     ax.set_ylim(0, max(100.0, float((stats["acc"] + stats["std"].fillna(0)).max()) * 1.15))
-    ax.set_title(f"linear probe per layer ({table['partition'].nunique()} partition(s); hatched = chosen on val)",
-                 fontsize=8)
+    ax.set_title(
+        f"linear probe per layer ({table['partition'].nunique()} partition(s); hatched = chosen on val)", fontsize=8
+    )
     fig.tight_layout()
     return fig
 
@@ -417,5 +540,15 @@ def finetune_figure(table: pd.DataFrame):
     return fig
 
 
-__all__ = ["Config", "PROTOCOLS", "Partition", "carve_validation", "evaluate_layers", "feature_layers",
-           "load_partition", "run", "summarise", "with_new_head"]
+__all__ = [
+    "PROTOCOLS",
+    "Config",
+    "Partition",
+    "carve_validation",
+    "evaluate_layers",
+    "feature_layers",
+    "load_partition",
+    "run",
+    "summarise",
+    "with_new_head",
+]

@@ -20,11 +20,39 @@ from pathlib import Path
 from imagenet_transfer.errors import UserError
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-VOC_ACTIONS = ("jumping", "phoning", "playinginstrument", "reading", "ridingbike", "ridinghorse", "running",
-               "takingphoto", "usingcomputer", "walking")  # fmt: skip
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+VOC_ACTIONS = (
+    "jumping",
+    "phoning",
+    "playinginstrument",
+    "reading",
+    "ridingbike",
+    "ridinghorse",
+    "running",
+    "takingphoto",
+    "usingcomputer",
+    "walking",
+)
 
 
 @dataclass(frozen=True)
@@ -70,14 +98,19 @@ def read_annotation(xml_path: str | Path) -> Annotation:
         if bb is None:
             raise UserError(f"{path}: an <object> has no <bndbox>; expected xmin, ymin, xmax, ymax")
         acts = obj.find("actions")
-        objects.append(VOCObject(
-            name=(obj.findtext("name") or "").strip(),
-            xmin=_num(bb, "xmin", path), ymin=_num(bb, "ymin", path),
-            xmax=_num(bb, "xmax", path), ymax=_num(bb, "ymax", path),
-            difficult=_flag(obj.findtext("difficult")), truncated=_flag(obj.findtext("truncated")),
-            pose=(obj.findtext("pose") or "Unspecified").strip(),
-            actions=None if acts is None else {a.tag: _flag(a.text) for a in acts},
-        ))  # fmt: skip
+        objects.append(
+            VOCObject(
+                name=(obj.findtext("name") or "").strip(),
+                xmin=_num(bb, "xmin", path),
+                ymin=_num(bb, "ymin", path),
+                xmax=_num(bb, "xmax", path),
+                ymax=_num(bb, "ymax", path),
+                difficult=_flag(obj.findtext("difficult")),
+                truncated=_flag(obj.findtext("truncated")),
+                pose=(obj.findtext("pose") or "Unspecified").strip(),
+                actions=None if acts is None else {a.tag: _flag(a.text) for a in acts},
+            )
+        )
     return Annotation((root.findtext("filename") or f"{path.stem}.jpg").strip(), width, height, tuple(objects))
 
 
@@ -96,7 +129,9 @@ def read_image_set(path: str | Path) -> list:
         try:
             rows.append(fields[0] if len(fields) == 1 else (fields[0], *(int(f) for f in fields[1:])))
         except ValueError:
-            raise UserError(f"{path}:{n}: {line.strip()!r}; expected '<id>', '<id> <flag>' or '<id> <object> <flag>'") from None
+            raise UserError(
+                f"{path}:{n}: {line.strip()!r}; expected '<id>', '<id> <flag>' or '<id> <object> <flag>'"
+            ) from None
     return rows
 
 

@@ -8,9 +8,9 @@
 Input: a `VOCdevkit/VOC2007` folder (default: the embedded world's): `ImageSets/Main/{trainval,test}.txt`,
 `Annotations/<id>.xml`, `JPEGImages/<file>`. Trains on `trainval`, tests on `test`, both read once.
 Output (`Result`): metrics `voc07_map` and `voc07_ap_<class>` (VOC07 11-point AP at IoU 0.5, difficult objects
-ignored, %; NaN for a class with no non-difficult test object, left out of the mean), `voc07_coco_ap`, `voc07_coco_ap50`,
-`voc07_coco_ap75` (pycocotools on the same detections, %), `train_images`, `test_images`; figure `pr_curves.png`
-(per-class precision/recall); tables `voc07_ap.csv` (per class AP, objects, detections) and
+ignored, %; NaN for a class with no non-difficult test object, left out of the mean), `voc07_coco_ap`,
+`voc07_coco_ap50`, `voc07_coco_ap75` (pycocotools on the same detections, %), `train_images`, `test_images`;
+figure `pr_curves.png` (per-class precision/recall); tables `voc07_ap.csv` (per class AP, objects, detections) and
 `voc07_derived.csv` (the settings derived from the data: input scale, anchors, feature stride).
 The metrics themselves live in `transfer.metrics` (pure accumulators).
 
@@ -108,8 +108,21 @@ class Config(Settings):
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
         """A few iterations on small batches: a smoke test of the whole path (seconds on the tiny world)."""
-        return cls(**{**dict(iterations=3, batch_size=2, warmup=1, rpn_pre_nms_train=200, rpn_post_nms_train=64,
-                             rpn_pre_nms_test=200, rpn_post_nms_test=64, box_batch_size=32), **overrides})  # fmt: skip
+        return cls(
+            **{
+                **dict(
+                    iterations=3,
+                    batch_size=2,
+                    warmup=1,
+                    rpn_pre_nms_train=200,
+                    rpn_post_nms_train=64,
+                    rpn_pre_nms_test=200,
+                    rpn_post_nms_test=64,
+                    box_batch_size=32,
+                ),
+                **overrides,
+            }
+        )
 
 
 # -- data --------------------------------------------------------------------------------------------------
@@ -132,8 +145,10 @@ def find_voc2007(data: str | Path = "") -> Path:
     for candidate in (root, root / "VOC2007", root / "VOCdevkit" / "VOC2007"):
         if (candidate / "Annotations").is_dir() and (candidate / "ImageSets" / "Main").is_dir():
             return candidate
-    raise UserError(f"{root}: not a VOC2007 folder; expected VOCdevkit/VOC2007 with Annotations/, JPEGImages/ and "
-                    "ImageSets/Main/{trainval,test}.txt")  # fmt: skip
+    raise UserError(
+        f"{root}: not a VOC2007 folder; expected VOCdevkit/VOC2007 with Annotations/, JPEGImages/ and "
+        "ImageSets/Main/{trainval,test}.txt"
+    )
 
 
 def load_split(root: Path, image_set: str) -> list[Sample]:
@@ -150,8 +165,10 @@ def load_split(root: Path, image_set: str) -> list[Sample]:
         raise UserError(f"{listing}: {len(dupes)} image id(s) listed more than once: {dupes[:5]}")
     missing_xml = [i for i in ids if not (root / "Annotations" / f"{i}.xml").is_file()]
     if missing_xml:
-        raise UserError(f"{root / 'Annotations'}: {len(missing_xml)} of the {len(ids)} annotations of {image_set!r} "
-                        f"are missing, e.g. {', '.join(f'{i}.xml' for i in missing_xml[:5])}")
+        raise UserError(
+            f"{root / 'Annotations'}: {len(missing_xml)} of the {len(ids)} annotations of {image_set!r} "
+            f"are missing, e.g. {', '.join(f'{i}.xml' for i in missing_xml[:5])}"
+        )
     samples, missing_jpg = [], []
     for image_id in ids:
         xml = root / "Annotations" / f"{image_id}.xml"
@@ -168,12 +185,22 @@ def load_split(root: Path, image_set: str) -> list[Sample]:
         bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
         if bad.any():
             raise UserError(f"{xml}: box {boxes[bad][0].tolist()} has xmax < xmin or ymax < ymin")
-        samples.append(Sample(image_id, path, ann.width, ann.height, boxes,
-                              np.array([VOC_CLASSES.index(o.name) for o in ann.objects], int),
-                              np.array([o.difficult for o in ann.objects], bool)))  # fmt: skip
+        samples.append(
+            Sample(
+                image_id,
+                path,
+                ann.width,
+                ann.height,
+                boxes,
+                np.array([VOC_CLASSES.index(o.name) for o in ann.objects], int),
+                np.array([o.difficult for o in ann.objects], bool),
+            )
+        )
     if missing_jpg:
-        raise UserError(f"{root / 'JPEGImages'}: {len(missing_jpg)} of the {len(ids)} images of {image_set!r} are "
-                        f"missing, e.g. {', '.join(missing_jpg[:5])}")
+        raise UserError(
+            f"{root / 'JPEGImages'}: {len(missing_jpg)} of the {len(ids)} images of {image_set!r} are "
+            f"missing, e.g. {', '.join(missing_jpg[:5])}"
+        )
     return samples
 
 
@@ -182,8 +209,10 @@ def training_target(sample: Sample) -> dict[str, Tensor]:
     keep = ~sample.difficult
     boxes = sample.boxes[keep].copy()
     boxes[:, :2] -= 1.0
-    return {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.as_tensor(sample.labels[keep] + 1, dtype=torch.int64)}
+    return {
+        "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.as_tensor(sample.labels[keep] + 1, dtype=torch.int64),
+    }
 
 
 def to_voc_boxes(boxes: Tensor) -> np.ndarray:
@@ -209,14 +238,17 @@ class _Images(torch.utils.data.Dataset):
         except RuntimeError as err:
             raise UserError(f"{sample.path}: cannot decode image ({err})") from None
         if tuple(image.shape[1:]) != (sample.height, sample.width):
-            raise UserError(f"{sample.path}: image is {image.shape[2]}×{image.shape[1]} px but its annotation says "
-                            f"{sample.width}×{sample.height}")
+            raise UserError(
+                f"{sample.path}: image is {image.shape[2]}×{image.shape[1]} px but its annotation says "
+                f"{sample.width}×{sample.height}"
+            )
         return i, image
 
 
 def _loader(samples: Sequence[Sample], batches: list[list[int]], workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(_Images(samples), batch_sampler=batches, num_workers=workers,
-                                       collate_fn=_as_list)  # fmt: skip
+    return torch.utils.data.DataLoader(
+        _Images(samples), batch_sampler=batches, num_workers=workers, collate_fn=_as_list
+    )
 
 
 def _as_list(items: list) -> list:
@@ -293,16 +325,23 @@ def build_detector(backbone, config: Config, *, anchor_sizes: Sequence[float], m
         head_dim, roi_size = config.resnet_head_dim, 7
     norm = NORMALISATION[normalisation_for(backbone.arch)]
     detector = FasterRCNN(
-        trunk, min_size=min_size, max_size=max_size,
-        image_mean=[m / 255 for m in norm["mean"]], image_std=[s / 255 for s in norm["std"]],
+        trunk,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=[m / 255 for m in norm["mean"]],
+        image_std=[s / 255 for s in norm["std"]],
         rpn_anchor_generator=AnchorGenerator((tuple(float(a) for a in anchor_sizes),), (tuple(config.aspect_ratios),)),
-        rpn_pre_nms_top_n_train=config.rpn_pre_nms_train, rpn_post_nms_top_n_train=config.rpn_post_nms_train,
-        rpn_pre_nms_top_n_test=config.rpn_pre_nms_test, rpn_post_nms_top_n_test=config.rpn_post_nms_test,
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_train,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_test,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_test,
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=roi_size, sampling_ratio=2),
-        box_head=head, box_predictor=FastRCNNPredictor(head_dim, len(VOC_CLASSES) + 1),
-        box_batch_size_per_image=config.box_batch_size, box_score_thresh=config.score_thresh,
+        box_head=head,
+        box_predictor=FastRCNNPredictor(head_dim, len(VOC_CLASSES) + 1),
+        box_batch_size_per_image=config.box_batch_size,
+        box_score_thresh=config.score_thresh,
         box_detections_per_img=config.detections_per_image,
-    )  # fmt: skip
+    )
     if config.roi_pool == "max":  # FasterRCNN's constructor accepts only MultiScaleRoIAlign
         detector.roi_heads.box_roi_pool = RoIPool(roi_size, stride)
     detector.feature_stride = stride
@@ -326,7 +365,7 @@ def train(model, samples: Sequence[Sample], config: Config, *, device: torch.dev
     order: list[int] = []
     while len(order) < config.iterations * config.batch_size:
         order += torch.randperm(len(samples), generator=gen).tolist()
-    batches = [order[k * config.batch_size:(k + 1) * config.batch_size] for k in range(config.iterations)]
+    batches = [order[k * config.batch_size : (k + 1) * config.batch_size] for k in range(config.iterations)]
     flips = torch.rand(config.iterations, config.batch_size, generator=gen).lt(0.5).tolist()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -342,14 +381,24 @@ def train(model, samples: Sequence[Sample], config: Config, *, device: torch.dev
             if flip and config.flip:
                 image = image.flip(-1)
                 width = float(image.shape[-1])
-                target["boxes"] = torch.stack([width - target["boxes"][:, 2], target["boxes"][:, 1],
-                                               width - target["boxes"][:, 0], target["boxes"][:, 3]], 1)  # fmt: skip
+                target["boxes"] = torch.stack(
+                    [
+                        width - target["boxes"][:, 2],
+                        target["boxes"][:, 1],
+                        width - target["boxes"][:, 0],
+                        target["boxes"][:, 3],
+                    ],
+                    1,
+                )
             images.append(image)
             targets.append({k: v.to(device) for k, v in target.items()})
         loss_parts = model(images, targets)
         parts = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in loss_parts.items())
-        losses.append(sgd_step(sum(loss_parts.values()), optimizer, scheduler,
-                               f"voc07_det iteration {step} ({parts}; lr {config.lr})"))
+        losses.append(
+            sgd_step(
+                sum(loss_parts.values()), optimizer, scheduler, f"voc07_det iteration {step} ({parts}; lr {config.lr})"
+            )
+        )
         progress.update(task, advance=1, status=f"loss {np.mean(losses[-20:]):.3f}")
     return losses
 
@@ -367,8 +416,12 @@ def evaluate(model, samples: Sequence[Sample], config: Config, *, device: torch.
     for items in _loader(samples, batches, config.workers):
         outputs = model([image.to(device, torch.float32) / 255.0 for _, image in items])
         for (i, _), out in zip(items, outputs):
-            evaluator.update(samples[i].image_id, to_voc_boxes(out["boxes"]), out["scores"].cpu().numpy(),
-                             out["labels"].cpu().numpy() - 1)  # fmt: skip
+            evaluator.update(
+                samples[i].image_id,
+                to_voc_boxes(out["boxes"]),
+                out["scores"].cpu().numpy(),
+                out["labels"].cpu().numpy() - 1,
+            )
         progress.update(task, advance=len(items))
     done = evaluator.images_with_detections
     if len(done) != len(samples) or set(done) != set(evaluator.images):
@@ -385,14 +438,21 @@ def run(backbone, info: dict, config: Config, *, device: torch.device | str = "c
     train_samples, test_samples = load_split(root, config.train_set), load_split(root, config.test_set)
     overlap = {s.image_id for s in train_samples} & {s.image_id for s in test_samples}
     if overlap:
-        raise UserError(f"{root}: {len(overlap)} image(s) in both {config.train_set!r} and {config.test_set!r}, "
-                        f"e.g. {sorted(overlap)[:5]}")
+        raise UserError(
+            f"{root}: {len(overlap)} image(s) in both {config.train_set!r} and {config.test_set!r}, "
+            f"e.g. {sorted(overlap)[:5]}"
+        )
     min_size, max_size = input_scale(train_samples, config)
     anchors = config.anchor_sizes or anchor_sizes_for(train_samples, min_size, max_size)
     torch.manual_seed(config.seed)
     model = build_detector(backbone, config, anchor_sizes=anchors, min_size=min_size, max_size=max_size).to(device)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[status]}"))  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     start = time.monotonic()
     with Progress(*columns, disable=not progress) as bar:
         losses = train(model, train_samples, config, device=device, progress=bar)
@@ -402,27 +462,54 @@ def run(backbone, info: dict, config: Config, *, device: torch.device | str = "c
     metrics = {k: 100 * v for k, v in result.summary("voc07").items()}
     metrics.update({k: 100 * v for k, v in evaluator.coco("voc07_coco").items()})
     metrics.update(train_images=float(len(train_samples)), test_images=float(len(test_samples)))
-    derived = {"data": str(root), "backbone": info.get("uri", backbone.arch), "min_size": min_size,
-               "max_size": max_size, "anchor_sizes": " ".join(map(str, anchors)),
-               "feature_stride": model.feature_stride, "iterations": config.iterations,
-               "final_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
-               "train_seconds": round(train_s, 1), "total_seconds": round(time.monotonic() - start, 1)}
-    return Result(metrics=metrics, figures={"pr_curves.png": pr_figure(result)},
-                  tables={"voc07_ap.csv": ap_table(result), "voc07_derived.csv": _derived_table(derived)})
+    derived = {
+        "data": str(root),
+        "backbone": info.get("uri", backbone.arch),
+        "min_size": min_size,
+        "max_size": max_size,
+        "anchor_sizes": " ".join(map(str, anchors)),
+        "feature_stride": model.feature_stride,
+        "iterations": config.iterations,
+        "final_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.monotonic() - start, 1),
+    }
+    return Result(
+        metrics=metrics,
+        figures={"pr_curves.png": pr_figure(result)},
+        tables={"voc07_ap.csv": ap_table(result), "voc07_derived.csv": _derived_table(derived)},
+    )
 
 
 # -- reporting ---------------------------------------------------------------------------------------------
 def ap_table(result: DetectionResult):
     import pandas as pd
 
-    rows = [{"class": c.name, "ap": 100 * c.ap, "objects": c.npos, "difficult": c.ndifficult,
-             "detections": len(c.tp), "true_positives": int(c.tp.sum()), "ignored": c.ignored,
-             "max_recall": float(c.recall[-1]) if len(c.tp) and c.npos else 0.0} for c in result.classes]  # fmt: skip
-    rows.append({"class": "mean", "ap": 100 * result.mean_ap, "objects": sum(c.npos for c in result.classes),
-                 "difficult": sum(c.ndifficult for c in result.classes),
-                 "detections": sum(len(c.tp) for c in result.classes),
-                 "true_positives": sum(int(c.tp.sum()) for c in result.classes),
-                 "ignored": sum(c.ignored for c in result.classes), "max_recall": float("nan")})  # fmt: skip
+    rows = [
+        {
+            "class": c.name,
+            "ap": 100 * c.ap,
+            "objects": c.npos,
+            "difficult": c.ndifficult,
+            "detections": len(c.tp),
+            "true_positives": int(c.tp.sum()),
+            "ignored": c.ignored,
+            "max_recall": float(c.recall[-1]) if len(c.tp) and c.npos else 0.0,
+        }
+        for c in result.classes
+    ]
+    rows.append(
+        {
+            "class": "mean",
+            "ap": 100 * result.mean_ap,
+            "objects": sum(c.npos for c in result.classes),
+            "difficult": sum(c.ndifficult for c in result.classes),
+            "detections": sum(len(c.tp) for c in result.classes),
+            "true_positives": sum(int(c.tp.sum()) for c in result.classes),
+            "ignored": sum(c.ignored for c in result.classes),
+            "max_recall": float("nan"),
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -454,5 +541,19 @@ def pr_figure(result: DetectionResult):
     return fig
 
 
-__all__ = ["Config", "Sample", "anchor_sizes_for", "ap_table", "build_detector", "evaluate", "find_voc2007",
-           "input_scale", "load_split", "pr_figure", "run", "train", "training_target", "to_voc_boxes"]
+__all__ = [
+    "Config",
+    "Sample",
+    "anchor_sizes_for",
+    "ap_table",
+    "build_detector",
+    "evaluate",
+    "find_voc2007",
+    "input_scale",
+    "load_split",
+    "pr_figure",
+    "run",
+    "to_voc_boxes",
+    "train",
+    "training_target",
+]

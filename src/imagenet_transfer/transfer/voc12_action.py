@@ -122,8 +122,10 @@ def voc2012_root(data: str | Path) -> Path:
     for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (candidate / "ImageSets" / "Action").is_dir():
             return candidate
-    raise UserError(f"{root}: no ImageSets/Action folder; expected a VOCdevkit/VOC2012 folder with "
-                    "ImageSets/Action/{train,val}.txt, Annotations/<id>.xml and JPEGImages/<id>.jpg")  # fmt: skip
+    raise UserError(
+        f"{root}: no ImageSets/Action folder; expected a VOCdevkit/VOC2012 folder with "
+        "ImageSets/Action/{train,val}.txt, Annotations/<id>.xml and JPEGImages/<id>.jpg"
+    )
 
 
 def read_persons(root: str | Path, split: str) -> list[Person]:
@@ -153,17 +155,21 @@ def read_persons(root: str | Path, split: str) -> list[Person]:
             missing.append(str(image))
         mine = [(j, o) for j, o in enumerate(ann.objects, 1) if o.actions is not None]
         if not mine:
-            raise UserError(f"{xml}: no object has an <actions> element, but the image is listed in {listing}; "
-                            "expected VOC2012 action annotations (person objects with <actions><jumping>0</jumping>"
-                            "…)")  # fmt: skip
+            raise UserError(
+                f"{xml}: no object has an <actions> element, but the image is listed in {listing}; "
+                "expected VOC2012 action annotations (person objects with <actions><jumping>0</jumping>"
+                "…)"
+            )
         for j, o in mine:
             if not (o.xmin <= o.xmax and o.ymin <= o.ymax):
                 raise UserError(f"{xml}: object {j} has box {o.box}; expected xmin ≤ xmax and ymin ≤ ymax")
             labels = tuple(int(bool(o.actions.get(a, False))) for a in VOC_ACTIONS)
             persons.append(Person(image_id, j, tuple(float(v) for v in o.box), labels, image))
     if missing:
-        raise UserError(f"{len(missing)} file(s) listed by {listing} are missing: {', '.join(missing[:10])}"
-                        f"{' …' if len(missing) > 10 else ''}; expected Annotations/<id>.xml and JPEGImages/<id>.jpg")
+        raise UserError(
+            f"{len(missing)} file(s) listed by {listing} are missing: {', '.join(missing[:10])}"
+            f"{' …' if len(missing) > 10 else ''}; expected Annotations/<id>.xml and JPEGImages/<id>.jpg"
+        )
     _check_action_lists(root, split, persons)
     return persons
 
@@ -179,16 +185,26 @@ def _check_action_lists(root: Path, split: str, persons: list[Person]) -> None:
         listed = {(r[0], r[1]): r[2] for r in rows if isinstance(r, tuple) and len(r) == 3}
         if len(listed) != len(rows) or set(listed) != set(truth):
             extra, lacking = sorted(set(listed) - set(truth))[:5], sorted(set(truth) - set(listed))[:5]
-            raise UserError(f"{path}: its (image, object) rows do not match the persons with actions in the XML "
-                            f"(listed but not in the XML: {extra}; in the XML but not listed: {lacking})")
+            raise UserError(
+                f"{path}: its (image, object) rows do not match the persons with actions in the XML "
+                f"(listed but not in the XML: {extra}; in the XML but not listed: {lacking})"
+            )
         wrong = [k for k, flag in listed.items() if flag != (1 if truth[k][a] else -1)]
         if wrong:
-            raise UserError(f"{path}: {len(wrong)} flag(s) disagree with the XML <actions>, e.g. {wrong[:5]}; "
-                            "expected 1 where the action is marked 1, else -1")
+            raise UserError(
+                f"{path}: {len(wrong)} flag(s) disagree with the XML <actions>, e.g. {wrong[:5]}; "
+                "expected 1 where the action is marked 1, else -1"
+            )
 
 
-def person_window(box: tuple[float, float, float, float], width: int, height: int, margin: float,
-                  jitter: float = 0.0, rng: random.Random | None = None) -> tuple[int, int, int, int]:
+def person_window(
+    box: tuple[float, float, float, float],
+    width: int,
+    height: int,
+    margin: float,
+    jitter: float = 0.0,
+    rng: random.Random | None = None,
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) in 0-based pixels of a VOC box grown by `margin` per side (jittered with `rng`), clipped."""
     x0, y0, x1, y1 = box[0] - 1, box[1] - 1, box[2], box[3]  # 1-based inclusive → 0-based half-open
     bw, bh = x1 - x0, y1 - y0
@@ -212,8 +228,9 @@ class PersonCrops(Dataset):
     and the mirror (one for both views) from `random.Random(sample_seed)`.
     """
 
-    def __init__(self, persons: list[Person], *, resolution: int, margin: float, context: bool, train: bool,
-                 jitter: float = 0.0) -> None:
+    def __init__(
+        self, persons: list[Person], *, resolution: int, margin: float, context: bool, train: bool, jitter: float = 0.0
+    ) -> None:
         self.persons, self.resolution, self.margin, self.context = persons, resolution, margin, context
         self.train, self.jitter = train, jitter
         self.labels = torch.tensor([p.labels for p in persons], dtype=torch.float32).reshape(-1, len(VOC_ACTIONS))
@@ -324,8 +341,14 @@ def _loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
 
 
 # -- run -------------------------------------------------------------------------------------------------
-def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: str | torch.device = "cpu",
-        progress: bool = True) -> Result:
+def run(
+    backbone: nn.Module,
+    info: dict[str, Any],
+    config: Config,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Result:
     """Fine-tune a copy of `backbone` on the train persons, score every val person once, return the metrics."""
     from imagenet_transfer.data import EpochSampler, normalisation_for, normalise
     from imagenet_transfer.engine import autocast, sgd_step
@@ -337,30 +360,45 @@ def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: st
     train_all, val = scored_persons(root, config)
     for split, persons in (("train", train_all), ("val", val)):
         if not any(any(p.labels) for p in persons):
-            raise UserError(f"{root}: none of the {len(persons)} {split} persons does any of the actions "
-                            f"{', '.join(VOC_ACTIONS)}; expected <actions> with some flags set to 1")
+            raise UserError(
+                f"{root}: none of the {len(persons)} {split} persons does any of the actions "
+                f"{', '.join(VOC_ACTIONS)}; expected <actions> with some flags set to 1"
+            )
     train, holdout = _split_holdout(train_all, config.holdout, config.seed)
     if len(train) < config.batch_size:
-        raise UserError(f"{len(train)} train persons cannot fill one batch of {config.batch_size}; "
-                        "expected a smaller batch_size (or a smaller holdout)")
+        raise UserError(
+            f"{len(train)} train persons cannot fill one batch of {config.batch_size}; "
+            "expected a smaller batch_size (or a smaller holdout)"
+        )
     res, views = backbone.resolution, 2 if config.context else 1
     norm = normalisation_for(backbone.arch)
     crops = dict(resolution=res, margin=config.margin, context=config.context)
     train_set = PersonCrops(train, train=True, jitter=config.jitter, **crops)
 
     torch.manual_seed(config.seed)
-    model = ActionNet(copy.deepcopy(backbone), views=views,
-                      outputs=len(VOC_ACTIONS) + (config.loss == "softmax")).to(device)  # fmt: skip
-    optimizer = torch.optim.SGD([
-        {"params": model.finetuned_parameters(), "lr": config.lr},
-        {"params": model.head.parameters(), "lr": config.lr * config.head_lr_mult},
-    ], momentum=config.momentum, weight_decay=config.weight_decay)  # fmt: skip
+    model = ActionNet(copy.deepcopy(backbone), views=views, outputs=len(VOC_ACTIONS) + (config.loss == "softmax")).to(
+        device
+    )
+    optimizer = torch.optim.SGD(
+        [
+            {"params": model.finetuned_parameters(), "lr": config.lr},
+            {"params": model.head.parameters(), "lr": config.lr * config.head_lr_mult},
+        ],
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
     sampler = EpochSampler(len(train_set), batch_size=config.batch_size, seed=config.seed, shuffle=True, drop_last=True)
     steps_per_epoch = sampler.batches_per_epoch()
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        drop_last=True, pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
 
     best: tuple[float, int, dict] | None = None
     losses: list[float] = []
@@ -377,8 +415,9 @@ def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: st
                     loss = _loss(model(images).float(), labels.to(device), config.loss)
                 value = sgd_step(loss, optimizer, scheduler, f"voc12 action, epoch {epoch}")
                 epoch_loss.append(value)
-                bar.update(task, advance=1,
-                           description=f"voc12 action: epoch {epoch + 1}/{config.epochs} loss {value:.3f}")
+                bar.update(
+                    task, advance=1, description=f"voc12 action: epoch {epoch + 1}/{config.epochs} loss {value:.3f}"
+                )
             losses.append(float(np.mean(epoch_loss)))
             if holdout:
                 held = mean_ap(action_aps(*_predict(model, holdout, config, crops, norm, device)))
@@ -393,18 +432,28 @@ def run(backbone: nn.Module, info: dict[str, Any], config: Config, *, device: st
     aps = action_aps(scores, labels)
     metrics = {"voc12_action_map": 100 * mean_ap(aps)}
     metrics.update({f"voc12_action_ap_{a}": 100 * v for a, v in aps.items() if not math.isnan(v)})
-    metrics.update(train_persons=float(len(train)), val_persons=float(len(val)), train_loss=losses[-1],
-                   train_seconds=train_seconds)  # fmt: skip
+    metrics.update(
+        train_persons=float(len(train)), val_persons=float(len(val)), train_loss=losses[-1], train_seconds=train_seconds
+    )
     if best is not None:
         metrics.update(holdout_map=100 * best[0], holdout_persons=float(len(holdout)), best_epoch=float(best[1]))
     train_pos = np.array([p.labels for p in train]).sum(0)
-    table = pd.DataFrame({"action": list(VOC_ACTIONS), "ap": [100 * aps[a] for a in VOC_ACTIONS],
-                          "val_positives": labels.sum(0).astype(int), "train_positives": train_pos.astype(int)})
+    table = pd.DataFrame(
+        {
+            "action": list(VOC_ACTIONS),
+            "ap": [100 * aps[a] for a in VOC_ACTIONS],
+            "val_positives": labels.sum(0).astype(int),
+            "train_positives": train_pos.astype(int),
+        }
+    )
     per_person = pd.DataFrame({"image_id": [p.image_id for p in val], "object": [p.index for p in val]})
     for i, a in enumerate(VOC_ACTIONS):
         per_person[f"score_{a}"], per_person[f"label_{a}"] = scores[:, i], labels[:, i].astype(int)
-    return Result(metrics=metrics, figures={"action_ap.png": _figure(table, metrics["voc12_action_map"], info)},
-                  tables={"voc12_action_ap.csv": table, "voc12_action_val_scores.csv": per_person})
+    return Result(
+        metrics=metrics,
+        figures={"action_ap.png": _figure(table, metrics["voc12_action_map"], info)},
+        tables={"voc12_action_ap.csv": table, "voc12_action_val_scores.csv": per_person},
+    )
 
 
 def scored_persons(root: Path, config: Config) -> tuple[list[Person], list[Person]]:
@@ -415,8 +464,9 @@ def scored_persons(root: Path, config: Config) -> tuple[list[Person], list[Perso
     return read_persons(root, "train"), read_persons(root, "val")
 
 
-def _split_holdout(persons: list[Person], fraction: float, seed: int, stream: int = 12
-                   ) -> tuple[list[Person], list[Person]]:
+def _split_holdout(
+    persons: list[Person], fraction: float, seed: int, stream: int = 12
+) -> tuple[list[Person], list[Person]]:
     """Hold out `fraction` of the train images (all persons of an image on one side), drawn by `seed`."""
     if fraction <= 0:
         return persons, []
@@ -426,8 +476,9 @@ def _split_holdout(persons: list[Person], fraction: float, seed: int, stream: in
 
 
 @torch.no_grad()
-def _predict(model: ActionNet, persons: list[Person], config: Config, crops: dict, norm: str,
-             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _predict(
+    model: ActionNet, persons: list[Person], config: Config, crops: dict, norm: str, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, 10) scores and labels of `persons`, in their order; every person scored exactly once (asserted)."""
     from imagenet_transfer.data import normalise
     from imagenet_transfer.engine import autocast
@@ -444,17 +495,20 @@ def _predict(model: ActionNet, persons: list[Person], config: Config, crops: dic
         np.add.at(times_scored, index.numpy(), 1)
     if (times_scored != 1).any() or not np.isfinite(scores).all():
         wrong = np.flatnonzero(times_scored != 1)[:5]
-        raise RuntimeError(f"{int((times_scored != 1).sum())} of {len(persons)} persons were not scored exactly once "
-                           f"(e.g. {[(persons[i].image_id, persons[i].index, int(times_scored[i])) for i in wrong]}) "
-                           f"or got non-finite scores")  # fmt: skip
+        raise RuntimeError(
+            f"{int((times_scored != 1).sum())} of {len(persons)} persons were not scored exactly once "
+            f"(e.g. {[(persons[i].image_id, persons[i].index, int(times_scored[i])) for i in wrong]}) "
+            f"or got non-finite scores"
+        )
     return scores, dataset.labels.numpy().copy()
 
 
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled
+    )
 
 
 def _figure(table: pd.DataFrame, map_: float, info: dict[str, Any]):
@@ -466,8 +520,15 @@ def _figure(table: pd.DataFrame, map_: float, info: dict[str, Any]):
     x = np.arange(len(table))
     ax.bar(x, np.nan_to_num(ap), color="tab:blue")
     for i, v in enumerate(ap):
-        ax.text(i, (0 if math.isnan(v) else v) + 1, "no positives" if math.isnan(v) else f"{v:.0f}", ha="center",
-                va="bottom", fontsize=7, rotation=90 if math.isnan(v) else 0)  # fmt: skip
+        ax.text(
+            i,
+            (0 if math.isnan(v) else v) + 1,
+            "no positives" if math.isnan(v) else f"{v:.0f}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            rotation=90 if math.isnan(v) else 0,
+        )
     if not math.isnan(map_):
         ax.axhline(map_, color="tab:red", lw=1, ls="--", label=f"mAP {map_:.1f}")
         ax.legend(loc="upper right", fontsize=8)
@@ -478,5 +539,19 @@ def _figure(table: pd.DataFrame, map_: float, info: dict[str, Any]):
     return fig
 
 
-__all__ = ["ActionNet", "Config", "EVALUATE_ON", "LOSSES", "Person", "PersonCrops", "action_aps", "average_precision", "mean_ap",
-           "person_window", "read_persons", "run", "scored_persons", "voc2012_root"]
+__all__ = [
+    "EVALUATE_ON",
+    "LOSSES",
+    "ActionNet",
+    "Config",
+    "Person",
+    "PersonCrops",
+    "action_aps",
+    "average_precision",
+    "mean_ap",
+    "person_window",
+    "read_persons",
+    "run",
+    "scored_persons",
+    "voc2012_root",
+]
