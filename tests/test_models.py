@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.models import ARCHITECTURES, build_backbone, check_resolution, default_resolution, rebuild
+from imagenet_transfer.models import (
+    ARCHITECTURES,
+    build_backbone,
+    check_resolution,
+    default_resolution,
+    parameter_groups,
+    rebuild,
+)
 
 NUM_CLASSES = 7
 VECTOR_DIMS = {  # arch → widths of pool5, fc6, fc7 at the default resolution
@@ -87,19 +94,98 @@ def test_dropout_defaults_and_override():
     assert isinstance(build_backbone("resnet18", 3, dropout=0.2).pre_classifier, torch.nn.Dropout)
 
 
-def test_caffe_alexnet_layers_follow_the_paper(nets):
-    net = nets["caffe_alexnet"]
-    convs = [m for m in net.trunk if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.out_channels, c.kernel_size[0], c.stride[0], c.groups) for c in convs] == [
-        (96, 11, 4, 1),
-        (256, 5, 1, 2),
-        (384, 3, 1, 1),
-        (384, 3, 1, 2),
-        (256, 3, 1, 2),
-    ]
-    assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in net.trunk) == 2
-    assert net.fc6[2].p == net.fc7[2].p == 0.5
-    assert net.fc6[0].bias.eq(1).all() and net.classifier.bias.eq(0).all()
+# BVLC Caffe, models/bvlc_reference_caffenet/train_val.prototxt (CaffeNet) and solver.prototxt, transcribed:
+# the layers in order, with each learned layer's (num_output, kernel, stride, pad, group, weight std, bias value).
+CAFFENET = [
+    ("conv1", (96, 11, 4, 0, 1, 0.01, 0.0)),
+    ("relu1", None),
+    ("pool1", (3, 2)),  # MAX, kernel 3, stride 2 (Caffe rounds the output size up)
+    ("norm1", (5, 1e-4, 0.75)),  # LRN local_size, alpha, beta
+    ("conv2", (256, 5, 1, 2, 2, 0.01, 1.0)),
+    ("relu2", None),
+    ("pool2", (3, 2)),
+    ("norm2", (5, 1e-4, 0.75)),
+    ("conv3", (384, 3, 1, 1, 1, 0.01, 0.0)),
+    ("relu3", None),
+    ("conv4", (384, 3, 1, 1, 2, 0.01, 1.0)),
+    ("relu4", None),
+    ("conv5", (256, 3, 1, 1, 2, 0.01, 1.0)),
+    ("relu5", None),
+    ("pool5", (3, 2)),
+    ("fc6", (4096, 0.005, 1.0, 0.5)),  # num_output, weight std, bias, dropout_ratio of drop6
+    ("fc7", (4096, 0.005, 1.0, 0.5)),
+    ("fc8", (1000, 0.01, 0.0, None)),
+]
+CAFFENET_PARAMS = {"lr_mult": (1, 2), "decay_mult": (1, 0)}  # (weights, biases) of every learned layer
+CAFFENET_SOLVER = {"base_lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005, "gamma": 0.1, "stepsize": 100_000}
+
+
+def test_caffe_alexnet_is_bvlc_reference_caffenet():
+    torch.manual_seed(0)
+    net = build_backbone("caffe_alexnet", 1000)
+    trunk = list(net.trunk)
+    kinds = {
+        "conv": torch.nn.Conv2d,
+        "relu": torch.nn.ReLU,
+        "pool": torch.nn.MaxPool2d,
+        "norm": torch.nn.LocalResponseNorm,
+    }
+    trunk_layers = [(name, spec) for name, spec in CAFFENET if not name.startswith("fc")]
+    assert len(trunk) == len(trunk_layers)
+    for module, (name, spec) in zip(trunk, trunk_layers):
+        assert isinstance(module, kinds[name.rstrip("0123456789")]), (name, module)
+        if name.startswith("conv"):
+            out, k, stride, pad, group, std, bias = spec
+            got = (module.out_channels, module.kernel_size, module.stride, module.padding, module.groups)
+            assert got == (out, (k, k), (stride, stride), (pad, pad), group), name
+            assert module.weight.std().item() == pytest.approx(std, rel=0.05), name
+            assert module.bias.eq(bias).all(), name
+        elif name.startswith("pool"):
+            assert (module.kernel_size, module.stride, module.ceil_mode) == (*spec, True), name
+        elif name.startswith("norm"):
+            assert (module.size, module.alpha, module.beta, module.k) == (*spec, 1.0), name
+    fcs = {"fc6": net.fc6, "fc7": net.fc7, "fc8": torch.nn.Sequential(net.classifier)}
+    for name, spec in CAFFENET[-3:]:
+        out, std, bias, dropout = spec
+        block = list(fcs[name])
+        assert block[0].out_features == out or name == "fc8", name
+        assert block[0].weight.std().item() == pytest.approx(std, rel=0.05), name
+        assert block[0].bias.eq(bias).all(), name
+        if dropout is None:
+            assert len(block) == 1
+        else:  # fc → ReLU → dropout, Caffe's in-place order
+            assert isinstance(block[1], torch.nn.ReLU) and block[2].p == dropout, name
+    assert net.classifier.out_features == 1000
+    # 227 crops → the 6×6×256 pool5 of the prototxt (Caffe's ceil rounding)
+    assert net.features(torch.zeros(1, 3, 227, 227), ("conv5",))["conv5"].shape == (1, 256, 6, 6)
+
+
+def test_caffe_alexnet_parameter_groups_follow_the_prototxt_multipliers():
+    net = build_backbone("caffe_alexnet", 10)
+    lr, decay = CAFFENET_SOLVER["base_lr"], CAFFENET_SOLVER["weight_decay"]
+    weights, biases = parameter_groups(net, "caffe_alexnet", lr=lr, weight_decay=decay)
+    learned = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert len(learned) == 8  # conv1-5, fc6-8
+    assert {id(m.weight) for m in learned} == {id(p) for p in weights["params"]}
+    assert {id(m.bias) for m in learned} == {id(p) for p in biases["params"]}
+    assert (weights["lr"], biases["lr"]) == tuple(lr * m for m in CAFFENET_PARAMS["lr_mult"])
+    assert (weights["weight_decay"], biases["weight_decay"]) == tuple(decay * m for m in CAFFENET_PARAMS["decay_mult"])
+    # other architectures: one group, every parameter at the base rate and decay
+    (only,) = parameter_groups(build_backbone("small", 10), "small", lr=lr, weight_decay=decay)
+    assert (only["lr"], only["weight_decay"]) == (lr, decay)
+
+
+def test_the_paper_recipe_is_the_caffenet_solver():
+    from imagenet_transfer.pretrain import RECIPES
+
+    paper = RECIPES["paper"]
+    assert (paper["lr"], paper["momentum"], paper["weight_decay"]) == (
+        CAFFENET_SOLVER["base_lr"],
+        CAFFENET_SOLVER["momentum"],
+        CAFFENET_SOLVER["weight_decay"],
+    )
+    assert paper["iterations"] == 450_000 and paper["batch_size"] == 256 and paper["decay"] == "step"
+    assert paper["step_fraction"] * paper["iterations"] == pytest.approx(CAFFENET_SOLVER["stepsize"])
 
 
 @pytest.mark.parametrize("arch", ["small", "resnet18", "caffe_alexnet"])

@@ -226,7 +226,7 @@ def test_shard_batches_are_normalised_crops_of_the_stored_images(subset, written
     images, labels = next(iter(loader))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
     assert images.is_contiguous(memory_format=torch.channels_last)
-    positions, seeds = (keys[:16] for keys in loader.sampler)
+    positions, seeds = (keys[:16] for keys in loader.sampler.keys())  # noqa: SIM118 - the sampler's own keys()
     order = np.argsort(shards.splits["train"].shard[positions], kind="stable")  # a raw batch is read by shard
     assert len(set(shards.splits["train"].shard[positions])) > 1
     positions, seeds = positions[order], torch.from_numpy(seeds[order])

@@ -12,10 +12,13 @@ them alike:
     same = rebuild(net.config(), net.state_dict())               # strict load; exact missing keys on mismatch
 
 Architectures (`ARCHITECTURES`; default/minimum resolution in px):
-  caffe_alexnet  227 / 100   the Caffe reference AlexNet of the paper: grouped conv2/4/5, LRN after conv1/conv2,
-                             fc6/fc7 4096 with dropout 0.5 after each (Caffe order: fc → ReLU → dropout), Caffe's
-                             initialisation (Gaussian 0.01/0.005, bias 1 on conv2/4/5 and fc6/fc7). Layer order
-                             follows bvlc_alexnet (conv → ReLU → LRN → pool); pools use Caffe's ceil rounding.
+  caffe_alexnet  227 / 100   the paper's network, BVLC's reference CaffeNet (`models/bvlc_reference_caffenet/
+                             train_val.prototxt` of the BVLC Caffe repository): conv1/conv2 each followed by ReLU,
+                             max-pool, then LRN (size 5, alpha 1e-4, beta 0.75; pooling before normalisation,
+                             unlike bvlc_alexnet); grouped conv2/4/5; pools 3/2 with Caffe's ceil rounding;
+                             fc6/fc7 4096 with dropout 0.5 after each (fc → ReLU → dropout); Gaussian weights
+                             (std 0.01, fc6/fc7 0.005), biases 0 (conv1, conv3, fc8) or 1 (conv2, conv4, conv5,
+                             fc6, fc7); biases learn at 2× the rate with no weight decay (`parameter_groups`).
   alexnet        224 / 63    torchvision's AlexNet (dropout before fc6 and fc7, as torchvision has it)
   resnet18       224 / 32    torchvision ResNet-18
   resnet50       224 / 32    torchvision ResNet-50
@@ -161,12 +164,12 @@ def _caffe_alexnet(num_classes: int, resolution: int, dropout: float) -> Backbon
     trunk = nn.Sequential(
         conv(3, 96, 11, stride=4),
         relu(),
-        lrn(),
-        pool(),  # conv1 / norm1 / pool1
+        pool(),
+        lrn(),  # conv1 / pool1 / norm1
         conv(96, 256, 5, pad=2, groups=2),
         relu(),
-        lrn(),
-        pool(),  # conv2 / norm2 / pool2
+        pool(),
+        lrn(),  # conv2 / pool2 / norm2
         conv(256, 384, 3, pad=1),
         relu(),  # conv3
         conv(384, 384, 3, pad=1, groups=2),
@@ -189,7 +192,7 @@ def _caffe_alexnet(num_classes: int, resolution: int, dropout: float) -> Backbon
         fc7=fc7,
         classifier=nn.Linear(4096, num_classes),
     )
-    # Caffe's bvlc_alexnet fillers: Gaussian weights, bias 1 where the prototxt has it (conv2, conv4, conv5, fc6, fc7)
+    # CaffeNet's fillers: Gaussian weights, bias 1 where the prototxt has it (conv2, conv4, conv5, fc6, fc7)
     convs = [m for m in trunk if isinstance(m, nn.Conv2d)]
     for i, layer in enumerate([*convs, _linear(fc6), _linear(fc7), net.classifier]):
         nn.init.normal_(layer.weight, 0.0, 0.005 if i in (5, 6) else 0.01)
@@ -281,10 +284,14 @@ class Architecture:
     max_resolution: int | None
     default_dropout: float
     description: str
+    bias_lr_mult: float = 1.0  # Caffe's `lr_mult` of the second blob (biases) of every layer
+    bias_decay_mult: float = 1.0  # and its `decay_mult`
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "caffe_alexnet": Architecture(_caffe_alexnet, 227, 100, None, 0.5, "the paper's Caffe reference AlexNet"),
+    "caffe_alexnet": Architecture(
+        _caffe_alexnet, 227, 100, None, 0.5, "the paper's network, BVLC's reference CaffeNet", 2.0, 0.0
+    ),
     "alexnet": Architecture(_torchvision_alexnet, 224, 63, None, 0.5, "torchvision AlexNet"),
     "resnet18": Architecture(_resnet("resnet18"), 224, 32, None, 0.0, "torchvision ResNet-18"),
     "resnet50": Architecture(_resnet("resnet50"), 224, 32, None, 0.0, "torchvision ResNet-50"),
@@ -298,6 +305,26 @@ def architecture(arch: str) -> Architecture:
         return ARCHITECTURES[arch]
     except (KeyError, TypeError):
         raise UserError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}") from None
+
+
+def parameter_groups(net: nn.Module, arch: str, *, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """SGD parameter groups of `net` with the architecture's per-parameter multipliers.
+
+    caffe_alexnet follows the prototxt: weights at `lr` with `weight_decay`, biases at 2 × `lr` with no decay.
+    Other architectures get one group (every parameter at `lr` with `weight_decay`). The weights' group comes
+    first, so `param_groups[0]["lr"]` is the base rate."""
+    spec = architecture(arch)
+    if spec.bias_lr_mult == 1.0 and spec.bias_decay_mult == 1.0:
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
+    named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for name, p in named if not name.endswith("bias")], "lr": lr, "weight_decay": weight_decay},
+        {
+            "params": [p for name, p in named if name.endswith("bias")],
+            "lr": lr * spec.bias_lr_mult,
+            "weight_decay": weight_decay * spec.bias_decay_mult,
+        },
+    ]
 
 
 def default_resolution(arch: str) -> int:

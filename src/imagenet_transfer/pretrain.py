@@ -45,7 +45,7 @@ from pydantic import Field
 from imagenet_transfer import tracking
 from imagenet_transfer.config import Settings
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.models import ARCHITECTURES
+from imagenet_transfer.models import ARCHITECTURES, parameter_groups
 from imagenet_transfer.paths import cache_dir
 
 # The recipes: named tables of training hyper-parameters; CLI options override single values.
@@ -79,8 +79,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         dropout=None,
     ),
     # the embedded world on 2 CPU cores within the 3-minute default job: `small` at 32 px, 400 x 64 images
-    # (half an epoch of the default world; lr 0.025 did best at this length); val top-1 ~2 % of 200 classes
-    # (chance 0.5 %), see README "Pre-training"
+    # (half an epoch of the default world; lr 0.025 did best at this length); accuracies in bench/README.md
     "world": dict(
         schedule="iterations",
         iterations=400,
@@ -96,7 +95,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         resolution=32,
     ),
     # pre-training that transfers on the embedded world: 8000 x 64 (~11 epochs), 20x the `world` recipe's time;
-    # val top-1 ~57 %, val_top1_coarse ~67 % (measured, see README "Pre-training")
+    # accuracies in bench/README.md
     "world-long": dict(
         schedule="iterations",
         iterations=8000,
@@ -577,9 +576,8 @@ def _prepare(config, subset, device, state, rank, world_size) -> _Setup:
     )
     per_epoch = len(train_loader)
     total = config.iterations if config.schedule == "iterations" else config.epochs * per_epoch
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    groups = parameter_groups(model, config.arch, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total))
     position = (0, 0, 0)
     if state:
