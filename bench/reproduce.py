@@ -36,7 +36,9 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     os.environ.pop("MLFLOW_RUN_ID", None)
 
-    from imagenet_transfer.reproduce import load_grid, make_plan, run_grid
+    from imagenet_transfer.grid import load_grid
+    from imagenet_transfer.grid_plan import make_plan
+    from imagenet_transfer.reproduce import run_grid
     from imagenet_transfer.synthetic import generate
 
     grid = load_grid(args.grid)

@@ -38,7 +38,8 @@ def main() -> None:
     import mlflow
 
     from imagenet_transfer import tracking
-    from imagenet_transfer.study import StudyConfig, run_study
+    from imagenet_transfer.study import run_study
+    from imagenet_transfer.study_config import StudyConfig
 
     name = f"bench-{int(time.time())}"
     config = StudyConfig(

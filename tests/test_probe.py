@@ -10,6 +10,9 @@ from imagenet_transfer.errors import UserError
 from imagenet_transfer.models import build_backbone
 from imagenet_transfer.taxonomy import load_taxonomy
 from imagenet_transfer.transfer import probe
+from imagenet_transfer.transfer.metrics import coarse_top1
+from imagenet_transfer.transfer.probe.data import sample_source
+from imagenet_transfer.transfer.probe.model import coarse_map, knn_neighbours, knn_predict, probe_layer
 
 CHIHUAHUA, DOG, MAMMAL = "n02085620", "n02084071", "n01861778"
 
@@ -29,41 +32,41 @@ def test_knn_by_hand():
     train = np.stack([np.cos(angles), np.sin(angles)], 1) * np.array([[1], [2], [3], [1], [5], [1]])
     labels = np.array([0, 0, 0, 1, 1, 2])
     query = np.array([[np.cos(np.radians(4)), np.sin(np.radians(4))], [0.0, 1.0], [-1.0, 0.1]])
-    sims, idx = probe.knn_neighbours(train, query, 3)
+    sims, idx = knn_neighbours(train, query, 3)
     assert idx[0].tolist() == [0, 1, 2] and idx[1].tolist() == [3, 4, 2]
     assert sims[1, 0] == pytest.approx(1.0) and sims[0, 0] == pytest.approx(np.cos(np.radians(4)))
-    assert probe.knn_predict(train, labels, query, k=1, num_classes=3).tolist() == [0, 1, 2]
-    assert probe.knn_predict(train, labels, query, k=3, num_classes=3).tolist() == [0, 1, 1]
+    assert knn_predict(train, labels, query, k=1, num_classes=3).tolist() == [0, 1, 2]
+    assert knn_predict(train, labels, query, k=3, num_classes=3).tolist() == [0, 1, 1]
     # two votes each for classes 0 and 1 (k=4 at 60° and 52°): the larger summed similarity wins
     q = np.array([[np.cos(np.radians(60)), np.sin(np.radians(60))]])
-    assert probe.knn_predict(train, labels, q, k=4, num_classes=3).tolist() == [1]
+    assert knn_predict(train, labels, q, k=4, num_classes=3).tolist() == [1]
     q = np.array([[np.cos(np.radians(52)), np.sin(np.radians(52))]])
-    assert probe.knn_predict(train, labels, q, k=4, num_classes=3).tolist() == [0]
+    assert knn_predict(train, labels, q, k=4, num_classes=3).tolist() == [0]
     # k beyond the training size uses every training row
-    assert probe.knn_predict(train, labels, query[:1], k=50, num_classes=3).tolist() == [0]
+    assert knn_predict(train, labels, query[:1], k=50, num_classes=3).tolist() == [0]
 
 
 def test_coarse_top1_and_mapping_by_hand():
     # output labels 0..3 map to coarse 0, 0, 1, 2; predictions right in the coarse space for rows 0, 1, 3
-    assert probe.coarse_top1(np.array([1, 0, 3, 2]), np.array([0, 0, 1, 2]), np.array([0, 0, 0, 1])) == 0.75
+    assert coarse_top1(np.array([1, 0, 3, 2]), np.array([0, 0, 1, 2]), np.array([0, 0, 0, 1])) == 0.75
     tax = load_taxonomy()
     fine_to_coarse = tax.labels("top-down", 127)
     assert fine_to_coarse[CHIHUAHUA] == MAMMAL
-    mapping = probe.coarse_map([CHIHUAHUA, MAMMAL, DOG, "n99999999"], fine_to_coarse, tax)
+    mapping = coarse_map([CHIHUAHUA, MAMMAL, DOG, "n99999999"], fine_to_coarse, tax)
     assert mapping["rule"].tolist() == ["fine", "coarse", "majority", "unknown"]
     assert mapping["coarse_wnid"].tolist()[:3] == [MAMMAL, MAMMAL, MAMMAL]
 
 
 def test_source_sample_is_per_class_seeded_and_balanced(tiny_world, tiny_classes):
     catalog = load_catalog(tiny_world / "imagenet")
-    frame = probe.sample_source(catalog, train_per_class=5, val_per_class=3, seed=0)
+    frame = sample_source(catalog, train_per_class=5, val_per_class=3, seed=0)
     counts = frame.groupby(["split", "wnid"]).size()
     assert (counts["train"] == 5).all() and (counts["val"] == 3).all() and len(counts["train"]) == len(tiny_classes)
     assert frame["label"].tolist() == [tiny_classes.index(w) for w in frame["wnid"]]
-    again = probe.sample_source(catalog, train_per_class=5, val_per_class=3, seed=0)
-    other = probe.sample_source(catalog, train_per_class=5, val_per_class=3, seed=1)
+    again = sample_source(catalog, train_per_class=5, val_per_class=3, seed=0)
+    other = sample_source(catalog, train_per_class=5, val_per_class=3, seed=1)
     assert frame["path"].tolist() == again["path"].tolist() and frame["path"].tolist() != other["path"].tolist()
-    every = probe.sample_source(catalog, train_per_class=0, val_per_class=0, seed=0)
+    every = sample_source(catalog, train_per_class=0, val_per_class=0, seed=0)
     assert len(every) == len(catalog)
 
 
@@ -148,7 +151,7 @@ def test_missing_label_wnids_is_a_user_error(tiny_world):
 
 def test_layer_the_backbone_lacks_and_bad_options(tiny_world, tmp_path):
     resnet = build_backbone("resnet18", 10, resolution=32)
-    assert probe.probe_layer(resnet, "") == "pool5"
+    assert probe_layer(resnet, "") == "pool5"
     with pytest.raises(UserError, match="fc7 does not exist in a resnet18 backbone; it has pool5"):
         probe.run(resnet, {}, probe.Config.quick(data=str(tiny_world / "imagenet"), layer="fc7"), progress=False)
     with pytest.raises(UserError, match="parts.0 = 'svm': expected 'knn', 'linear' or 'coarse'"):

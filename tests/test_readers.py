@@ -10,10 +10,10 @@ import pytest
 from conftest import realdata
 from PIL import Image
 
+from imagenet_transfer.datasets.sun397 import class_of, find_sun397, read_class_names, read_partition
+from imagenet_transfer.datasets.voc import VOC_ACTIONS, VOC_CLASSES, read_annotation, read_image_set
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.synthetic import generate, read_world
-from imagenet_transfer.transfer.sun397 import class_of, find_sun397, read_class_names, read_partition
-from imagenet_transfer.transfer.voc import VOC_ACTIONS, VOC_CLASSES, read_annotation, read_image_set
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import yaml
 from conftest import REPO, cli
 
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.reproduce import expand, load_grid, make_plan, reproduce
+from imagenet_transfer.grid import load_grid
+from imagenet_transfer.grid_plan import expand, make_plan
+from imagenet_transfer.reproduce import reproduce
 
 PAPER = REPO / "configs" / "paper.yaml"
 
@@ -219,7 +221,7 @@ def test_other_bad_input_exits_2(tiny_world, tmp_path, capsys):
     assert cli("reproduce", "--grid", tmp_path / "typo.yaml") == 2
     assert "unknown key(s) experimentz" in capsys.readouterr().err
     with pytest.raises(UserError, match="--data"):
-        from imagenet_transfer.reproduce import parse_data
+        from imagenet_transfer.grid_plan import parse_data
 
         parse_data(["voc07_det"])
     assert not running()

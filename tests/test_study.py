@@ -13,7 +13,9 @@ import pytest
 from conftest import REPO, cli
 
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.study import StudyConfig, create_study, run_study
+from imagenet_transfer.study import run_study
+from imagenet_transfer.study_config import StudyConfig
+from imagenet_transfer.study_storage import create_study, open_storage
 
 
 def settings(tiny_world, tmp_path, **changes):
@@ -77,13 +79,15 @@ def nothing_running():
 
 
 def test_validation_splits_are_carved_from_training_data_only(tiny_world):
-    from imagenet_transfer.transfer import sun397_cls, voc12_action
-    from imagenet_transfer.transfer.sun397 import find_sun397, read_class_names, read_partition
-    from imagenet_transfer.transfer.voc import read_image_set
+    from imagenet_transfer.datasets.sun397 import find_sun397, read_class_names, read_partition
+    from imagenet_transfer.datasets.voc import read_image_set
+    from imagenet_transfer.transfer.sun397.data import load_partition
+    from imagenet_transfer.transfer.voc12_action import Config as ActionConfig
+    from imagenet_transfer.transfer.voc12_action.data import scored_persons, voc2012_root
 
     layout = find_sun397(tiny_world)
     classes = read_class_names(layout.partitions / "ClassName.txt")
-    part = sun397_cls.load_partition(
+    part = load_partition(
         layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0.0, evaluate_on="val", eval_fraction=0.25
     )
     training, testing = (
@@ -95,21 +99,30 @@ def test_validation_splits_are_carved_from_training_data_only(tiny_world):
     assert all(roles.values()) and not (roles["train"] & roles["test"]) and not (roles["val"] & roles["test"])
     assert part.part("test")["label"].nunique() == len(classes)  # every scene is scored
 
-    root = voc12_action.voc2012_root(str(tiny_world / "VOCdevkit" / "VOC2012"))
-    config = voc12_action.Config.quick(evaluate_on="val")
-    train, scored = voc12_action.scored_persons(root, config)
+    root = voc2012_root(str(tiny_world / "VOCdevkit" / "VOC2012"))
+    config = ActionConfig.quick(evaluate_on="val")
+    train, scored = scored_persons(root, config)
     test_ids = set(read_image_set(root / "ImageSets" / "Action" / "val.txt"))
     train_ids, scored_ids = {p.image_id for p in train}, {p.image_id for p in scored}
     assert scored_ids and not scored_ids & test_ids and not train_ids & test_ids and not train_ids & scored_ids
-    _train_t, scored_t = voc12_action.scored_persons(root, voc12_action.Config.quick())
+    _train_t, scored_t = scored_persons(root, ActionConfig.quick())
     assert {p.image_id for p in scored_t} == test_ids  # the default still scores the benchmark's test split
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_path, one_thread):
     config = settings(tiny_world, tmp_path, heartbeat_interval=1, grace_period=2)
-    first = run_study(config)  # trial 0
-    assert first["complete"] == 1 and first["test"]["sun397_acc"] >= 0
+    first = run_study(config)  # trial 0, then the one final test of the chosen configuration: trial 0's
+    assert first["complete"] == 1 and first["best_trial"] == 0
+    (tested,) = (row for _, row in runs(study_role="final_test").iterrows())
+    testing = (tiny_world / "Partitions" / "Testing_01.txt").read_text().split()
+    chance = 100 / len((tiny_world / "Partitions" / "ClassName.txt").read_text().split())
+    # scored on the benchmark's Testing list (the trial scored a split held out from its training lists) ...
+    assert tested["tags.evaluate_on"] == "test" and tested["metrics.sun397_test_images"] == len(testing)
+    # ... and what it scored is what the study reports and logs, above chance
+    assert first["test"]["sun397_acc"] == pytest.approx(tested["metrics.sun397_acc"])
+    assert mlflow.get_run(first["run_id"]).data.metrics["test_sun397_acc"] == pytest.approx(first["test"]["sun397_acc"])
+    assert first["test"]["sun397_acc"] > chance
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     joined = subprocess.run(
         [sys.executable, "-m", "imagenet_transfer.cli", *cli_args(settings(tiny_world, tmp_path, n_trials=2))],
@@ -126,7 +139,10 @@ def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_
     study.enqueue_trial({"num_classes": 12})
     dead = study.ask()
     dead.suggest_int("num_classes", 10, 40, log=True)  # the enqueued value, stored with the trial
-    study._storage.record_heartbeat(dead._trial_id)
+    storage, _ = open_storage(config)  # the study's RDB storage, through which a worker sends heartbeats
+    storage.record_heartbeat(
+        storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("tiny"), dead.number)
+    )
     client = mlflow.MlflowClient()
     orphan = client.create_run(mlflow.get_run(first["run_id"]).info.experiment_id, tags={"stage": "trial"}).info.run_id
     dead.set_user_attr("mlflow_run_id", orphan)  # the dead worker's trial run, left RUNNING
@@ -229,7 +245,8 @@ def test_multi_objective_choice_and_plots(tmp_path):
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
     from imagenet_transfer import tracking
-    from imagenet_transfer.study import chosen_trial, log_plots
+    from imagenet_transfer.study import chosen_trial
+    from imagenet_transfer.study_plots import log_plots
 
     study = optuna.create_study(directions=["maximize", "maximize"])
     space = {

@@ -16,23 +16,19 @@ import torch
 from conftest import realdata
 from torchvision.ops import MultiScaleRoIAlign
 
+from imagenet_transfer.datasets.voc import VOC_CLASSES
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import resolve_backbone
-from imagenet_transfer.transfer.voc import VOC_CLASSES
-from imagenet_transfer.transfer.voc07_det import (
-    Config,
-    RoIPool,
+from imagenet_transfer.transfer.voc07_det import Config, run
+from imagenet_transfer.transfer.voc07_det.data import (
     Sample,
     _Images,
-    anchor_sizes_for,
-    build_detector,
     find_voc2007,
-    input_scale,
     load_split,
-    run,
     to_voc_boxes,
     training_target,
 )
+from imagenet_transfer.transfer.voc07_det.model import RoIPool, anchor_sizes_for, build_detector, input_scale
 
 
 @pytest.fixture(scope="module")

@@ -14,20 +14,12 @@ import pytest
 import torch
 from conftest import realdata
 
+from imagenet_transfer.datasets.voc import VOC_ACTIONS, read_annotation, read_image_set
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import resolve_backbone
-from imagenet_transfer.transfer.voc import VOC_ACTIONS, read_annotation, read_image_set
-from imagenet_transfer.transfer.voc12_action import (
-    Config,
-    PersonCrops,
-    action_aps,
-    average_precision,
-    mean_ap,
-    person_window,
-    read_persons,
-    run,
-    voc2012_root,
-)
+from imagenet_transfer.transfer.metrics import action_aps, average_precision, mean_ap
+from imagenet_transfer.transfer.voc12_action import Config, run
+from imagenet_transfer.transfer.voc12_action.data import PersonCrops, person_window, read_persons, voc2012_root
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -357,7 +357,8 @@ def budget_study(
     ] = False,
 ) -> None:
     """Search how to spend a budget of B pre-training images (number of classes, labels, class rule) with Optuna."""
-    from imagenet_transfer.study import StudyConfig, run_study
+    from imagenet_transfer.study import run_study
+    from imagenet_transfer.study_config import StudyConfig
 
     config = StudyConfig(
         budget=budget,
@@ -415,7 +416,7 @@ def reproduce(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
 ) -> None:
     """Run the paper grid end to end, skipping every step whose result already exists."""
-    from imagenet_transfer.reproduce import parse_data
+    from imagenet_transfer.grid_plan import parse_data
     from imagenet_transfer.reproduce import reproduce as run_reproduce
 
     summary = run_reproduce(

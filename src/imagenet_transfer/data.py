@@ -87,11 +87,13 @@ def normalisation_for(arch: str) -> str:
 
 def normalise(images: Tensor, normalisation: str = "imagenet") -> Tensor:
     """uint8 (or float 0-255) NCHW/CHW images → float32 normalised (on the images' device)."""
-    mean, inv_std = _mean_inv_std(normalisation, images.device)
+    mean, inv_std = normalisation_tensors(normalisation, images.device)
     return (images.float() - mean) * inv_std
 
 
-def _mean_inv_std(normalisation: str, device: torch.device) -> tuple[Tensor, Tensor]:
+def normalisation_tensors(normalisation: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The named normalisation as (mean, 1 / std), float32 3×1×1 tensors on `device` in 0-255 units:
+    `(images.float() - mean) * inv_std` normalises CHW/NCHW images; UserError for an unknown name."""
     spec = _choose("normalisation", normalisation, NORMALISATION)
     mean = torch.tensor(spec["mean"], device=device).view(3, 1, 1)
     return mean, 1.0 / torch.tensor(spec["std"], device=device).view(3, 1, 1)
@@ -324,7 +326,7 @@ class Loader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        mean, inv_std = _mean_inv_std(self.normalisation, self.device)
+        mean, inv_std = normalisation_tensors(self.normalisation, self.device)
         non_blocking = self.device.type == "cuda"
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         for images, labels, skipped in self.loader:

@@ -66,10 +66,10 @@ def run_prepare(
 ) -> dict[str, Any]:
     """Prepare the shards of `subset` (resuming, or verifying finished ones) and log the run; returns a summary."""
     import mlflow
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from imagenet_transfer.data import default_workers
     from imagenet_transfer.pretrain import resolve_subset
+    from imagenet_transfer.progress import progress_bar
 
     shard_options(
         0,
@@ -117,10 +117,9 @@ def run_prepare(
         resolved = resolved.record()  # a preset or spec: its subset run, a child of this one
         if resolved.run_id:
             mlflow.set_tag("subset_run_id", resolved.run_id)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         started = time.perf_counter()
         existed = (folder / "index.json").exists()
-        with Progress(*columns) as progress:
+        with progress_bar() as progress:
             task = progress.add_task(
                 f"prepare {resolved.name} ({options.format} {options.side}px)", total=len(manifest)
             )

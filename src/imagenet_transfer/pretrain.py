@@ -606,9 +606,8 @@ def _prepare(config, subset, device, state, rank, world_size) -> _Setup:
 
 
 def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_main, on_step, on_epoch):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from imagenet_transfer.engine import evaluate, train_steps
+    from imagenet_transfer.progress import progress_bar
 
     manifest = subset.manifest
     model, net, train_loader, val_loader = setup.model, setup.net, setup.train_loader, setup.val_loader
@@ -661,14 +660,7 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
         last_save = time.monotonic()
 
     metrics: dict[str, float] = {}
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-    )
-    with Progress(*columns, disable=not is_main) as progress:
+    with progress_bar(status=True, enabled=is_main) as progress:
         task = progress.add_task(f"pretrain {config.arch} on {subset.name}", total=total, completed=step, status="")
         while step < total:
             train_loader.set_epoch(epoch, batch)

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.reproduce import RANDOM  # the variant of the grid's no-pre-training rows
+from imagenet_transfer.grid_plan import RANDOM  # the variant of the grid's no-pre-training rows
 
 # The metrics a table shows per benchmark (all in %).
 MAIN_METRICS = {
@@ -286,11 +286,9 @@ def _series(results: pd.DataFrame, x: str, keep) -> dict[str, pd.DataFrame]:
 
 
 def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, label: str = "") -> dict[str, str]:
-    """PNG files in `folder` (`label`, e.g. the grid and scale, goes into the titles); returns file name -> caption."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG files in `folder` (`label`, e.g. the grid and scale, goes into the titles); returns file name -> caption.
+    Drawn on `matplotlib.figure.Figure` objects: no pyplot state, nothing to close."""
+    from matplotlib.figure import Figure
 
     made = {}
     random = (
@@ -328,12 +326,12 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
                 ax.minorticks_off()
         fig.tight_layout()
         fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
         made[name] = caption
 
     per_class = _series(results, "images_per_class", lambda v: v == BASELINE or v.startswith("e1-"))
     if per_class:
-        fig, ax = plt.subplots(figsize=(8.5, 4))
+        fig = Figure(figsize=(8.5, 4))
+        ax = fig.subplots()
         for metric, stats in per_class.items():
             curve(ax, stats, "images_per_class", metric, marker="o")
         reference(ax, list(per_class))
@@ -352,7 +350,8 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
     by_classes = _series(results, "num_classes", lambda v: v == BASELINE or v.startswith(("e2-", "e3-")))
     budget = _series(results, "num_classes", lambda v: v.startswith("e5-"))
     if by_classes or budget:
-        fig, ax = plt.subplots(figsize=(8.5, 4.5))
+        fig = Figure(figsize=(8.5, 4.5))
+        ax = fig.subplots()
         for metric, stats in by_classes.items():
             curve(ax, stats, "num_classes", f"{metric} (E2/E3 labels)", marker="o")
         for metric, stats in budget.items():
@@ -371,7 +370,8 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
             "Transfer vs number of classes: coarser labels (E2, E3) and a fixed image budget (E5).",
         )
     if not trials.empty:
-        fig, ax = plt.subplots(figsize=(8.5, 4))
+        fig = Figure(figsize=(8.5, 4))
+        ax = fig.subplots()
         for study, part in trials.groupby("study_name"):
             ax.scatter(part["num_classes"], part["objective"], label=study or "study")
         ax.set(

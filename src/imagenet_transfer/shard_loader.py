@@ -40,7 +40,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from imagenet_transfer.data import NORMALISATION, SPLITS, EpochSampler, _mean_inv_std, normalisation_for, resize_size
+from imagenet_transfer.data import (
+    NORMALISATION,
+    SPLITS,
+    EpochSampler,
+    normalisation_for,
+    normalisation_tensors,
+    resize_size,
+)
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.models import check_resolution, default_resolution
 from imagenet_transfer.shards import ShardSet
@@ -217,7 +224,7 @@ class ShardLoader:
         seeds = host.seeds.to(device, non_blocking=non_blocking)  # crop offsets are computed on the device
         crops = augment(images, seeds, resolution=self.resolution, train=self.train, resize=self.resize)
         if self._normalisation is None:  # made once: a pageable upload per batch would stall the side stream
-            self._normalisation = _mean_inv_std(self.normalisation, device)
+            self._normalisation = normalisation_tensors(self.normalisation, device)
         mean, inv_std = self._normalisation
         out = (crops.float() - mean) * inv_std
         out = out.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

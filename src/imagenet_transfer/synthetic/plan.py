@@ -9,9 +9,9 @@ import math
 import random
 from dataclasses import asdict, dataclass
 
+from imagenet_transfer.datasets.voc import VOC_ACTIONS, VOC_CLASSES
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.taxonomy import PASCAL_SYNSETS, Taxonomy
-from imagenet_transfer.transfer.voc import VOC_ACTIONS, VOC_CLASSES
 
 ACTIONS = VOC_ACTIONS
 RESOLUTION_RANGE = (24, 512)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imagenet_transfer.datasets.voc import VOC_CLASSES
 from imagenet_transfer.synthetic import draw
-from imagenet_transfer.synthetic.plan import ACTION_PROPS, ACTIONS, TABLE, VOC_CLASSES, VOC_WEIGHTS
+from imagenet_transfer.synthetic.plan import ACTION_PROPS, ACTIONS, TABLE, VOC_WEIGHTS
 from imagenet_transfer.synthetic.traits import FIGURE, Traits
 
 

@@ -1,10 +1,11 @@
-"""What every transfer benchmark shares: the backbone it starts from, its default data, its result.
+"""What every transfer benchmark shares: the backbone it starts from, its default data, its splits, its result.
 
     net, info = resolve_backbone("models:/small-full@current")   # or "random:small", "random:alexnet@224"
     root = world_part("voc2007")                                  # the embedded world's copy, generated if absent
+    frame.loc[carve_validation(frame, 0.2, seed=[0, 1]), "role"] = "val"   # per-class validation split
     return Result(metrics={"voc07_map": 0.41}, figures={"pr_curves.png": fig}, tables={"ap": frame})
 
-A benchmark module (`voc07_det`, `voc12_action`, `sun397_cls`, `probe`) exposes a frozen `Config` and
+A benchmark package (`voc07_det`, `voc12_action`, `sun397`, `probe`) exposes a frozen `Config` and
 `run(backbone, info, config, *, device, progress) -> Result`; it knows nothing of MLflow. The runner
 (`transfer.runner`) opens the run, tags it with the backbone and its pre-training data, and logs the result.
 """
@@ -14,9 +15,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
 
 from imagenet_transfer.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# test: score the benchmark's test split | val: score data held out from its training split (a budget study)
+EvaluateOn = Literal["test", "val"]
+EVALUATE_ON = get_args(EvaluateOn)
+VECTOR_LAYERS = ("pool5", "fc6", "fc7")  # the backbone layers whose features are vectors
 
 
 @dataclass
@@ -64,3 +75,21 @@ def world_part(part: str) -> Path:
 
     folder = PARTS[part]  # a part of several folders (SUN397/ + Partitions/) is read from the world's root
     return generate(progress=False, parts=(part,)) / (folder if isinstance(folder, str) else "")
+
+
+def vector_layers(backbone) -> list[str]:
+    """The layers among pool5, fc6, fc7 that `backbone` has (ResNets: pool5 only)."""
+    return [layer for layer in VECTOR_LAYERS if layer in backbone.feature_layers]
+
+
+def carve_validation(frame: pd.DataFrame, fraction: float, *, seed) -> np.ndarray:
+    """Index labels of the rows with role "train" to move to validation: round(fraction · n) of each `label`
+    (at least one when a class has two or more training rows, never all of them), drawn at random with `seed`."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    train = frame[frame["role"] == "train"]
+    for _, rows in train.groupby("label", sort=True):
+        n = len(rows)
+        take = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
+        chosen.extend(rows.index[rng.permutation(n)[:take]])
+    return np.array(sorted(chosen), dtype=np.int64)

@@ -38,6 +38,7 @@ import torch
 
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.paths import cache_dir
+from imagenet_transfer.progress import progress_bar
 
 CACHE_VERSION = 1  # bump when the extraction itself changes (view, dtype, ...)
 VIEW = "center"
@@ -202,8 +203,6 @@ def _extract(
     progress: bool,
     what: str,
 ) -> dict[str, np.ndarray]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from imagenet_transfer.data import make_loader
     from imagenet_transfer.engine import autocast
 
@@ -220,14 +219,7 @@ def _extract(
     )
     net = net.to(device).eval()
     slots = FeatureSlots(len(paths), {layer: net.feature_dims()[layer] for layer in layers})
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-        transient=True,
-    ) as bar:
+    with progress_bar(enabled=progress, transient=True) as bar:
         task = bar.add_task(f"features of {len(paths)} {what}", total=len(loader))
         for images, indices in loader:
             with autocast(device):

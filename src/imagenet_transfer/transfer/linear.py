@@ -1,8 +1,8 @@
-"""Linear classifiers on frozen features, and the accuracies they are judged by: pure functions of arrays.
+"""Linear classifiers on frozen features: pure functions of arrays.
 
     sel = select_l2(train_x, train_y, val_x, val_y, num_classes=24)       # L2 strength chosen on val
     clf = fit_linear(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), num_classes=24, l2=sel.l2)
-    mean_per_class_accuracy(clf.predict(test_x), test_y)                  # SUN397's metric, a fraction 0..1
+    mean_per_class_accuracy(clf.predict(test_x), test_y)                  # SUN397's metric (`transfer.metrics`)
 
 The classifier is multinomial logistic regression on standardised features (mean and standard deviation of the
 training rows; constant dimensions, e.g. dead ReLUs, are left unscaled), fitted by full-batch L-BFGS in torch
@@ -10,8 +10,8 @@ with zero initialisation, so the convex problem gives the same answer on every r
 mean cross-entropy + l2/2 · ||W||² (bias not penalised). `select_l2` fits one classifier per strength of the
 grid, strongest first with warm starts, and keeps the strength with the best validation score (ties go to the
 stronger penalty). Small fits (N·D·C < SINGLE_THREAD_WORK, e.g. everything on the embedded world) run with one
-torch thread, restored afterwards: their matrix products are too small to share, and on a busy machine
-the hand-offs between threads made them up to 10x slower. No function here reads files or knows about backbones.
+torch thread, restored afterwards: their matrix products are too small to share, and on a busy machine the
+hand-offs between threads cost more than they save. No function here reads files or knows about backbones.
 """
 
 from __future__ import annotations
@@ -24,32 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagenet_transfer.transfer.metrics import mean_per_class_accuracy
+
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 MAX_ITER = 100
 SINGLE_THREAD_WORK = 1e9  # N·D·C below which a fit runs on one thread (thread hand-offs cost more than they save)
-
-
-def top1_accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
-    """Fraction of predictions equal to their target."""
-    predictions, targets = _pair(predictions, targets)
-    return float((predictions == targets).mean())
-
-
-def mean_per_class_accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
-    """Accuracy of each class that occurs among the targets, averaged over those classes (each class weighs
-    the same however many samples it has)."""
-    predictions, targets = _pair(predictions, targets)
-    classes = np.unique(targets)
-    return float(np.mean([(predictions[targets == c] == c).mean() for c in classes]))
-
-
-def _pair(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
-    predictions, targets = np.asarray(predictions), np.asarray(targets)
-    if predictions.shape != targets.shape or predictions.ndim != 1 or not len(targets):
-        raise ValueError(
-            f"predictions {predictions.shape} and targets {targets.shape}: expected two equal, non-empty 1-d arrays"
-        )
-    return predictions, targets
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,22 @@
-"""Detection metrics as accumulators with no model inside: VOC07 11-point AP and COCO-style AP (pycocotools).
+"""Every evaluator of the transfer benchmarks, with no model inside: pure functions and accumulators of
+predictions and ground truth.
 
-    ev = DetectionEvaluator(VOC_CLASSES)
+    ev = DetectionEvaluator(VOC_CLASSES)                          # voc07_det
     ev.add_ground_truth("000001", boxes, labels, difficult)       # every evaluated image, objects or not
     ev.update("000001", det_boxes, det_scores, det_labels)        # once per image, all its detections
     result = ev.accumulate()                                      # per-class PR curves and 11-point AP
     result.summary()        # {"voc07_map": 0.61, "voc07_ap_aeroplane": 0.7, ...}   (fractions in [0, 1])
     ev.coco()               # {"coco_ap": 0.35, "coco_ap50": 0.62, "coco_ap75": 0.33} via pycocotools
 
-Boxes are VOC boxes: `(xmin, ymin, xmax, ymax)`, 1-based inclusive pixel coordinates, so a box's width is
+    aps = action_aps(scores, labels)        # voc12_action: (N, 10) → {action: AP}, VOC2012 action AP
+    mean_ap(aps)                            # the mean of the defined APs
+    mean_per_class_accuracy(pred, target)   # sun397: each class weighs the same
+    top1_accuracy(pred, target)             # probe
+    coarse_top1(pred, coarse_of_label, target_coarse)   # probe: predictions mapped to a coarse label set
+
+All return fractions in [0, 1].
+
+Detection boxes are VOC boxes: `(xmin, ymin, xmax, ymax)`, 1-based inclusive pixel coordinates, so a box's width is
 `xmax - xmin + 1` (the devkit's "+1"). Labels are indices into `classes` or class names.
 
 VOC07 AP, as the devkit's `VOCevaldet.m` (and `voc_eval.py` with `use_07_metric=True`) computes it:
@@ -39,16 +48,25 @@ Difficult objects become `iscrowd=1`, the only ignore flag `COCOeval` honours (i
 `iscrowd`): a detection on a difficult object is ignored, as in VOC, but with COCO's crowd rule (IoU =
 intersection / detection area, and several detections may fall on it). COCO's −1 ("no ground truth")
 becomes NaN.
+
+VOC2012 action AP (`average_precision`), as the action devkit's VOCevalaction + VOCap: rank by score, precision
+made monotone (each precision replaced by the highest at any higher recall), area under that curve over all
+recall steps, not VOC07's 11 points. One difference from the devkit: tied scores form one threshold (the devkit's
+MATLAB sort breaks ties by input order, so its AP then depends on the order of the list). An action with no
+positive has no AP (NaN); `mean_ap` leaves it out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from imagenet_transfer.datasets.voc import VOC_ACTIONS
 
 IOU_THRESHOLD = 0.5
 RECALL_POINTS = np.arange(11) / 10  # exactly 0.0, 0.1, ..., 1.0
@@ -289,4 +307,90 @@ def _coco_box(box: np.ndarray) -> list[float]:
     return [x0 - 1.0, y0 - 1.0, x1 - x0 + 1.0, y1 - y0 + 1.0]
 
 
-__all__ = ["IOU_THRESHOLD", "ClassPR", "DetectionEvaluator", "DetectionResult", "voc07_ap", "voc_iou"]
+# -- VOC2012 action classification ---------------------------------------------------------------------------
+def average_precision(scores: np.ndarray | list, labels: np.ndarray | list) -> float:
+    """VOC2012 action AP (fraction in [0, 1]) of one action: a pure function of scores and labels.
+
+    `labels`: 1 = positive, 0 or -1 = negative. Persons are ranked by decreasing score; precision and recall
+    are taken after each distinct score (tied scores form one threshold, so the AP does not depend on the
+    order of the input: the devkit's stable sort would break ties by list order instead); precision is made
+    monotone from the right and integrated over every recall step (VOCap), as the VOC2012 devkit does, not
+    VOC07's 11 points. No positive: NaN (recall undefined).
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    positive = labels > 0
+    if not positive.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, pos = scores[order], positive[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # evaluate only after the last person of each tied group
+    tp = np.cumsum(pos)[last_of_tie]
+    seen = np.flatnonzero(last_of_tie) + 1
+    recall = np.r_[0.0, tp / positive.sum(), 1.0]
+    precision = np.r_[0.0, tp / seen, 0.0]
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
+
+
+def action_aps(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """{action: AP (fraction; NaN without positives)} for (N, 10) scores and labels (VOC_ACTIONS order)."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2 or scores.shape[1] != len(VOC_ACTIONS) or scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape}: expected both (N, {len(VOC_ACTIONS)})")
+    return {a: average_precision(scores[:, i], labels[:, i]) for i, a in enumerate(VOC_ACTIONS)}
+
+
+def mean_ap(aps: dict[str, float]) -> float:
+    """Mean of the defined APs (NaN ones, actions without positives, are left out); NaN when none is defined."""
+    defined = [v for v in aps.values() if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+# -- classification ------------------------------------------------------------------------------------------
+def top1_accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Fraction of predictions equal to their target."""
+    predictions, targets = _pair(predictions, targets)
+    return float((predictions == targets).mean())
+
+
+def mean_per_class_accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Accuracy of each class that occurs among the targets, averaged over those classes (each class weighs
+    the same however many samples it has)."""
+    predictions, targets = _pair(predictions, targets)
+    classes = np.unique(targets)
+    return float(np.mean([(predictions[targets == c] == c).mean() for c in classes]))
+
+
+def coarse_top1(predicted: np.ndarray, coarse_of_label: np.ndarray, target_coarse: np.ndarray) -> float:
+    """Fraction of rows whose predicted output label maps (`coarse_of_label[label]`) to the target coarse label."""
+    return top1_accuracy(np.asarray(coarse_of_label)[np.asarray(predicted)], np.asarray(target_coarse))
+
+
+def _pair(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    if predictions.shape != targets.shape or predictions.ndim != 1 or not len(targets):
+        raise ValueError(
+            f"predictions {predictions.shape} and targets {targets.shape}: expected two equal, non-empty 1-d arrays"
+        )
+    return predictions, targets
+
+
+__all__ = [
+    "IOU_THRESHOLD",
+    "ClassPR",
+    "DetectionEvaluator",
+    "DetectionResult",
+    "action_aps",
+    "average_precision",
+    "coarse_top1",
+    "mean_ap",
+    "mean_per_class_accuracy",
+    "top1_accuracy",
+    "voc07_ap",
+    "voc_iou",
+]

@@ -30,7 +30,7 @@ from imagenet_transfer.errors import UserError
 BENCHMARKS = {
     "voc07_det": "imagenet_transfer.transfer.voc07_det",
     "voc12_action": "imagenet_transfer.transfer.voc12_action",
-    "sun397": "imagenet_transfer.transfer.sun397_cls",
+    "sun397": "imagenet_transfer.transfer.sun397",
     "probe": "imagenet_transfer.transfer.probe",
 }
 
@@ -119,15 +119,15 @@ def check_data(name: str, config) -> None:
     from imagenet_transfer.transfer.common import world_part
 
     if name == "voc07_det":
-        from imagenet_transfer.transfer.voc07_det import find_voc2007
+        from imagenet_transfer.transfer.voc07_det.data import find_voc2007
 
         find_voc2007(config.data)
     elif name == "voc12_action":
-        from imagenet_transfer.transfer.voc12_action import voc2012_root
+        from imagenet_transfer.transfer.voc12_action.data import voc2012_root
 
         voc2012_root(config.data)
     elif name == "sun397":
-        from imagenet_transfer.transfer.sun397 import find_sun397
+        from imagenet_transfer.datasets.sun397 import find_sun397
 
         find_sun397(config.data or world_part("sun397"))
     elif name == "probe":

@@ -7,12 +7,16 @@ import pytest
 import torch
 from conftest import realdata
 
+from imagenet_transfer.datasets.sun397 import find_sun397, read_class_names
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.models import build_backbone
-from imagenet_transfer.transfer import sun397_cls
+from imagenet_transfer.transfer import sun397
 from imagenet_transfer.transfer.features import FeatureSlots, extract_features
-from imagenet_transfer.transfer.linear import fit_linear, mean_per_class_accuracy, select_l2, top1_accuracy
-from imagenet_transfer.transfer.sun397 import find_sun397, read_class_names
+from imagenet_transfer.transfer.linear import fit_linear, select_l2
+from imagenet_transfer.transfer.metrics import mean_per_class_accuracy, top1_accuracy
+from imagenet_transfer.transfer.sun397.data import load_partition
+from imagenet_transfer.transfer.sun397.engine import evaluate_layers, summarise
+from imagenet_transfer.transfer.sun397.model import feature_layers, with_new_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,11 +78,11 @@ def test_evaluate_layers_chooses_on_validation_only():
         "fc7": dict.fromkeys(("train", "val", "test"), (noise, y)),
         "pool5": {"train": (good, y), "val": (good, y), "test": (noise, y)},
     }  # best on val, useless on test
-    table = sun397_cls.evaluate_layers(data, num_classes=3, l2_grid=(1e-2,), max_iter=50)
+    table = evaluate_layers(data, num_classes=3, l2_grid=(1e-2,), max_iter=50)
     chosen = table[table["chosen"]]
     assert chosen["layer"].tolist() == ["pool5"] and chosen["val_acc"].iloc[0] == 100.0
     assert chosen["test_acc"].iloc[0] < 70  # test is reported for the val choice, not maximised
-    metrics = sun397_cls.summarise(table.assign(partition=1), "linear")
+    metrics = summarise(table.assign(partition=1), "linear")
     assert metrics["sun397_acc"] == chosen["test_acc"].iloc[0] and "sun397_acc_std" not in metrics
     assert set(metrics) >= {"sun397_acc_fc7", "sun397_acc_pool5", "sun397_val_acc"}
 
@@ -109,8 +113,8 @@ def test_real_partitions_through_the_reader():
     layout = find_sun397(realdata("sun397"))
     classes = read_class_names(layout.partitions / "ClassName.txt")
     with pytest.raises(UserError, match=r"partition 1: \d+ of 39700 listed images are missing"):
-        sun397_cls.load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0.001)
-    part = sun397_cls.load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=1.0)
+        load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0.001)
+    part = load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=1.0)
     kept = part.frame
     assert len(kept) + len(part.missing) == 39700 and 0 < len(kept) <= 153
     assert set(kept["role"]) <= {"train", "val", "test"} and kept["label"].between(0, 396).all()
@@ -120,11 +124,11 @@ def test_real_partitions_through_the_reader():
 def test_tiny_world_partitions_and_validation_carving(tiny_world):
     layout = find_sun397(tiny_world)
     classes = read_class_names(layout.partitions / "ClassName.txt")
-    part = sun397_cls.load_partition(layout, 2, classes, val_fraction=0.2, seed=0, max_missing_fraction=0)
+    part = load_partition(layout, 2, classes, val_fraction=0.2, seed=0, max_missing_fraction=0)
     counts = part.frame.groupby(["role", "label"]).size().unstack(0)
     assert (counts["val"] == 1).all() and (counts["train"] == 4).all() and (counts["test"] == 5).all()
-    again = sun397_cls.load_partition(layout, 2, classes, val_fraction=0.2, seed=0, max_missing_fraction=0)
-    other = sun397_cls.load_partition(layout, 2, classes, val_fraction=0.2, seed=1, max_missing_fraction=0)
+    again = load_partition(layout, 2, classes, val_fraction=0.2, seed=0, max_missing_fraction=0)
+    other = load_partition(layout, 2, classes, val_fraction=0.2, seed=1, max_missing_fraction=0)
     val = lambda p: set(p.part("val")["entry"])  # noqa: E731
     assert val(part) == val(again) and val(part) != val(other)
     assert not val(part) & set(part.part("test")["entry"])
@@ -132,8 +136,8 @@ def test_tiny_world_partitions_and_validation_carving(tiny_world):
 
 # -- end to end ---------------------------------------------------------------------------------------------
 def test_linear_protocol_end_to_end(net, tiny_world):
-    config = sun397_cls.Config.quick(data=str(tiny_world))
-    result = sun397_cls.run(net, {"uri": "test"}, config, progress=False)
+    config = sun397.Config.quick(data=str(tiny_world))
+    result = sun397.run(net, {"uri": "test"}, config, progress=False)
     m = result.metrics
     assert m["sun397_partitions"] == 2 and m["sun397_classes"] == 6 and m["sun397_test_images"] == 30
     for name in (
@@ -149,20 +153,20 @@ def test_linear_protocol_end_to_end(net, tiny_world):
     assert len(table) == 6 and table.groupby("partition")["chosen"].sum().tolist() == [1, 1]
     assert m["sun397_acc"] == pytest.approx(table.loc[table["chosen"], "test_acc"].mean())
     assert "sun397_features_images_per_s" in m and set(result.figures) == {"sun397_layers.png"}
-    again = sun397_cls.run(net, {"uri": "test"}, config, progress=False)  # features from the cache
+    again = sun397.run(net, {"uri": "test"}, config, progress=False)  # features from the cache
     assert "sun397_features_images_per_s" not in again.metrics and again.metrics["sun397_acc"] == m["sun397_acc"]
 
 
 def test_finetune_protocol_end_to_end(net, tiny_world):
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    config = sun397_cls.Config.quick(data=str(tiny_world), protocol="finetune", partitions=(3,))
-    result = sun397_cls.run(net, {"uri": "test"}, config, progress=False)
+    config = sun397.Config.quick(data=str(tiny_world), protocol="finetune", partitions=(3,))
+    result = sun397.run(net, {"uri": "test"}, config, progress=False)
     table = result.tables["sun397_finetune.csv"]
     assert table["epoch"].tolist() == [1, 2] and table["chosen"].sum() == 1
     assert result.metrics["sun397_acc"] == table.loc[table["chosen"], "test_acc"].iloc[0]
     assert "sun397_acc_std" not in result.metrics and result.metrics["sun397_best_epoch"] in (1, 2)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the caller's backbone untouched
-    head = sun397_cls.with_new_head(net, 6)
+    head = with_new_head(net, 6)
     assert head.classifier.out_features == 6 and head.num_classes == 6 and net.num_classes == 10
 
 
@@ -170,32 +174,32 @@ def test_finetune_protocol_end_to_end(net, tiny_world):
 def test_missing_partition_is_a_user_error(net, tiny_world):
     expected = r"partition 7: Training_07.txt, Testing_07.txt not found.*available partitions: 1, 2, 3"
     with pytest.raises(UserError, match=expected):
-        sun397_cls.run(net, {}, sun397_cls.Config.quick(data=str(tiny_world), partitions=(1, 7)), progress=False)
+        sun397.run(net, {}, sun397.Config.quick(data=str(tiny_world), partitions=(1, 7)), progress=False)
 
 
 def test_layer_the_backbone_lacks_is_a_user_error(tiny_world):
     resnet = build_backbone("resnet18", 10, resolution=32)
     with pytest.raises(UserError, match="fc7 do not exist in a resnet18 backbone; it has pool5"):
-        sun397_cls.run(resnet, {}, sun397_cls.Config.quick(data=str(tiny_world), layers=("fc7",)), progress=False)
-    assert sun397_cls.feature_layers(resnet, ()) == ("pool5",)
+        sun397.run(resnet, {}, sun397.Config.quick(data=str(tiny_world), layers=("fc7",)), progress=False)
+    assert feature_layers(resnet, ()) == ("pool5",)
 
 
 def test_bad_config_values_list_the_choices(net, tmp_path):
     with pytest.raises(UserError, match="protocol = 'svm': expected 'linear' or 'finetune'"):
-        sun397_cls.Config(protocol="svm")
+        sun397.Config(protocol="svm")
     with pytest.raises(UserError, match="layers.0 = 'conv5': expected 'pool5', 'fc6' or 'fc7'"):
-        sun397_cls.Config(layers=("conv5",))
+        sun397.Config(layers=("conv5",))
     with pytest.raises(UserError, match="val_fraction = 0: expected greater than 0"):
-        sun397_cls.Config(val_fraction=0)
+        sun397.Config(val_fraction=0)
     with pytest.raises(UserError, match=r"partitions = \(1, 1\): expected distinct partition numbers"):
-        sun397_cls.Config(partitions=(1, 1))
+        sun397.Config(partitions=(1, 1))
     with pytest.raises(UserError, match="partitions.0 = 0: expected greater than 0"):
-        sun397_cls.Config(partitions=(0,))
+        sun397.Config(partitions=(0,))
     with pytest.raises(UserError, match=r"partitions = \[1, 2\]: expected a valid tuple"):  # the callers pass tuples
-        sun397_cls.Config(partitions=[1, 2])
+        sun397.Config(partitions=[1, 2])
     with pytest.raises(UserError, match="no Partitions/ClassName.txt"):
-        sun397_cls.run(net, {}, sun397_cls.Config(data=str(tmp_path)), progress=False)
-    assert sun397_cls.Config(partitions=(1, 2)).partitions == (1, 2)
+        sun397.run(net, {}, sun397.Config(data=str(tmp_path)), progress=False)
+    assert sun397.Config(partitions=(1, 2)).partitions == (1, 2)
 
 
 def test_image_listed_but_absent_is_counted_and_tolerated(tiny_world, tmp_path):
@@ -209,6 +213,6 @@ def test_image_listed_but_absent_is_counted_and_tolerated(tiny_world, tmp_path):
     layout = find_sun397(root)
     classes = read_class_names(layout.partitions / "ClassName.txt")
     with pytest.raises(UserError, match=f"1 of 60 listed images are missing.*{gone.name}"):
-        sun397_cls.load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0)
-    part = sun397_cls.load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0.05)
+        load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0)
+    part = load_partition(layout, 1, classes, val_fraction=0.2, seed=0, max_missing_fraction=0.05)
     assert len(part.missing) == 1 and len(part.frame) == 59

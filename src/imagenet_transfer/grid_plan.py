@@ -1,0 +1,290 @@
+"""The plan: a grid at one scale expanded into every step (subset, pre-training, benchmarks), each with its key.
+
+    imagenet-transfer reproduce --smoke                  # the plan of configs/paper.yaml's smoke profile, then run
+    imagenet-transfer reproduce --only E1,E3 --seeds 3
+
+Input: a `Grid` (`grid.load_grid`), the scale (world, or real with a source and `--data NAME=PATH` paths), smoke,
+seeds and the experiments to run. Output: a `Plan`: one `Unit` per (experiment, variant, arch, seed), holding
+its subset (built in memory, so that a variant that does not fit the source fails before anything runs), its
+resolved `PretrainConfig` and its benchmark configs; and, where the scale sets `baselines: true`, one `Baseline`
+per experiment and arch: its benchmarks on the architecture randomly initialised (`random:ARCH@RES`, variant
+`random`). At world scale the world is generated (or the one given is checked) first.
+
+A step's key is the hash of the stage, its normalised config, its upstream input (the subset digest and the
+source's content digest for a subset or pre-training, the model version or random backbone for a benchmark) and
+the code version (`provenance.code_version`); a world's folder enters a key as its content hash, so the same
+world found at another path gives the same keys. `reproduce` reuses a FINISHED run that carries the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagenet_transfer.errors import UserError
+from imagenet_transfer.grid import SCALES, Grid, Variant
+
+RANDOM = "random"  # the variant name of the no-pre-training baseline (`random:ARCH@RES` backbones)
+
+
+@dataclass(frozen=True)
+class SubsetPlan:
+    preset: str
+    spec: Any  # SubsetSpec
+    digest: str
+    num_labels: int
+    num_fine_classes: int
+    train_images: int
+    key: str
+
+    @property
+    def images_per_class(self) -> float:
+        return self.train_images / max(1, self.num_fine_classes)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One pre-training (a variant of an experiment, an arch, a seed) and the benchmarks run on it."""
+
+    experiment: str
+    variant: Variant
+    arch: str
+    seed: int
+    subset: SubsetPlan
+    pretrain: Any  # PretrainConfig (subset filled in when the subset folder exists)
+    pretrain_key: str
+    benchmarks: dict[str, Any]  # name -> benchmark Config
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The benchmarks of an experiment on a randomly initialised backbone of an arch (no pre-training)."""
+
+    experiment: str
+    arch: str
+    backbone: str  # random:ARCH@RES, RES the resolution the grid pre-trains this arch at
+    benchmarks: dict[str, Any]  # name -> benchmark Config, the experiment's
+
+
+@dataclass(frozen=True)
+class Plan:
+    grid: Grid
+    scale: str
+    profile: str  # world, smoke or real
+    smoke: bool
+    seeds: int
+    source: str
+    world: str  # the world root ("" at real scale)
+    world_hash: str  # its content hash (keys do not depend on where the world lies)
+    units: tuple[Unit, ...] = field(default_factory=tuple)
+    baselines: tuple[Baseline, ...] = field(default_factory=tuple)
+
+    @property
+    def steps(self) -> int:
+        return (
+            len({u.subset.key for u in self.units})
+            + sum(1 + len(u.benchmarks) for u in self.units)
+            + sum(len(b.benchmarks) for b in self.baselines)
+        )
+
+    def transfer_key(self, benchmark: str, config, backbone: str) -> str:
+        """The step key of `benchmark` with `config` on `backbone` (a model URI, or `random:ARCH@RES`)."""
+        return step_key(f"transfer:{benchmark}", _normalised(config, self.world, self.world_hash), backbone)
+
+
+def step_key(stage: str, config: dict[str, Any], upstream: str) -> str:
+    """hash(stage, normalised config, upstream digests or model version, code version)."""
+    from imagenet_transfer.provenance import cache_key
+
+    return cache_key(stage, config, upstream)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One pre-training of the expanded grid, before any data is read."""
+
+    experiment: str
+    variant: Variant
+    arch: str
+    seed: int
+    recipe: str
+
+
+def expand(
+    grid: Grid, *, scale: str = "world", smoke: bool = False, seeds: int | None = None, only: list[str] | None = None
+) -> tuple[str, list[Entry]]:
+    """The scale profile (world, smoke or real) and every (experiment, variant, arch, seed) of the grid."""
+    if scale not in SCALES:
+        raise UserError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
+        raise UserError(f"--seeds {seeds}: expected a positive integer")
+    profile = "smoke" if smoke and scale == "world" else scale
+    settings = grid.scales[profile]
+    chosen = list(grid.experiments) if not only else list(only)
+    unknown = [e for e in chosen if e not in grid.experiments]
+    if unknown:
+        raise UserError(
+            f"--only {','.join(unknown)}: not in grid {grid.path}; expected some of {', '.join(grid.experiments)}"
+        )
+    recipe = "smoke" if smoke else settings.get("recipe", "world")
+    entries = [
+        Entry(exp_id, variant, arch, seed, recipe)
+        for exp_id in chosen
+        for variant in grid.experiments[exp_id].variants[profile]
+        for arch in grid.experiments[exp_id].archs or settings["archs"]
+        for seed in range(seeds or grid.seeds)
+    ]
+    return profile, entries
+
+
+def make_plan(
+    grid: Grid,
+    *,
+    scale: str = "world",
+    smoke: bool = False,
+    seeds: int | None = None,
+    only: list[str] | None = None,
+    source: str = "",
+    data: dict[str, str] | None = None,
+    world: str | Path | None = None,
+) -> Plan:
+    """Resolve the grid at a scale into units; builds every subset in memory (no run) so that a variant
+    that does not fit the source fails here, before anything starts."""
+    from imagenet_transfer.catalog import load_catalog, source_digest
+    from imagenet_transfer.pretrain import PretrainConfig
+    from imagenet_transfer.subsets import build_subset, preset
+    from imagenet_transfer.transfer.runner import make_config
+
+    profile, entries = expand(grid, scale=scale, smoke=smoke, seeds=seeds, only=only)
+    settings = grid.scales[profile]
+    world_root, world_hash = "", ""
+    if scale == "world":
+        from imagenet_transfer.synthetic import PARTS, generate, present_parts, read_world
+
+        root = Path(world) if world else generate(size=settings.get("world", "default"), progress=False)
+        manifest = read_world(root)  # raises on a folder that is not a world
+        if present_parts(manifest) != set(PARTS):
+            raise UserError(
+                f"world {root} holds only the part(s) {', '.join(sorted(present_parts(manifest)))}; "
+                f"expected a complete world (`imagenet-transfer synth --out {root}` adds the rest)"
+            )
+        world_hash = manifest["content_sha256"]
+        world_root = str(Path(root).absolute())
+        source = source or str(Path(world_root) / "imagenet")
+    else:
+        source = source or settings.get("source") or ""
+        if not source:
+            raise UserError(
+                "--scale real needs --source: the ImageNet folder (train/<wnid>/, val/) or a catalog .parquet"
+            )
+    paths = {**(settings.get("data") or {}), **(data or {})}
+    catalog = load_catalog(source)
+    content = source_digest(source)
+
+    configs: dict[str, dict[str, Any]] = {}  # experiment -> benchmark -> Config
+    for exp_id in dict.fromkeys(e.experiment for e in entries):
+        experiment = grid.experiments[exp_id]
+        configs[exp_id] = {}
+        for name in experiment.benchmarks:
+            overrides = {**settings["benchmarks"].get(name, {}), **experiment.benchmarks[name]}
+            config = make_config(name, quick=smoke or bool(settings.get("quick")))
+            target = paths.get(name) or (
+                str(Path(world_root) / "imagenet") if name == "probe" and world_root else world_root
+            )
+            if name == "probe" and not target:
+                target = source  # the probes read the pre-training source's fine classes
+            if not target:
+                raise UserError(f"benchmark {name} of {exp_id} at scale {scale} needs its data: --data {name}=PATH")
+            overrides = {"data": target, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}}
+            try:
+                configs[exp_id][name] = config.replace(**overrides)
+            except UserError as err:
+                raise UserError(f"grid file {grid.path}, experiment {exp_id}, benchmark {name}: {err}") from None
+
+    subsets: dict[str, SubsetPlan] = {}
+    units = []
+    for entry in entries:
+        name = entry.variant.preset
+        if name not in subsets:
+            spec = preset(name)
+            try:
+                built = build_subset(catalog, spec)
+            except UserError as err:
+                raise UserError(
+                    f"grid file {grid.path}, experiment {entry.experiment}, variant {name} at scale {profile}: {err}"
+                ) from None
+            summary = built.summary()
+            subsets[name] = SubsetPlan(
+                name,
+                spec,
+                built.digest,
+                summary["num_labels"],
+                summary["num_fine_classes"],
+                summary["train_images"],
+                step_key("subset", spec.params(), f"{built.digest}:{content}"),
+            )
+            del built  # a real-scale manifest is large; it is rebuilt when the subset step runs
+        try:
+            config = PretrainConfig(
+                subset=name,
+                source=source,
+                arch=entry.arch,
+                recipe=entry.recipe,
+                seed=entry.seed,
+                model_name=f"{grid.name}-{entry.arch}-{name}-s{entry.seed}",
+                **settings["pretrain"],
+            ).resolve()
+        except (TypeError, UserError) as err:
+            raise UserError(f"grid file {grid.path}, scales.{profile}.pretrain: {err}") from None
+        trained = {
+            k: v for k, v in config.to_dict().items() if k not in (*PretrainConfig.OPERATIONAL, "subset", "source")
+        }
+        units.append(
+            Unit(
+                entry.experiment,
+                entry.variant,
+                entry.arch,
+                entry.seed,
+                subsets[name],
+                config,
+                step_key("pretrain", trained, f"{subsets[name].digest}:{content}"),
+                configs[entry.experiment],
+            )
+        )
+    baselines = []
+    if settings.get("baselines", False):  # one random backbone per experiment and arch, at the unit's resolution
+        for unit in units:
+            if not any(b.experiment == unit.experiment and b.arch == unit.arch for b in baselines):
+                baselines.append(
+                    Baseline(
+                        unit.experiment,
+                        unit.arch,
+                        f"random:{unit.arch}@{unit.pretrain.resolution}",
+                        configs[unit.experiment],
+                    )
+                )
+    seeds_used = seeds or grid.seeds
+    return Plan(grid, scale, profile, smoke, seeds_used, source, world_root, world_hash, tuple(units), tuple(baselines))
+
+
+def _normalised(config, world_root: str, world_hash: str) -> dict[str, Any]:
+    """A benchmark config as a plain dict with the world's folder replaced by its content hash, so the
+    same world found at another path gives the same key."""
+    values = config.to_dict()
+    if world_root and isinstance(values.get("data"), str) and values["data"].startswith(world_root):
+        values["data"] = f"world:{world_hash}" + values["data"][len(world_root) :]
+    return values
+
+
+def parse_data(items: list[str] | None) -> dict[str, str]:
+    """`--data NAME=PATH` items as a mapping, checked against the benchmarks."""
+    from imagenet_transfer.transfer.runner import BENCHMARKS
+
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in BENCHMARKS or not path:
+            raise UserError(f"--data {item!r}: expected BENCHMARK=PATH with BENCHMARK one of {', '.join(BENCHMARKS)}")
+        out[name] = path
+    return out
