@@ -128,13 +128,28 @@ def test_bad_specs_are_refused(spec, message):
         spec()
 
 
+def test_e5_at_ilsvrc_scale_draws_its_classes_among_those_with_b_over_c_images():
+    """ILSVRC-2012 has classes of 732 images: a budget of 1000 a class is drawn among the classes that have 1000."""
+    from imagenet_transfer.catalog import ILSVRC_TRAIN_IMAGES, ilsvrc_shaped_catalog
+
+    catalog = ilsvrc_shaped_catalog()
+    sizes = catalog[catalog["split"] == "train"].groupby("wnid", observed=True).size()
+    assert sizes.sum() == ILSVRC_TRAIN_IMAGES and (sizes.min(), sizes.max()) == (732, 1300)
+    for classes in (128, 250, 500, 1000):
+        counts = train_counts(build_subset(catalog, preset(f"e5-budget-128000-classes-{classes}")))
+        assert counts.sum() == 128_000 and len(counts) == classes and set(counts) == {128_000 // classes}
+        assert (sizes[counts.index] >= 128_000 // classes).all()
+    small = sizes[sizes < 1000].index  # the 115 classes that could not give 1000 images are never drawn
+    assert not set(small) & set(train_counts(build_subset(catalog, preset("e5-budget-128000-classes-128"))).index)
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
         ("e1-70", r"needs more train images than \d+ class\(es\) have: n0"),
         ("e5-budget-50-classes-100", "cannot give each of 100 classes an image"),
         ("e5-budget-100000-classes-1001", "asks for 1001 classes but the catalog has 1000"),
-        ("e5-budget-20000-classes-100", "needs more train images"),
+        ("e5-budget-20000-classes-100", "needs 200 train images in each, and only 0 of the catalog's 1000"),
     ],
 )
 def test_impossible_requests_name_the_classes(catalog, name, message):

@@ -379,6 +379,28 @@ def demo_catalog(seed: int = 0) -> pd.DataFrame:
     return _frame(pd.DataFrame({"path": paths, "wnid": wnids, "split": splits}))
 
 
+ILSVRC_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train: 1000 classes of 732-1300 images, 50 val images each
+
+
+def ilsvrc_shaped_catalog() -> pd.DataFrame:
+    """A listing (no image files) with ILSVRC-2012's shape: the 1000 classes, 1,281,167 train images, 732 to 1300
+    a class (one class of 732, 114 of 1140, one of 1275, the rest 1300), and 50 val images each. Enough to plan
+    the real-scale grid (`reproduce --scale real --plan --source <this as .parquet>`) without the data."""
+    from imagenet_transfer.taxonomy import load_taxonomy
+
+    classes = load_taxonomy().classes
+    counts = np.full(len(classes), 1300)
+    counts[0], counts[1:115], counts[115] = 732, 1140, 1275
+    assert counts.sum() == ILSVRC_TRAIN_IMAGES and counts.min() == 732
+    paths, wnids, splits = [], [], []
+    for wnid, n_train in zip(classes, counts):
+        paths += [f"ilsvrc/train/{wnid}/{wnid}_{i}.JPEG" for i in range(n_train)]
+        paths += [f"ilsvrc/val/{wnid}/{wnid}_val_{i}.JPEG" for i in range(50)]
+        wnids += [wnid] * (int(n_train) + 50)
+        splits += ["train"] * int(n_train) + ["val"] * 50
+    return _frame(pd.DataFrame({"path": paths, "wnid": wnids, "split": splits}))
+
+
 @lru_cache(maxsize=1)
 def _demo_digest() -> str:
     """A digest of the demo catalog's rows (path, wnid, split, in order)."""

@@ -188,7 +188,7 @@ def make_plan(
         configs[exp_id] = {}
         for name in experiment.benchmarks:
             overrides = {**settings["benchmarks"].get(name, {}), **experiment.benchmarks[name]}
-            config = make_config(name, quick=smoke or bool(settings.get("quick")))
+            config = make_config(name, quick=smoke or bool(settings.get("quick")), real=profile == "real")
             target = paths.get(name) or (
                 str(Path(world_root) / "imagenet") if name == "probe" and world_root else world_root
             )

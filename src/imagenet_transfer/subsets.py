@@ -130,7 +130,7 @@ PRESET_PATTERNS = {
     "e1-<N>": "E1: N train images per class (paper: 500, 250, 125, 50)",
     "e2-<K>": "E2: bottom-up WordNet merge to K classes (paper: 918, 753, 486, 79, 9)",
     "e3-<K>": "E3: top-down WordNet clustering to K classes (127, 10, 2)",
-    "e5-budget-<B>-classes-<C>": "E5: a budget of B train images over C random classes",
+    "e5-budget-<B>-classes-<C>": "E5: a budget of B train images over C random classes (among those with B/C)",
     "e6-pascal-removed": "E6: drop every class below a PASCAL VOC synset (771 of 1000 kept)",
     "e7-<random|minimal>-<a|b|ab>": "E7: half A, half B or A+B of a random or a minimal class split",
 }
@@ -197,6 +197,21 @@ class Subset:
         }
 
 
+def _classes_for_budget(spec: SubsetSpec, available: list[str], counts: np.ndarray, fine: list[str]) -> list[str]:
+    """E5's rule: the C classes are drawn among those that hold B/C train images (rounded up), so that every
+    chosen class gets its share. ILSVRC-2012 has classes of 732 images, so a budget of 1000 a class can only
+    come from the classes that have 1000; on a world where every class has the same count nothing changes."""
+    need = -(-spec.budget // spec.num_classes)
+    index = {w: i for i, w in enumerate(fine)}
+    eligible = [w for w in available if counts[index[w]] >= need]
+    if len(eligible) < spec.num_classes:
+        raise UserError(
+            f"subset spec {spec.name!r}: a budget of {spec.budget} over {spec.num_classes} classes needs {need} "
+            f"train images in each, and only {len(eligible)} of the catalog's {len(available)} classes have that many"
+        )
+    return eligible
+
+
 def select_classes(spec: SubsetSpec, available: list[str], taxonomy: Taxonomy) -> list[str]:
     """The fine classes of `available` (the catalog's train classes) that `spec` keeps."""
     if spec.classes == "all":
@@ -235,9 +250,12 @@ def build_subset(catalog: pd.DataFrame, spec: SubsetSpec, taxonomy: Taxonomy | N
     train_code = _code_of(split, "train")
     val_code = _code_of(split, "val")
     is_train = split_codes == train_code
-    available = [fine[c] for c in np.unique(codes[is_train])]
+    train_counts = np.bincount(codes[is_train], minlength=len(fine))
+    available = [fine[c] for c in np.flatnonzero(train_counts)]
     if not available:
         raise UserError("the catalog has no train images; expected rows with split == 'train'")
+    if spec.classes == "random" and spec.budget is not None and spec.num_classes <= len(available):
+        available = _classes_for_budget(spec, available, train_counts, fine)
     chosen = select_classes(spec, available, taxonomy)
     if not chosen:
         raise UserError(f"subset spec {spec.name!r} keeps none of the catalog's {len(available)} classes")

@@ -41,10 +41,17 @@ def benchmark_module(name: str):
     return importlib.import_module(BENCHMARKS[name])
 
 
-def make_config(name: str, settings: list[str] | None = None, *, quick: bool = False):
-    """The benchmark's Config (its `quick()` variant if asked) with `key=value` settings applied."""
+def make_config(name: str, settings: list[str] | None = None, *, quick: bool = False, real: bool = False):
+    """The benchmark's Config with `key=value` settings applied: its `quick()` variant (smoke tests), its `real()`
+    variant (the published protocol on the real dataset, where the benchmark has one) or the defaults (the
+    embedded world)."""
     module = benchmark_module(name)
-    config = module.Config.quick() if quick else module.Config()
+    if quick:
+        config = module.Config.quick()
+    elif real and hasattr(module.Config, "real"):
+        config = module.Config.real()
+    else:
+        config = module.Config()
     fields = type(config).model_fields
     changes = {}
     for item in settings or []:

@@ -53,6 +53,11 @@ class Config(Settings):
     weight_decay: float = 5e-4
 
     @classmethod
+    def real(cls, **changes) -> Config:
+        """Real SUN397, the paper's protocol: fine-tuning, on all ten official partitions (mean ± std over them)."""
+        return cls(**{"protocol": "finetune", "partitions": tuple(range(1, 11)), "workers": 4, **changes})
+
+    @classmethod
     def quick(cls, **changes) -> Config:
         """A few seconds on the tiny world: two partitions, two L2 strengths, two epochs."""
         return cls(

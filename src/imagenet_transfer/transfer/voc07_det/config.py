@@ -46,6 +46,46 @@ class Config(Settings):
     seed: int = Field(0, ge=0)
 
     @classmethod
+    def real(cls, **overrides: Any) -> Config:
+        """Real VOC2007 with an AlexNet-sized backbone: py-faster-rcnn's end-to-end recipe for ZF on PASCAL VOC.
+
+        From rbgirshick/py-faster-rcnn: `models/pascal_voc/ZF/faster_rcnn_end2end/solver.prototxt` (base_lr 0.001,
+        step policy, gamma 0.1, stepsize 50000, momentum 0.9, weight_decay 0.0005),
+        `experiments/scripts/faster_rcnn_end2end.sh` (70000 iterations on voc_2007_trainval),
+        `experiments/cfgs/faster_rcnn_end2end.yml` and `lib/fast_rcnn/config.py` (one image a batch, shorter side
+        600 capped at 1000, flipped images, 128 ROIs an image, RPN 12000/2000 proposals before/after NMS in
+        training and 6000/300 at test, anchors 128/256/512 at ratios 0.5/1/2, test threshold 0.05 and 100
+        detections an image). ZF's train.prototxt learns every layer (lr_mult 1 from conv1 on), so nothing is
+        frozen here either."""
+        return cls(
+            **{
+                **dict(
+                    iterations=70_000,
+                    batch_size=1,
+                    lr=0.001,
+                    momentum=0.9,
+                    weight_decay=5e-4,
+                    warmup=0,
+                    lr_drop=50_000 / 70_000,
+                    flip=True,
+                    min_size=600,
+                    max_size=1000,
+                    anchor_sizes=(128.0, 256.0, 512.0),
+                    aspect_ratios=(0.5, 1.0, 2.0),
+                    rpn_pre_nms_train=12_000,
+                    rpn_post_nms_train=2000,
+                    rpn_pre_nms_test=6000,
+                    rpn_post_nms_test=300,
+                    box_batch_size=128,
+                    score_thresh=0.05,
+                    detections_per_image=100,
+                    workers=4,
+                ),
+                **overrides,
+            }
+        )
+
+    @classmethod
     def quick(cls, **overrides: Any) -> Config:
         """A few iterations on small batches: a smoke test of the whole path (seconds on the tiny world)."""
         return cls(
