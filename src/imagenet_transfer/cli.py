@@ -414,10 +414,29 @@ def reproduce(
     ] = None,
     world: Annotated[Path | None, typer.Option(help="a generated world folder instead of the scale's")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    plan: Annotated[
+        bool,
+        typer.Option("--plan", help="print every step with its settings and estimated GPU-hours, and run nothing"),
+    ] = False,
 ) -> None:
     """Run the paper grid end to end, skipping every step whose result already exists."""
     from imagenet_transfer.grid_plan import parse_data
     from imagenet_transfer.reproduce import reproduce as run_reproduce
+
+    if plan:
+        from imagenet_transfer.reproduce import print_plan
+
+        print_plan(
+            grid,
+            scale=scale,
+            smoke=smoke,
+            seeds=seeds,
+            only=[e for e in only.split(",") if e] or None,
+            source=source,
+            data=parse_data(data),
+            world=world,
+        )
+        return
 
     summary = run_reproduce(
         grid,

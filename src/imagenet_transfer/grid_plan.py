@@ -203,17 +203,19 @@ def make_plan(
                 raise UserError(f"grid file {grid.path}, experiment {exp_id}, benchmark {name}: {err}") from None
 
     subsets: dict[str, SubsetPlan] = {}
+    failed: dict[str, str] = {}  # preset -> why its subset cannot be built (every one is named, then nothing runs)
     units = []
     for entry in entries:
         name = entry.variant.preset
+        if name in failed:
+            continue
         if name not in subsets:
             spec = preset(name)
             try:
                 built = build_subset(catalog, spec)
             except UserError as err:
-                raise UserError(
-                    f"grid file {grid.path}, experiment {entry.experiment}, variant {name} at scale {profile}: {err}"
-                ) from None
+                failed[name] = f"experiment {entry.experiment}, variant {name} at scale {profile}: {err}"
+                continue
             summary = built.summary()
             subsets[name] = SubsetPlan(
                 name,
@@ -252,6 +254,10 @@ def make_plan(
                 configs[entry.experiment],
             )
         )
+    if failed:
+        raise UserError(
+            f"grid file {grid.path}: {len(failed)} step(s) cannot run on {source}:\n  " + "\n  ".join(failed.values())
+        )
     baselines = []
     if settings.get("baselines", False):  # one random backbone per experiment and arch, at the unit's resolution
         for unit in units:
@@ -288,3 +294,96 @@ def parse_data(items: list[str] | None) -> dict[str, str]:
             raise UserError(f"--data {item!r}: expected BENCHMARK=PATH with BENCHMARK one of {', '.join(BENCHMARKS)}")
         out[name] = path
     return out
+
+
+# Training images/s of one H200 with the input pipeline, batch 256, bf16 (bench/README.md, `throughput.py`).
+H200_IMAGES_PER_S = {"caffe_alexnet": 9217, "alexnet": 7808, "resnet18": 7615, "resnet50": 4510, "small": 42723}
+# Images a benchmark sees, where its data folder cannot be read at plan time (the real datasets' sizes).
+REAL_SIZES = {"voc07_det_test": 4952, "voc12_action_train": 2296, "voc12_action_val": 2292, "sun397_train": 397 * 50}
+
+
+def describe(plan: Plan, *, gpus: int = 8) -> list[dict[str, Any]]:
+    """Every step of `plan` as a row: what it trains, with which settings, how many images it processes and an
+    estimate of its GPU-hours on one H200 and on `gpus` of them.
+
+    The estimate divides the images a step processes (training images, each weighted by its pixels relative to
+    the architecture's resolution; evaluation and frozen features at a third of a training image) by the
+    architecture's training throughput in `H200_IMAGES_PER_S`; `gpus` GPUs are assumed to scale linearly. It is
+    a guide for booking machines, not a measurement."""
+    rows = []
+    seen: set = set()  # steps shared between experiments run once: later mentions cost nothing
+    for unit in plan.units:
+        if unit.subset.key not in seen:
+            seen.add(unit.subset.key)
+            s = unit.subset
+            what = f"{s.num_fine_classes} classes, {s.num_labels} labels, {s.train_images:,} train images"
+            rows.append(_row(unit, "subset", what, 0, gpus))
+        c = unit.pretrain
+        steps = c.iterations if c.schedule == "iterations" else -(-c.epochs * unit.subset.train_images // c.batch_size)
+        settings = (
+            f"{c.recipe}: {steps:,} iterations of {c.batch_size} (global), lr {c.lr:g} {c.decay}, "
+            f"momentum {c.momentum:g}, decay {c.weight_decay:g}, {c.resolution} px"
+        )
+        rows.append(_row(unit, "pretrain", settings, steps * c.batch_size, gpus, unit.pretrain_key in seen))
+        seen.add(unit.pretrain_key)
+        for name, config in unit.benchmarks.items():
+            settings, images = _benchmark_cost(name, config, c.resolution)
+            shared = (unit.pretrain_key, name, repr(config)) in seen
+            rows.append(_row(unit, f"transfer {name}", settings, images, gpus, shared))
+            seen.add((unit.pretrain_key, name, repr(config)))
+    for base in plan.baselines:
+        resolution = int(base.backbone.rsplit("@", 1)[1])
+        for name, config in base.benchmarks.items():
+            settings, images = _benchmark_cost(name, config, resolution)
+            shared = (base.backbone, name, repr(config)) in seen
+            seen.add((base.backbone, name, repr(config)))
+            row = {"experiment": base.experiment, "variant": "random init", "arch": base.arch, "seed": ""}
+            rows.append({**row, **_cost(f"transfer {name}", settings, images, base.arch, gpus, shared)})
+    return rows
+
+
+def _row(unit: Unit, step: str, settings: str, images: float, gpus: int, shared: bool = False) -> dict[str, Any]:
+    row = {"experiment": unit.experiment, "variant": unit.variant.preset, "arch": unit.arch, "seed": unit.seed}
+    return {**row, **_cost(step, settings, images, unit.arch, gpus, shared)}
+
+
+def _cost(step: str, settings: str, images: float, arch: str, gpus: int, shared: bool) -> dict[str, Any]:
+    if shared:
+        step, images = f"{step} (shared: runs once)", 0.0
+    hours = images / H200_IMAGES_PER_S[arch] / 3600
+    return {"step": step, "settings": settings, "images": images, "gpu_hours": hours, f"hours_on_{gpus}": hours / gpus}
+
+
+def _listed(path: Path, default: int) -> int:
+    return len(path.read_text().split("\n")) - 1 if path.is_file() else default
+
+
+def _benchmark_cost(name: str, config, resolution: int) -> tuple[str, float]:
+    """(the settings that decide its cost, training-image equivalents it processes)."""
+    data = Path(config.data) if config.data else Path()
+    if name == "voc07_det":
+        side = config.min_size or resolution
+        pixels = side * side * 4 / 3 / resolution**2  # VOC photos are ~4:3
+        test = _listed(data / "VOC2007" / "ImageSets" / "Main" / "test.txt", REAL_SIZES["voc07_det_test"])
+        settings = (
+            f"{config.iterations:,} iterations of {config.batch_size}, lr {config.lr:g} (x0.1 at "
+            f"{config.lr_drop:.0%}), shorter side {config.min_size or 'auto'}, {config.box_batch_size} ROIs"
+        )
+        return settings, (config.iterations * config.batch_size + test / 3) * pixels
+    if name == "voc12_action":
+        root = data / "VOC2012" / "ImageSets" / "Action"
+        train = _listed(root / "train.txt", REAL_SIZES["voc12_action_train"])
+        val = _listed(root / "val.txt", REAL_SIZES["voc12_action_val"])
+        context = 2 if config.context else 1
+        settings = f"{config.epochs} epochs of {config.batch_size}, lr {config.lr:g}, context {config.context}"
+        return settings, (config.epochs * train + val / 3) * context
+    if name == "sun397":
+        train = _listed(data / "Partitions" / "Training_01.txt", REAL_SIZES["sun397_train"])
+        parts = len(config.partitions)
+        if config.protocol == "finetune":
+            settings = f"finetune, {parts} partitions, {config.epochs} epochs of {config.train_batch_size}"
+            return settings, parts * (config.epochs * train * (1 - config.val_fraction) + train / 3)
+        return f"linear on frozen features, {parts} partitions", parts * 2 * train / 3
+    # probe: frozen features of a sample of the source's classes (at most ILSVRC's 1000, 50 val images each)
+    images = 1000 * (config.train_per_class + (config.val_per_class or 50))
+    return f"kNN (k={config.k}) and linear probe, {config.train_per_class} train images a class", images / 3

@@ -309,3 +309,37 @@ def reproduce(
         load_grid(grid_path), scale=scale, smoke=smoke, seeds=seeds, only=only, source=source, data=data, world=world
     )
     return run_grid(plan, device=device, on_step=on_step)
+
+
+def print_plan(grid_path: str | Path, *, gpus: int = 8, **options: Any) -> list[dict[str, Any]]:
+    """Plan a grid (every step checked, nothing run) and print its steps, settings and estimated GPU-hours."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from imagenet_transfer.grid_plan import describe
+
+    plan = make_plan(load_grid(grid_path), **options)
+    rows = describe(plan, gpus=gpus)
+    table = Table(title=f"{plan.grid.name} at scale {plan.profile}: {len(rows)} steps", show_lines=False)
+    for column in ("experiment", "variant", "arch", "seed", "step", "settings", "GPU-h (1 H200)", f"on {gpus}"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["experiment"],
+            row["variant"],
+            row["arch"],
+            str(row["seed"]),
+            row["step"],
+            row["settings"],
+            f"{row['gpu_hours']:.2f}",
+            f"{row[f'hours_on_{gpus}']:.2f}",
+        )
+    total = sum(r["gpu_hours"] for r in rows)
+    console = Console(width=200)
+    console.print(table)
+    console.print(
+        f"total: {total:,.1f} GPU-hours on one H200, {total / gpus:,.1f} hours on {gpus} "
+        "(training throughput from bench/README.md, linear scaling assumed; steps shared between experiments run "
+        "once; fine-tuning steps of one image a batch are latency-bound, so their figures are lower bounds)"
+    )
+    return rows
