@@ -76,7 +76,8 @@ def test_the_plan_estimates_gpu_hours_and_counts_shared_steps_once(plan):
     assert all(r["hours_on_8"] == pytest.approx(r["gpu_hours"] / 8) for r in rows)
 
 
-def test_the_cli_prints_the_plan_and_runs_nothing(ilsvrc, capsys):
+def test_the_cli_prints_the_plan_and_runs_nothing(ilsvrc, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # a store of its own
     args = ["reproduce", "--scale", "real", "--plan", "--only", "E6", "--source", str(ilsvrc)]
     assert cli(*args, *[f"--data={k}={v}" for k, v in DATA.items()]) == 0
     out = capsys.readouterr().out

@@ -4,17 +4,18 @@
 """
 
 import hashlib
+import importlib
 import itertools
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import imagenet_transfer.catalog as catalog_module
 from imagenet_transfer.catalog import load_catalog
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.synthetic import SIZES, default_world_dir, generate, read_world, verify_world
@@ -24,10 +25,16 @@ from imagenet_transfer.taxonomy import PASCAL_SYNSETS, load_taxonomy
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
+def world_cache(tmp_path_factory) -> Path:
+    """The cache folder `world` was generated with (where its catalog was stored)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, world_cache) -> Path:
     """One tiny world per test file, with the catalog cache in a temporary folder."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMAGENET_TRANSFER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("IMAGENET_TRANSFER_CACHE", str(world_cache))
         yield generate(tmp_path_factory.mktemp("world") / "tiny", size="tiny", seed=0, progress=False)
 
 
@@ -95,7 +102,14 @@ def test_world_has_all_parts_and_counts_match(world):
     assert verify_world(world)["content_sha256"] == manifest["content_sha256"]
 
 
-def test_catalog_is_cached_for_the_imagenet_part(world):
+def test_the_imagenet_part_is_catalogued_on_creation(world, world_cache, monkeypatch):
+    """Generating the world stores its catalog in the cache it ran with: reading it there scans no folder."""
+
+    def scan(root):
+        raise AssertionError(f"{root} was scanned: its catalog was not cached when the world was generated")
+
+    monkeypatch.setenv("IMAGENET_TRANSFER_CACHE", str(world_cache))
+    monkeypatch.setattr(catalog_module, "scan", scan)
     catalog = load_catalog(world / "imagenet")
     manifest = read_world(world)
     assert len(catalog) == sum(manifest["counts"]["imagenet"][s] for s in ("train", "val"))
@@ -116,10 +130,16 @@ def test_classes_span_the_tree_and_include_pascal_overlap(world):
 
 
 # -- caching and determinism -------------------------------------------------------------------------------
-def test_second_call_finds_the_world_fast(world):
-    started = time.perf_counter()
+def test_a_second_call_finds_the_world_and_generates_nothing(world, monkeypatch):
+    """What made a second call fast: the world is found, not generated again (no file written, added or removed)."""
+
+    def make(*args, **kwargs):
+        raise AssertionError("the world was generated again")
+
+    monkeypatch.setattr(importlib.import_module("imagenet_transfer.synthetic.world"), "_make", make)
+    before = {path: path.stat().st_mtime_ns for path in world.rglob("*")}
     assert generate(world, size="tiny", seed=0, progress=False) == world
-    assert time.perf_counter() - started < 1.0
+    assert {path: path.stat().st_mtime_ns for path in world.rglob("*")} == before
 
 
 def test_same_seed_gives_byte_identical_files_in_the_default_dir(world):

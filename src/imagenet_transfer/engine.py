@@ -65,13 +65,15 @@ def train_steps(
     device: torch.device,
     max_steps: int,
     seed: int | None = None,
+    rank: int = 0,
     first_step: int = 0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> StepStats:
     """Run at most `max_steps` SGD steps over `batches`; `on_step(images, loss)` after each one.
 
-    With `seed`, the random state of step `first_step + i` (dropout) is reseeded from (seed, step), so
-    a run resumed at any step draws exactly what an uninterrupted one would.
+    With `seed`, the random state of step `first_step + i` (dropout) is reseeded from (seed, step, rank) (each
+    DDP process draws its own masks for its share of the batch), so a run resumed at any step draws exactly
+    what an uninterrupted one would.
     """
     model.train()
     criterion = nn.CrossEntropyLoss()
@@ -81,7 +83,7 @@ def train_steps(
         if stats.steps >= max_steps:
             break
         if seed is not None:
-            torch.manual_seed(seed * 1_000_003 + first_step + stats.steps)
+            torch.manual_seed(seed * 1_000_003 + first_step + stats.steps + rank * 0x9E3779B9)
         with autocast(device):
             loss = criterion(model(images), targets)
         value = sgd_step(loss, optimizer, scheduler, f"pre-training step {first_step + stats.steps}")

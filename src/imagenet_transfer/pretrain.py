@@ -144,7 +144,7 @@ class PretrainConfig(Settings):
     schedule: Literal[SCHEDULES] | None = None
     epochs: int | None = Field(None, ge=1)
     iterations: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)  # the batch of one process
+    batch_size: int | None = Field(None, ge=1)  # the global batch: each of N processes takes batch_size / N
     lr: float | None = Field(None, gt=0)
     momentum: float | None = Field(None, ge=0)
     weight_decay: float | None = Field(None, ge=0)
@@ -555,7 +555,14 @@ def _prepare(config, subset, device, state, rank, world_size) -> _Setup:
     model = build_backbone(config.arch, num_classes, resolution=config.resolution, dropout=config.dropout)
     cuda = device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last)  # faster on CUDA and on CPU alike
+    if world_size > 1 and cuda:  # BatchNorm statistics over the global batch, as one process would compute them
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # (CPU/gloo has no SyncBatchNorm: per rank)
     workers = default_workers() if config.workers is None else config.workers
+    if config.batch_size % world_size:
+        raise UserError(
+            f"--batch-size {config.batch_size} is the global batch and must divide evenly over the {world_size} "
+            f"processes; expected a multiple of {world_size}"
+        )
     loader_args = dict(
         arch=config.arch,
         resolution=config.resolution,
@@ -567,7 +574,8 @@ def _prepare(config, subset, device, state, rank, world_size) -> _Setup:
     )
     shards = select_shards(config.input_pipeline, config.shards, subset.digest, config.resolution, device)
     build = partial(make_shard_loader, shards) if shards else partial(make_loader, manifest)
-    train_loader = build("train", batch_size=config.batch_size, train=True, seed=config.seed, **loader_args)
+    per_process = config.batch_size // world_size  # the recipe's schedule stays that of one process at this batch
+    train_loader = build("train", batch_size=per_process, train=True, seed=config.seed, **loader_args)
     has_val = bool((manifest["split"] == "val").any())
     val_loader = (
         build("val", batch_size=max(config.batch_size, 128), train=False, **loader_args)
@@ -631,7 +639,8 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
             "derived.workers": setup.workers,
             "derived.device": str(device),
             "derived.world_size": world_size,
-            "derived.global_batch_size": config.batch_size * world_size,
+            "derived.global_batch_size": config.batch_size,
+            "derived.batch_per_process": config.batch_size // world_size,
             "derived.train_images": int((manifest["split"] == "train").sum()),
             "derived.input_pipeline": f"shards:{shards.folder}" if shards else "loader",
             **guess,
@@ -682,6 +691,7 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
                 device=device,
                 max_steps=total - step,
                 seed=config.seed,
+                rank=rank,
                 first_step=step,
                 on_step=after_step,
             )
