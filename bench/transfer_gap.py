@@ -47,7 +47,8 @@ def main() -> None:
         mlflow.MlflowClient().get_model_version_by_alias("small-full", "current")
     except mlflow.exceptions.MlflowException:
         if args.backbone == "models:/small-full@current":
-            from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+            from imagenet_transfer.pretrain import run_pretrain
+            from imagenet_transfer.pretrain_config import PretrainConfig
 
             run_pretrain(PretrainConfig())
     results, seconds = {}, {}

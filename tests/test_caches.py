@@ -7,7 +7,8 @@ import shutil
 import mlflow
 
 from imagenet_transfer import provenance
-from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+from imagenet_transfer.pretrain import run_pretrain
+from imagenet_transfer.pretrain_config import PretrainConfig
 
 
 def smoke(source, tmp_path, **overrides) -> PretrainConfig:
@@ -88,7 +89,8 @@ def test_a_world_with_changed_content_under_the_same_names_is_not_reused(tiny_wo
 
 
 def test_grid_step_keys_follow_the_world_s_content(tiny_world, tmp_path):
-    from imagenet_transfer.reproduce import load_grid, make_plan
+    from imagenet_transfer.grid import load_grid
+    from imagenet_transfer.grid_plan import make_plan
 
     grid = load_grid("configs/paper.yaml")
     before = make_plan(grid, smoke=True, only=["E1"], world=tiny_world)

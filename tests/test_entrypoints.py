@@ -47,8 +47,13 @@ def test_an_entry_point_declares_every_option_of_its_command_and_uses_each_param
 @pytest.mark.parametrize(
     "command, config_class, renamed, cli_only",
     [
-        (("pretrain",), "imagenet_transfer.pretrain.PretrainConfig", {}, {"config"}),
-        (("budget-study",), "imagenet_transfer.study.StudyConfig", {"set_": "benchmark_settings"}, {"create_only"}),
+        (("pretrain",), "imagenet_transfer.pretrain_config.PretrainConfig", {}, {"config"}),
+        (
+            ("budget-study",),
+            "imagenet_transfer.study_config.StudyConfig",
+            {"set_": "benchmark_settings"},
+            {"create_only"},
+        ),
     ],
 )
 def test_a_command_s_options_are_its_config_s_fields_with_the_same_defaults(command, config_class, renamed, cli_only):
@@ -69,7 +74,7 @@ def test_a_command_s_options_are_its_config_s_fields_with_the_same_defaults(comm
 
 def test_help_lists_every_choice_of_the_tables_behind_an_option():
     from imagenet_transfer.models import ARCHITECTURES
-    from imagenet_transfer.pretrain import COARSE_LEVELS, RECIPES
+    from imagenet_transfer.pretrain_config import COARSE_LEVELS, RECIPES
     from imagenet_transfer.transfer.runner import BENCHMARKS
 
     pretrain = options("pretrain")

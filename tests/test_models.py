@@ -176,7 +176,7 @@ def test_caffe_alexnet_parameter_groups_follow_the_prototxt_multipliers():
 
 
 def test_the_paper_recipe_is_the_caffenet_solver():
-    from imagenet_transfer.pretrain import RECIPES
+    from imagenet_transfer.pretrain_config import RECIPES
 
     paper = RECIPES["paper"]
     assert (paper["lr"], paper["momentum"], paper["weight_decay"]) == (

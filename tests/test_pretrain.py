@@ -15,7 +15,8 @@ import torch
 from conftest import cli
 
 from imagenet_transfer.errors import UserError
-from imagenet_transfer.pretrain import PretrainConfig, load_checkpoint, lr_lambda, reference_accuracies, run_pretrain
+from imagenet_transfer.pretrain import load_checkpoint, reference_accuracies, run_pretrain
+from imagenet_transfer.pretrain_config import PretrainConfig, lr_lambda
 from imagenet_transfer.tracking import backbone_files, load_backbone
 
 

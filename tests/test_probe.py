@@ -112,7 +112,8 @@ def test_fine_and_coarse_backbones_in_the_coarse_space(tiny_world, tiny_classes)
 
 
 def test_pretrained_backbone_carries_its_label_wnids(tiny_world, tmp_path):
-    from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+    from imagenet_transfer.pretrain import run_pretrain
+    from imagenet_transfer.pretrain_config import PretrainConfig
     from imagenet_transfer.tracking import load_backbone_with_info
 
     summary = run_pretrain(

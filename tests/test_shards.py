@@ -304,7 +304,8 @@ def test_pipeline_selection(subset, written, tmp_path, monkeypatch):
 def test_prepare_logs_and_pretraining_from_shards_matches_loose_files(tiny_world, tmp_path, one_thread):
     """10 classes of the tiny world (24 train images each), 70 steps of 16 (~5 epochs): ~10 s per pipeline."""
     from imagenet_transfer.prepare import run_prepare
-    from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+    from imagenet_transfer.pretrain import run_pretrain
+    from imagenet_transfer.pretrain_config import PretrainConfig
 
     source, subset = str(tiny_world / "imagenet"), "e5-budget-240-classes-10"
     first = run_prepare(subset, source, format="auto", short_side=SIDE, workers=0)

@@ -110,7 +110,8 @@ def test_a_transfer_run_is_tagged_with_its_backbone_and_logs_results(tiny_world)
 
 
 def test_a_registered_backbone_links_its_model_version_and_subset(tiny_world, tmp_path):
-    from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+    from imagenet_transfer.pretrain import run_pretrain
+    from imagenet_transfer.pretrain_config import PretrainConfig
 
     summary = run_pretrain(
         PretrainConfig(

@@ -206,7 +206,8 @@ def pretrain(
 ) -> None:
     """Pre-train a backbone on a subset, checkpointing and resuming, and register it in MLflow."""
     options = {k: v for k, v in locals().items() if k not in ("config", "ctx")}
-    from imagenet_transfer.pretrain import PretrainConfig, run_pretrain
+    from imagenet_transfer.pretrain import run_pretrain
+    from imagenet_transfer.pretrain_config import PretrainConfig
 
     if config is not None:
         given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}

@@ -55,7 +55,7 @@ def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file: unknown keys, presets, benchmarks and architectures raise UserError
     naming the file, the entry and the valid choices."""
     from imagenet_transfer.models import ARCHITECTURES
-    from imagenet_transfer.pretrain import PretrainConfig
+    from imagenet_transfer.pretrain_config import PretrainConfig
     from imagenet_transfer.subsets import PAPER_PRESETS, preset
     from imagenet_transfer.transfer.runner import BENCHMARKS
 

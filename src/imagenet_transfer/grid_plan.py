@@ -152,7 +152,7 @@ def make_plan(
     """Resolve the grid at a scale into units; builds every subset in memory (no run) so that a variant
     that does not fit the source fails here, before anything starts."""
     from imagenet_transfer.catalog import load_catalog, source_digest
-    from imagenet_transfer.pretrain import PretrainConfig
+    from imagenet_transfer.pretrain_config import PretrainConfig
     from imagenet_transfer.subsets import build_subset, preset
     from imagenet_transfer.transfer.runner import make_config
 

@@ -225,7 +225,7 @@ def _check_pretrain(config: StudyConfig) -> None:
 
 
 def pretrain_config(config: StudyConfig, subset: str, source: str = ""):
-    from imagenet_transfer.pretrain import PretrainConfig
+    from imagenet_transfer.pretrain_config import PretrainConfig
 
     return PretrainConfig(
         subset=subset,
