@@ -64,6 +64,7 @@ def test_pretrain_logs_registers_and_loads_by_alias(tiny_world, tmp_path, capsys
     run = mlflow.get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pretrain"
     assert run.data.params["arch"] == "small" and run.data.params["derived.total_iterations"] == "3"
+    assert run.data.params["derived.torch_version"] == torch.__version__ and run.data.params["derived.gpu"] == "none"
     assert {"train_loss", "lr", "images_per_s", "val_top1", "val_top5", "val_top1_coarse"} <= set(run.data.metrics)
     assert 0 < float(run.data.params["derived.val_top1_uniform"]) <= float(run.data.params["derived.val_top1_majority"])
     assert run.inputs.dataset_inputs[0].dataset.digest == run.data.tags["subset_digest"]

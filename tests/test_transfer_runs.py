@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from conftest import REPO, cli
 
 from imagenet_transfer.errors import UserError
@@ -105,6 +106,7 @@ def test_a_transfer_run_is_tagged_with_its_backbone_and_logs_results(tiny_world)
     assert run.data.tags["backbone"] == "random:small@32" and run.data.tags["subset_name"] == "none"
     assert run.data.metrics["voc12_action_map"] == pytest.approx(metrics["voc12_action_map"])
     assert run.data.params["config.epochs"] == str(config.epochs)
+    assert run.data.params["torch_version"] == torch.__version__ and run.data.params["gpu"] == "none"
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)}
     assert {"action_ap.png", "voc12_action_ap.csv"} <= artifacts
 

@@ -127,7 +127,7 @@ def coarse_labels(manifest: pd.DataFrame, level: str) -> torch.Tensor:
 def reference_accuracies(manifest: pd.DataFrame, coarse_of_label: torch.Tensor) -> dict[str, float]:
     """What the val metrics are read against: top-1 of a uniform guess over the labels, and the val share of
     the most common label and coarse label (what always answering it scores)."""
-    val = torch.as_tensor(manifest.loc[manifest["split"] == "val", "label"].to_numpy(), dtype=torch.long)
+    val = torch.tensor(manifest.loc[manifest["split"] == "val", "label"].to_numpy(), dtype=torch.long)
     if not len(val):
         return {}
 
@@ -440,6 +440,7 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
             "derived.epochs": epochs,
             "derived.workers": setup.workers,
             "derived.device": str(device),
+            **tracking.runtime_params(device, prefix="derived."),
             "derived.world_size": world_size,
             "derived.global_batch_size": config.batch_size,
             "derived.batch_per_process": config.batch_size // world_size,

@@ -377,3 +377,16 @@ def load_backbone_with_info(uri: str):
             )
         info = {**info, "model_name": name, "model_version": str(version)}
     return net, info
+
+
+def runtime_params(device, prefix: str = "") -> dict[str, str]:
+    """What a run ran on: the torch version, and the GPU's name and count on CUDA ("none" otherwise)."""
+    import torch
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    return {
+        f"{prefix}torch_version": torch.__version__,
+        f"{prefix}gpu": torch.cuda.get_device_name(device) if cuda else "none",
+        f"{prefix}gpu_count": str(torch.cuda.device_count() if cuda else 0),
+    }

@@ -185,6 +185,7 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
         "transfer", params=params, resolved={"device": str(target)}, tags=tags, run_name=f"{name} on {shown}"
     ):
         tracking.log_params(pretraining, prefix="backbone.")
+        tracking.log_params(tracking.runtime_params(target))
         result = module.run(net, info, config, device=target)
         finite = {k: float(v) for k, v in result.metrics.items() if math.isfinite(float(v))}
         mlflow.log_metrics(finite)  # an AP that is undefined (no positive) is left out, as from the means
