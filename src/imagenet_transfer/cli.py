@@ -563,12 +563,21 @@ def _split_settings(text: str) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console-script entry: run the app (usage errors exit 2), turning bad input into exit code 2."""
+    """Console-script entry: run the app (usage errors exit 2), turning bad input into exit code 2 and SIGTERM
+    into runs ended KILLED (exit 143; a pre-training saves its checkpoint first)."""
+    from imagenet_transfer import preemption
+
+    preemption.install()
     try:
         app(args)
     except UserError as err:
         typer.secho(f"error: {err}", err=True, fg="red")
         raise SystemExit(2) from None
+    except (preemption.Preempted, SystemExit):  # click turns the interrupt into an exit of its own
+        if not preemption.requested():
+            raise
+        typer.secho("stopped by SIGTERM: runs ended KILLED; the same command resumes", err=True, fg="yellow")
+        raise SystemExit(preemption.EXIT_CODE) from None
 
 
 if __name__ == "__main__":

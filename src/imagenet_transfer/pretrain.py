@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import yaml
 
-from imagenet_transfer import tracking
+from imagenet_transfer import preemption, tracking
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.models import parameter_groups
 from imagenet_transfer.paths import cache_dir
@@ -472,7 +472,7 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
         last_save = time.monotonic()
 
     metrics: dict[str, float] = {}
-    with progress_bar(status=True, enabled=is_main) as progress:
+    with preemption.deferred(), progress_bar(status=True, enabled=is_main) as progress:
         task = progress.add_task(f"pretrain {config.arch} on {subset.name}", total=total, completed=step, status="")
         while step < total:
             train_loader.set_epoch(epoch, batch)
@@ -483,6 +483,9 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {loss:.3f}")
                 if on_step is not None:
                     on_step(step)
+                if _preempted(world_size, device):  # SIGTERM on any rank: every rank stops after this step
+                    checkpoint(epoch, batch)
+                    raise preemption.Preempted("SIGTERM")
                 if config.checkpoint_minutes == 0 or time.monotonic() - last_save > 60 * config.checkpoint_minutes:
                     checkpoint(epoch, batch)
 
@@ -523,6 +526,16 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
             if on_epoch is not None and is_main:
                 on_epoch(epoch, metrics)
     return model, {"step": step, **metrics}
+
+
+def _preempted(world_size: int, device: torch.device) -> bool:
+    """Whether any process received SIGTERM (agreed over the ranks, so that they all stop at the same step)."""
+    stop = preemption.requested()
+    if world_size > 1:
+        flag = torch.tensor([int(stop)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
 
 
 def _log_backbone(config: PretrainConfig, subset: ResolvedSubset, model: torch.nn.Module, folder: Path) -> dict:
