@@ -43,3 +43,24 @@ def test_sigterm_checkpoints_ends_the_run_killed_and_the_same_command_resumes(ti
     assert resumed.info.status == "FINISHED" and resumed.data.metrics["epoch"] >= 2
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.run_id, "train_loss")]
     assert steps[-1] == 80 and len(steps) == len(set(steps))  # no step trained twice
+
+
+def test_damaged_checkpoint_files_are_moved_aside_and_never_block_a_rerun(tiny_world, tmp_path, capsys):
+    from conftest import cli
+
+    args = ["pretrain", "--source", str(tiny_world / "imagenet"), "--recipe", "smoke", "--iterations", "3"]
+    args += ["--resolution", "32", "--workers", "0", "--device", "cpu", "--no-register"]
+    args += ["--checkpoint-minutes", "0", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert cli(*args) == 0
+    (folder,) = (tmp_path / "ckpt").iterdir()
+    (folder / "done.json").write_text('{"run_id": "trunc')  # a save cut short
+    checkpoint = folder / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    stale = folder / ".checkpoint.pt.999999999.tmp"  # a save whose process was killed
+    stale.write_bytes(b"partial")
+    capsys.readouterr()
+    assert cli(*args) == 0
+    out = capsys.readouterr().out
+    assert f"{folder / 'done.json'} is damaged" in out and f"{checkpoint} is damaged" in out
+    assert (folder / "done.json.corrupt").exists() and (folder / "checkpoint.pt.corrupt").exists()
+    assert not stale.exists() and torch.load(checkpoint, weights_only=True)["step"] == 3  # trained again

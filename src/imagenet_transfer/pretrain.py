@@ -169,8 +169,33 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The state in `folder/checkpoint.pt` (tensors and plain values only: loaded with weights_only), or None."""
     path = folder / "checkpoint.pt"
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def _readable(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, or None when the file is damaged (truncated, not what it should be): the file is moved
+    aside as `<name>.corrupt` and named, so that it never blocks a rerun."""
+    try:
+        return read(path)
+    except Exception as err:  # any damage: torch and json raise many kinds
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        print(f"{path} is damaged ({type(err).__name__}: {str(err)[:120]}); moved to {aside}, training from the start")
+        return None
+
+
+def _remove_stale_saves(folder: Path) -> None:
+    """Temporary files of saves whose process is gone (killed while writing)."""
+    for tmp in folder.glob(".checkpoint.pt.*.tmp"):
+        pid = tmp.name.split(".")[-2]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -278,6 +303,7 @@ def _checked_checkpoint(folder: Path) -> dict[str, Any]:
     nothing (the folder is cleared: its run or model is gone from the store)."""
     client = mlflow.MlflowClient()
     done, path = folder / "done.json", folder / "checkpoint.pt"
+    _remove_stale_saves(folder)
 
     def exists(run_id: str) -> Any:
         try:
@@ -285,8 +311,8 @@ def _checked_checkpoint(folder: Path) -> dict[str, Any]:
         except mlflow.exceptions.MlflowException:
             return None
 
-    if done.exists():
-        summary = json.loads(done.read_text())
+    summary = _readable(done, lambda p: json.loads(p.read_text())) if done.exists() else None
+    if summary is not None:
         run = exists(summary.get("run_id", ""))
         model = summary.get("model_name") and summary.get("model_version")
         if run is not None and run.info.status == "FINISHED" and (not model or _version_exists(client, summary)):
@@ -298,8 +324,9 @@ def _checked_checkpoint(folder: Path) -> dict[str, Any]:
         done.unlink()
         path.unlink(missing_ok=True)
         return {}
-    if path.exists():
-        run_id = torch.load(path, map_location="cpu", weights_only=False).get("run_id", "")
+    state = _readable(path, lambda p: torch.load(p, map_location="cpu", weights_only=True)) if path.exists() else None
+    if state is not None:
+        run_id = state.get("run_id", "")
         run = exists(run_id)
         if run is not None and run.info.status != "FINISHED":
             return {"resume": True}
