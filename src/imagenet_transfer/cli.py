@@ -419,8 +419,13 @@ def reproduce(
         bool,
         typer.Option("--plan", help="print every step with its settings and estimated GPU-hours, and run nothing"),
     ] = False,
+    parallel: Annotated[
+        int,
+        typer.Option(help="workers on this machine: one per GPU (CUDA_VISIBLE_DEVICES), else processes on the CPU"),
+    ] = 1,
 ) -> None:
-    """Run the paper grid end to end, skipping every step whose result already exists."""
+    """Run the paper grid end to end, skipping every step whose result already exists. Several `reproduce` of one
+    grid on one tracking store (here or on other machines) share its steps."""
     from imagenet_transfer.grid_plan import parse_data
     from imagenet_transfer.reproduce import reproduce as run_reproduce
 
@@ -449,7 +454,11 @@ def reproduce(
         data=parse_data(data),
         world=world,
         device=device,
+        parallel=parallel,
     )
+    if not summary.get("leader", True):
+        print(f"worker done: {summary['steps_run']:.0f} steps run into grid run {summary['run_id']}")
+        return
     print(
         f"grid run {summary['run_id']}: {summary['steps_run']:.0f} steps run, {summary['steps_reused']:.0f} reused, "
         f"{summary['seconds_total']:.1f} s (subset {summary['seconds_subset']:.1f}, pretrain "
@@ -467,6 +476,49 @@ def report(
 
     folder = write_report(out, grid_run_id=grid_run or None)
     print(folder)
+
+
+# -- team server (no MLproject entry point: it runs until stopped) --------------------------------------------
+@app.command("server")
+def server(
+    folder: Annotated[Path, typer.Option(help="the server's data: PostgreSQL cluster, artifacts, logs")] = Path(
+        "~/.local/share/imagenet-transfer/team"
+    ),
+    port: Annotated[int, typer.Option(help="port of the MLflow tracking server")] = 5000,
+    host: Annotated[str, typer.Option(help="interface MLflow listens on (0.0.0.0: every network)")] = "127.0.0.1",
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="MLflow basic auth (admin password: MLFLOW_AUTH_ADMIN_PASSWORD, else generated and shown once)",
+        ),
+    ] = False,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            help="a running PostgreSQL server to use instead of a cluster in --folder: postgresql://USER:PASSWORD@HOST:PORT"
+            " (databases mlflow, optuna; a URL ending in /NAME: NAME, NAME_optuna)"
+        ),
+    ] = "",
+    postgres_port: Annotated[
+        int | None, typer.Option(help="port of the cluster in --folder (default: its last one, else a free one)")
+    ] = None,
+    artifacts: Annotated[str, typer.Option(help="artifact store folder or URI (default: <folder>/artifacts)")] = "",
+    workers: Annotated[int, typer.Option(help="MLflow server worker processes")] = 4,
+) -> None:
+    """Run the team server (MLflow on PostgreSQL, artifacts proxied) in the foreground until Ctrl-C or SIGTERM."""
+    from imagenet_transfer.team_server import serve
+
+    serve(
+        folder,
+        port=port,
+        host=host,
+        auth=auth,
+        database_url=database_url or None,
+        postgres_port=postgres_port,
+        artifacts=artifacts or None,
+        workers=workers,
+    )
 
 
 # -- MLproject entry points: derived from the commands above ---------------------------------------------------

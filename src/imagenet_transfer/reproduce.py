@@ -1,28 +1,43 @@
-"""Run a planned grid: every step of the plan under one grid run, reusing each step that already has a result.
+"""Run a planned grid: every step of the plan under one grid run, reusing each step that already has a result, with
+as many workers as the lab has (processes, GPUs, machines) sharing the work.
 
     imagenet-transfer reproduce                              # configs/paper.yaml, E1-E7, the embedded world
     imagenet-transfer reproduce --smoke                      # a toy size of every step (tiny world)
     imagenet-transfer reproduce --only E1,E3 --seeds 3       # pre-training repeated with seeds 0, 1, 2
+    imagenet-transfer reproduce --parallel 8                 # 8 workers: one per GPU (or 8 processes on CPU)
     imagenet-transfer reproduce --scale real --source /data/imagenet \
         --data voc07_det=/data/VOCdevkit --data voc12_action=/data/VOCdevkit --data sun397=/data/sun
 
 Input: a grid file, read by `grid` and expanded by `grid_plan` into the plan (every check passes before any run
 starts). Output: one MLflow run (tag stage=reproduce, `grid`) with every step's run nested under it (tags `grid`,
-`experiment`, `variant`, `seed`, `step_key`), the grid file and `experiments.json` (each experiment's question)
-as its artifacts, the step table `steps.json` (experiment, variant, seed, arch, stage, benchmark, run id, reused
-or not, seconds; written after every step) and the wall time per stage as metrics (`seconds_subset`,
-`seconds_pretrain`, `seconds_transfer`). Baselines (random init) run after every pre-trained step.
+`experiment`, `variant`, `seed`, `step_key`, `grid_worker`), the grid file and `experiments.json` (each
+experiment's question) as its artifacts, the step table `steps.json` (experiment, variant, seed, arch, stage,
+benchmark, run id, reused or not, seconds, worker; written after every step) and the wall time per stage as metrics
+(`seconds_subset`, `seconds_pretrain`, `seconds_transfer`). Baselines (random init) come after every pre-trained
+step in the plan's order.
 
 A step is skipped when a FINISHED run in the current tracking store carries its `step_key` (see `grid_plan`):
 a pre-training reuses the registered model version (when it still exists in the store), a benchmark the
-metrics. So an interrupted grid resumes where it stopped, and a finished one costs nothing to rerun. Each step
-runs under an exclusive file lock named by its key (in the cache folder): a second `reproduce` on the same
-machine and store waits for a step the first is running and then reuses its result, so two grids that overlap
-never train the same thing twice.
+metrics. So an interrupted grid resumes where it stopped, and a finished one costs nothing to rerun.
+
+Workers. Every `reproduce` of the same plan on the same tracking store joins one grid: the first (the leader)
+starts the grid run and writes its table; the others (`--parallel` children, or the same command on other
+machines) nest their steps under it. Each step is claimed through the coordination database (`claims`: the team's
+PostgreSQL in `IMAGENET_TRANSFER_DB`, else an SQLite file beside the local store) before it runs, so no step runs
+twice, and a dead worker's step is taken over once its heartbeat stops (`IMAGENET_TRANSFER_CLAIM_TTL`, 120 s).
+A worker takes the first step of the plan whose inputs are done and that nobody holds; it waits only while some
+step's inputs are still being made, and leaves when every step left is held by another worker. The leader waits
+for all of them and ends the grid run (FAILED, naming them, when steps failed). SIGTERM ends the worker's runs
+KILLED and gives its step back; the same command afterwards resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,30 +45,23 @@ from typing import Any
 
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.grid import load_grid
-from imagenet_transfer.grid_plan import RANDOM, Baseline, Plan, SubsetPlan, Unit, make_plan
+from imagenet_transfer.grid_plan import Plan, make_plan
+from imagenet_transfer.grid_steps import Step, execute, find, plan_steps
 
 STAGES = ("subset", "pretrain", "transfer")
+POLL_SECONDS = 2.0  # how often a worker waiting for others looks again
 
 
-def step_lock(key: str):
-    """The lock of step `key`: whoever holds it runs the step, others wait and then find its result."""
-    from imagenet_transfer.paths import cache_lock
+def grid_key(plan: Plan) -> str:
+    """What makes two `reproduce` calls the same grid: the plan's steps (their keys carry the configs, data digests
+    and code version) and the tracking store."""
+    from imagenet_transfer import tracking
+    from imagenet_transfer.provenance import cache_key
 
-    return cache_lock(f"step-{key}", f"step {key} is being run by another process: waiting for it")
-
-
-def _find_finished(key: str):
-    """The newest FINISHED run tagged with `key`, or None."""
-    import mlflow
-
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.step_key = '{key}' and attributes.status = 'FINISHED'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-        output_format="list",
-    )
-    return runs[0] if runs else None
+    known = [u.pretrain_key for u in plan.units] + [
+        plan.transfer_key(name, config, b.backbone) for b in plan.baselines for name, config in b.benchmarks.items()
+    ]
+    return cache_key("grid", {"name": plan.grid.name, "profile": plan.profile, "steps": known}, tracking.store_id())
 
 
 def run_grid(
@@ -61,234 +69,325 @@ def run_grid(
     *,
     device: str = "auto",
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    parallel: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the plan's steps under one grid run, reusing finished ones; returns the step table and times.
+    """Run the plan's steps as one worker of its grid (the leader when it is the first), reusing finished ones.
+    With `parallel` > 1, the leader starts that many workers in all (`options`: the `reproduce` arguments they get).
+    Returns the step table and times (a worker that is not the leader: the steps it ran).
 
-    `on_step(record)` is called after every step (a test interrupts the grid there)."""
+    `on_step(record)` is called after every step this worker records (a test interrupts the grid there)."""
     import mlflow
-    from rich.console import Console
 
     from imagenet_transfer import tracking
+    from imagenet_transfer.claims import Claims, coordination_url
 
-    console = Console(stderr=True)
+    if parallel < 1:
+        raise UserError(f"--parallel {parallel}: expected a positive number of workers")
     tracking.configure()
-    client = mlflow.MlflowClient()
-    params = {
-        "grid": plan.grid.path,
-        "grid_name": plan.grid.name,
-        "scale": plan.scale,
-        "profile": plan.profile,
-        "smoke": plan.smoke,
-        "seeds": plan.seeds,
-        "only": ",".join(dict.fromkeys(u.experiment for u in plan.units)),
-        "source": plan.source,
-        "world": plan.world,
-        "steps": plan.steps,
-    }
-    records: list[dict[str, Any]] = []
-    seconds = dict.fromkeys(STAGES, 0.0)
-    done: dict[str, dict[str, Any]] = {}  # step key -> outputs, within this grid run
-    started = time.monotonic()
-    with tracking.start_run(
-        "reproduce",
-        params=params,
-        tags={"grid": plan.grid.name, "scale": plan.profile},
-        run_name=f"reproduce {plan.grid.name} {plan.profile}",
-    ) as grid_run:
-        grid_id = grid_run.info.run_id
-        client.log_artifact(grid_id, plan.grid.path)  # the grid file as run, and what each experiment asks
-        client.log_dict(
-            grid_id, {e: plan.grid.experiments[e].question for e in params["only"].split(",") if e}, "experiments.json"
-        )
+    claims = Claims(coordination_url())
+    prefix = hashlib.sha256(tracking.store_id().encode()).hexdigest()[:8]
+    worker = Worker(plan, claims, prefix, device, on_step, mlflow.MlflowClient())
+    with claims.hold(f"{prefix}:grid:{grid_key(plan)}", retry_failed=True) as lead:
+        if not lead.acquired:
+            return worker.follow(lead)
+        children = _spawn(parallel, device, options or {}) if parallel > 1 else []
+        try:
+            return worker.lead(lead, claims)
+        finally:
+            _join(children)
 
-        def record(
-            unit: Unit | Baseline,
-            stage: str,
-            key: str,
-            outputs: dict[str, Any],
-            reused: bool,
-            took: float,
-            benchmark: str = "",
-        ) -> None:
-            seconds[stage] += took
-            if isinstance(unit, Baseline):
-                variant = {
-                    "variant": RANDOM,
-                    "paper_variant": None,
-                    "seed": 0,
-                    "num_classes": 0,
-                    "num_fine_classes": 0,
-                    "train_images": 0,
-                    "images_per_class": 0.0,
-                }
+
+class Worker:
+    """One worker of a grid: takes steps in the plan's order, runs or reuses them, records them."""
+
+    def __init__(self, plan: Plan, claims, prefix: str, device: str, on_step, client):
+        self.plan, self.claims, self.prefix, self.device, self.on_step, self.client = (
+            plan,
+            claims,
+            prefix,
+            device,
+            on_step,
+            client,
+        )
+        self.name = os.environ.get("IMAGENET_TRANSFER_WORKER") or f"{socket.gethostname()}:{os.getpid()}"
+        self.started = time.time()
+        self.done: dict[str, dict[str, Any]] = {}  # step key -> outputs
+        self.failed: dict[str, str] = {}  # step key -> error
+        self.records: list[dict[str, Any]] = []
+        self.grid_id = ""
+        self.log_table = False
+
+    # -- the two roles ------------------------------------------------------------------------------------------------
+    def lead(self, lead, claims) -> dict[str, Any]:
+        """Start (or, after a dead leader, adopt) the grid run, work until every step is resolved, end the run."""
+        import mlflow
+
+        from imagenet_transfer import tracking
+
+        plan = self.plan
+        params = {
+            "grid": plan.grid.path,
+            "grid_name": plan.grid.name,
+            "scale": plan.scale,
+            "profile": plan.profile,
+            "smoke": plan.smoke,
+            "seeds": plan.seeds,
+            "only": ",".join(dict.fromkeys(u.experiment for u in plan.units)),
+            "source": plan.source,
+            "world": plan.world,
+            "steps": plan.steps,
+        }
+        adopted = lead.result.get("run_id") if _exists(lead.result.get("run_id")) else None
+        started = time.monotonic()
+        with tracking.start_run(
+            "reproduce",
+            params=None if adopted else params,
+            tags={"grid": plan.grid.name, "scale": plan.profile, "grid_key": lead.key.split(":")[-1]},
+            run_name=f"reproduce {plan.grid.name} {plan.profile}",
+            run_id=adopted,
+        ) as grid_run:
+            self.grid_id, self.log_table = grid_run.info.run_id, True
+            claims.note(lead.key, {"run_id": self.grid_id})  # joining workers nest their steps under it
+            if not adopted:
+                self.client.log_artifact(self.grid_id, plan.grid.path)
+                self.client.log_dict(
+                    self.grid_id,
+                    {e: plan.grid.experiments[e].question for e in params["only"].split(",") if e},
+                    "experiments.json",
+                )
+            self.work(wait_for_all=True)
+            if self.failed:
+                raise RuntimeError(
+                    f"{len(self.failed)} step(s) of grid {plan.grid.name} failed: "
+                    + "; ".join(f"{k}: {v}" for k, v in self.failed.items())
+                )
+            seconds = dict.fromkeys(STAGES, 0.0)
+            for record in self.records:
+                seconds[record["stage"]] += 0.0 if record["reused"] else record["seconds"]
+            metrics = {f"seconds_{stage}": value for stage, value in seconds.items()}
+            metrics.update(
+                seconds_total=time.monotonic() - started,
+                steps_run=sum(not r["reused"] for r in self.records),
+                steps_reused=sum(r["reused"] for r in self.records),
+                workers=len({r["worker"] for r in self.records if not r["reused"]}),
+            )
+            mlflow.log_metrics(metrics)
+        return {"run_id": self.grid_id, "records": self.records, "leader": True, **metrics}
+
+    def follow(self, lead) -> dict[str, Any]:
+        """Join the grid run another worker leads: run the steps nobody holds, nested under it."""
+        from imagenet_transfer import tracking
+
+        deadline = time.monotonic() + 60
+        while not lead.result.get("run_id"):  # the leader is starting the grid run
+            if time.monotonic() > deadline:
+                raise UserError(f"grid {self.plan.grid.name}: its leader ({lead.owner}) started no grid run in 60 s")
+            time.sleep(0.5)
+            lead = self.claims.get(lead.key) or lead
+        self.grid_id = lead.result["run_id"]
+        print(f"joining grid run {self.grid_id} led by {lead.owner}", file=sys.stderr, flush=True)
+        command_run = tracking.command_run_id()
+        if command_run:  # the run `mlflow run` made points at the grid run its steps went to
+            tracking.follow(command_run, self.grid_id, "reproduce", f"reproduce {self.plan.grid.name} (worker)")
+        started = time.monotonic()
+        self.work(wait_for_all=False)
+        if self.failed:
+            raise RuntimeError("step(s) failed: " + "; ".join(f"{k}: {v}" for k, v in self.failed.items()))
+        ran = [r for r in self.records if not r["reused"] and r["worker"] == self.name]
+        return {
+            "run_id": self.grid_id,
+            "records": self.records,
+            "leader": False,
+            "steps_run": len(ran),
+            "steps_reused": len(self.records) - len(ran),
+            "seconds_total": time.monotonic() - started,
+            **{f"seconds_{s}": sum(r["seconds"] for r in ran if r["stage"] == s) for s in STAGES},
+        }
+
+    # -- the loop -----------------------------------------------------------------------------------------------------
+    def work(self, *, wait_for_all: bool) -> None:
+        """Resolve steps in the plan's order until none is left (`wait_for_all`) or every one left is held by
+        another worker."""
+        pending = plan_steps(self.plan)
+        waiting_said = False
+        while pending:
+            busy = 0
+            for step in list(pending):
+                if any(k in self.failed for k in step.inputs()):
+                    pending.remove(step)  # its input failed: it cannot run in this grid
+                    continue
+                if not all(k in self.done for k in step.inputs()):
+                    continue
+                state = self.attempt(step)
+                if state == "busy":
+                    busy += 1
+                    continue
+                pending.remove(step)
+                if state == "done":
+                    break  # look again from the top: the plan's order
             else:
-                variant = {
-                    "variant": unit.variant.preset,
-                    "paper_variant": unit.variant.paper,
-                    "seed": unit.seed,
-                    "num_classes": unit.subset.num_labels,
-                    "num_fine_classes": unit.subset.num_fine_classes,
-                    "train_images": unit.subset.train_images,
-                    "images_per_class": round(unit.subset.images_per_class, 3),
-                }
-            row = {
-                "experiment": unit.experiment,
-                **variant,
-                "arch": unit.arch,
-                "stage": stage,
-                "benchmark": benchmark,
-                "step_key": key,
-                "reused": reused,
-                "seconds": round(took, 3),
-                **outputs,
-            }
-            records.append(row)
-            client.log_dict(grid_id, records, "steps.json")  # written as it goes: an interrupted grid keeps it
-            what = f"{stage} {benchmark}".strip()
-            state = "reused" if reused else f"ran in {took:.1f} s"
-            console.print(
-                f"[{len(records)}/{plan.steps}] {unit.experiment} {row['variant']} {unit.arch} "
-                f"seed {row['seed']} {what}: {state}"
-            )
-            if on_step is not None:
-                on_step(row)
+                if not pending:
+                    break
+                if not wait_for_all and busy == len(pending):
+                    return  # everything left is held by others
+                if not waiting_said:
+                    print(f"{self.name}: waiting for steps that other workers run", file=sys.stderr, flush=True)
+                    waiting_said = True
+                time.sleep(POLL_SECONDS)
 
-        subsets_seen: set[str] = set()
-        for unit in plan.units:
-            tags = {
-                "grid": plan.grid.name,
-                "experiment": unit.experiment,
-                "variant": unit.variant.preset,
-                "seed": str(unit.seed),
-            }
-            with tracking.nested_under(grid_id, tags):
-                folder, outputs, reused, took = _subset_step(unit.subset, plan.source, done)
-                if unit.subset.key not in subsets_seen:
-                    subsets_seen.add(unit.subset.key)
-                    record(unit, "subset", unit.subset.key, outputs, reused, took)
-                links = {**tags, "mlflow.parentRunId": grid_id}
-                outputs, reused, took = _pretrain_step(unit, folder, done, client, device, links)
-                record(unit, "pretrain", unit.pretrain_key, outputs, reused, took)
-                model_uri = outputs["model_uri"]
-                for name, config in unit.benchmarks.items():
-                    key = plan.transfer_key(name, config, model_uri)
-                    t_outputs, reused, took = _transfer_step(name, model_uri, config, key, done, device)
-                    record(unit, "transfer", key, t_outputs, reused, took, benchmark=name)
-        for baseline in plan.baselines:  # after every pre-trained result: the reference lines of the report
-            tags = {"grid": plan.grid.name, "experiment": baseline.experiment, "variant": RANDOM, "seed": "0"}
-            with tracking.nested_under(grid_id, tags):
-                for name, config in baseline.benchmarks.items():
-                    key = plan.transfer_key(name, config, baseline.backbone)
-                    t_outputs, reused, took = _transfer_step(name, baseline.backbone, config, key, done, device)
-                    record(baseline, "transfer", key, t_outputs, reused, took, benchmark=name)
-        total = time.monotonic() - started
-        metrics = {f"seconds_{stage}": value for stage, value in seconds.items()}
-        metrics.update(
-            seconds_total=total,
-            steps_run=sum(not r["reused"] for r in records),
-            steps_reused=sum(r["reused"] for r in records),
+    def attempt(self, step: Step) -> str:
+        """Resolve `step` if possible: "done" (run here or found finished), "busy" (another live worker holds
+        it) or "failed"."""
+        from imagenet_transfer import tracking
+
+        key = step.key(self.plan, self.done)
+        if key in self.done:  # the same step earlier in this plan (an experiment shares it with another)
+            self.record(step, key, self.done[key], reused=True, seconds=0.0, worker=self.name)
+            return "done"
+        claim_key = f"{self.prefix}:step:{key}"
+        held = self.claims.get(claim_key)
+        if held and held.state == "running" and held.expires > time.time() and not held.acquired:
+            return "busy"
+        if held and held.state == "failed" and held.updated >= self.started:
+            self.failed[key] = held.result.get("error", "failed")
+            return "failed"
+        if self._resolve_found(step, key):
+            return "done"
+        tags = {**step.tags(self.plan), "grid_worker": self.name}
+        with self.claims.hold(claim_key, retry_failed=True) as claim:
+            if not claim.acquired:
+                return "busy" if claim.state == "running" else "failed" if claim.state == "failed" else "done"
+            if self._resolve_found(step, key):  # finished by another worker between the look and the claim
+                claim.complete({})
+                return "done"
+            began = time.monotonic()
+            links = {**tags, "mlflow.parentRunId": self.grid_id}
+            with tracking.nested_under(self.grid_id, tags):
+                outputs = execute(step, key, self.plan, self.done, self.client, self.device, links)
+            claim.complete(outputs)
+        self.done[key] = outputs
+        self.record(step, key, outputs, reused=False, seconds=time.monotonic() - began, worker=self.name)
+        return "done"
+
+    def _resolve_found(self, step: Step, key: str) -> bool:
+        """Whether the step is FINISHED in the store (then recorded: run by a worker of this grid, or reused)."""
+        found = find(step, key, self.client, self.done)
+        if found is None:
+            return False
+        run, outputs = found
+        tags = run.data.tags
+        ours = tags.get("mlflow.parentRunId") == self.grid_id and tags.get("grid_worker") != self.name
+        seconds = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000 if ours else 0.0
+        self.done[key] = outputs
+        self.record(step, key, outputs, reused=not ours, seconds=seconds, worker=tags.get("grid_worker", ""))
+        return True
+
+    def record(self, step: Step, key: str, outputs: dict, *, reused: bool, seconds: float, worker: str) -> None:
+        from rich.console import Console
+
+        row = {
+            **step.describe(),
+            "benchmark": step.benchmark,
+            "step_key": key,
+            "reused": reused,
+            "seconds": round(seconds, 3),
+            "worker": worker,
+            **outputs,
+        }
+        self.records.append(row)
+        if self.log_table:  # written as it goes: an interrupted grid keeps it
+            self.client.log_dict(self.grid_id, self.records, "steps.json")
+        elif worker != self.name:
+            return  # a joining worker reports the steps it runs; the leader's table has them all
+        what = f"{step.stage} {step.benchmark}".strip()
+        state = "reused" if reused else f"ran in {seconds:.1f} s" + (f" by {worker}" if worker != self.name else "")
+        Console(stderr=True).print(
+            f"[{len(self.records)}/{self.plan.steps}] {row['experiment']} {row['variant']} {row['arch']} "
+            f"seed {row['seed']} {what}: {state}"
         )
-        mlflow.log_metrics(metrics)
-    return {"run_id": grid_id, "records": records, **metrics}
+        if self.on_step is not None:
+            self.on_step(row)
 
 
-def _subset_step(subset: SubsetPlan, source: str, done: dict) -> tuple[Path, dict, bool, float]:
-    from imagenet_transfer import tracking
-    from imagenet_transfer.paths import cache_dir
-    from imagenet_transfer.subsets import make_subset
+def _exists(run_id: str | None) -> bool:
+    import mlflow
 
-    folder = cache_dir() / "subsets" / f"{subset.spec.name}-{subset.digest}"
-    started = time.monotonic()
-    if subset.key in done:
-        return folder, done[subset.key], True, 0.0
-    with step_lock(subset.key):
-        found = _find_finished(subset.key)
-        if found is not None:  # the folder is written again only if a pre-training needs it (_materialise)
-            outputs = {"run_id": found.info.run_id, "subset_digest": subset.digest}
-            reused = True
-        else:
-            with tracking.nested_under(None, {"step_key": subset.key}):
-                _, folder, run_id = make_subset(subset.spec, source, folder)
-            outputs, reused = {"run_id": run_id, "subset_digest": subset.digest}, False
-    done[subset.key] = outputs
-    return folder, outputs, reused, time.monotonic() - started
+    if not run_id:
+        return False
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
-def _pretrain_step(
-    unit: Unit, folder: Path, done: dict, client, device: str, links: dict[str, str]
-) -> tuple[dict, bool, float]:
-    key = unit.pretrain_key
-    started = time.monotonic()
-    if key in done:
-        return done[key], True, 0.0
-    with step_lock(key):
-        outputs, reused = _pretrain_locked(unit, folder, client, device, links)
-    done[key] = outputs
-    return outputs, reused, time.monotonic() - started
+# -- more workers on this machine -----------------------------------------------------------------------------------
+def _spawn(parallel: int, device: str, options: dict[str, Any]) -> list[subprocess.Popen]:
+    """Start `parallel - 1` more workers of this grid: one per GPU on CUDA (this process takes GPU 0), else
+    processes sharing the CPU cores."""
+    import torch
 
-
-def _pretrain_locked(unit: Unit, folder: Path, client, device: str, links: dict[str, str]) -> tuple[dict, bool]:
-    from imagenet_transfer import tracking
-    from imagenet_transfer.pretrain import run_pretrain
-
-    key = unit.pretrain_key
-    found = _find_finished(key)
-    uri = found and _registered_uri(client, found.info.run_id)  # the model version must exist in this store
-    if uri:
-        outputs, reused = {"run_id": found.info.run_id, "model_uri": uri}, True
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    if device == "cuda" and gpus < parallel:
+        raise UserError(f"--parallel {parallel} on cuda but {gpus} GPU(s) are visible; expected at most {gpus}")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}  # not the run `mlflow run` made
+    env["MLFLOW_TRACKING_URI"] = _tracking_uri()
+    if not gpus:
+        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        env["OMP_NUM_THREADS"] = threads
+        torch.set_num_threads(int(threads))
     else:
-        _materialise(unit.subset, unit.pretrain.source, folder)
-        with tracking.nested_under(None, {"step_key": key}):
-            summary = run_pretrain(unit.pretrain.replace(subset=str(folder), device=device))
-        if not summary.get("model_version"):
-            raise UserError(f"pre-training of {unit.variant.preset} registered no model; expected register=True")
-        run_tags = client.get_run(summary["run_id"]).data.tags
-        # a DDP pre-training runs in torchrun's processes, outside this grid's nesting: link it here
-        for name, value in {**links, "step_key": key, "model_uri": summary["model_uri"]}.items():
-            if name not in run_tags or name in ("step_key", "model_uri"):
-                client.set_tag(summary["run_id"], name, value)
-        outputs, reused = {"run_id": summary["run_id"], "model_uri": summary["model_uri"]}, False
-    return outputs, reused
+        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+    children = []
+    for index in range(1, parallel):
+        child_env = {**env, "IMAGENET_TRANSFER_WORKER": f"{socket.gethostname()} worker {index + 1}/{parallel}"}
+        if gpus:
+            child_env["CUDA_VISIBLE_DEVICES"] = str(index)
+        command = [sys.executable, "-m", "imagenet_transfer.cli", "reproduce", *_arguments(options, device)]
+        children.append(subprocess.Popen(command, env=child_env))
+    return children
 
 
-def _materialise(subset: SubsetPlan, source: str, folder: Path) -> None:
-    """Write the subset folder again when its run exists but the cache lost it (same digest, no new run)."""
-    from imagenet_transfer.catalog import load_catalog, source_digest
-    from imagenet_transfer.subsets import build_subset, write_subset
-
-    if not (folder / "subset.json").exists():
-        built = build_subset(load_catalog(source), subset.spec)
-        if built.digest != subset.digest:
-            raise UserError(
-                f"subset {subset.preset}: the source {source} changed while the grid ran (digest "
-                f"{built.digest}, planned {subset.digest}); expected an unchanged source"
-            )
-        write_subset(built, folder, source=source, source_digest=source_digest(source))
-
-
-def _registered_uri(client, run_id: str) -> str | None:
-    versions = client.search_model_versions(f"run_id = '{run_id}'")
-    return f"models:/{versions[0].name}/{versions[0].version}" if versions else None
-
-
-def _transfer_step(name: str, model_uri: str, config, key: str, done: dict, device: str) -> tuple[dict, bool, float]:
+def _tracking_uri() -> str:
     from imagenet_transfer import tracking
-    from imagenet_transfer.transfer.runner import run_benchmark
 
-    started = time.monotonic()
-    if key in done:
-        return done[key], True, 0.0
-    with step_lock(key):
-        found = _find_finished(key)
-        if found is not None:
-            outputs, reused = {"run_id": found.info.run_id, "model_uri": model_uri}, True
-        else:
-            with tracking.nested_under(None, {"step_key": key}):
-                run_benchmark(name, model_uri, config, device=device)
-            found = _find_finished(key)
-            outputs, reused = {"run_id": found.info.run_id if found else "", "model_uri": model_uri}, False
-    done[key] = outputs
-    return outputs, reused, time.monotonic() - started
+    return tracking.configure()
+
+
+def _arguments(options: dict[str, Any], device: str) -> list[str]:
+    """`reproduce`'s command-line arguments for `options` (the keyword arguments of `reproduce`)."""
+    args = ["--grid", str(options["grid_path"]), "--scale", options.get("scale", "world"), "--device", device]
+    if options.get("smoke"):
+        args.append("--smoke")
+    if options.get("seeds"):
+        args += ["--seeds", str(options["seeds"])]
+    if options.get("only"):
+        args += ["--only", ",".join(options["only"])]
+    if options.get("source"):
+        args += ["--source", str(options["source"])]
+    for name, path in (options.get("data") or {}).items():
+        args += ["--data", f"{name}={path}"]
+    if options.get("world"):
+        args += ["--world", str(options["world"])]
+    return args
+
+
+def _join(children: list[subprocess.Popen]) -> None:
+    """Wait for the workers this one started (they leave once nothing is left for them)."""
+    failed = []
+    try:
+        for child in children:
+            if child.wait():
+                failed.append(f"{child.args[-1] if child.args else ''} exit {child.returncode}")
+    except BaseException:
+        for child in children:
+            child.terminate()  # SIGTERM: they give their steps back and end their runs KILLED
+        for child in children:
+            child.wait()
+        raise
+    if failed:
+        print(f"{len(failed)} worker(s) ended with an error: {', '.join(failed)}", file=sys.stderr, flush=True)
 
 
 def reproduce(
@@ -302,13 +401,25 @@ def reproduce(
     data: dict[str, str] | None = None,
     world: str | Path | None = None,
     device: str = "auto",
+    parallel: int = 1,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Load, plan (everything checked before any run starts) and run a grid; returns `run_grid`'s summary."""
+    """Load, plan (everything checked before any run starts) and run a grid as one of its workers (with
+    `parallel` > 1: and start more); returns `run_grid`'s summary."""
     plan = make_plan(
         load_grid(grid_path), scale=scale, smoke=smoke, seeds=seeds, only=only, source=source, data=data, world=world
     )
-    return run_grid(plan, device=device, on_step=on_step)
+    options = {
+        "grid_path": grid_path,
+        "scale": scale,
+        "smoke": smoke,
+        "seeds": seeds,
+        "only": only,
+        "source": source,
+        "data": data,
+        "world": world,
+    }
+    return run_grid(plan, device=device, on_step=on_step, parallel=parallel, options=options)
 
 
 def print_plan(grid_path: str | Path, *, gpus: int = 8, **options: Any) -> list[dict[str, Any]]:

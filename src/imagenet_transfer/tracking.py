@@ -3,7 +3,10 @@
 - Tracking URI: `MLFLOW_TRACKING_URI` when set (a team server, or the URI `mlflow run` hands over),
   else `sqlite:///<cwd>/mlruns/mlflow.db`. Experiments the project creates in a local SQLite store keep
   their artifacts beside it (`mlruns/artifacts/<experiment>/`) and are tagged as model training
-  (`mlflow.experimentKind`), so the UI opens on their runs.
+  (`mlflow.experimentKind`), so the UI opens on their runs. `configure` checks the store once per process: a new
+  SQLite store is created whole under a lock (processes starting together on it all work), a file that is not
+  an MLflow SQLite store or a folder that does not exist is refused (UserError naming it), and a tracking server
+  must answer `GET /health` within seconds (MLflow's HTTP retries are then bounded to tens of seconds).
 - Experiment: `MLFLOW_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_ID` when set, else `imagenet-transfer`.
 - One run per command: under `mlflow run` (`MLFLOW_RUN_ID`), the first run a command starts *is* the run
   `mlflow run` made; every later one is started inside it or inside a driver (study, grid) nested in it.
@@ -12,12 +15,16 @@
   they are never logged again), and `resolved.<key>` what ran (a recipe's lr, the device `auto` chose).
 - Drivers (a study trial, a grid step) wrap the stages they call in `nested_under(run_id, tags)`: every run
   started inside becomes a child of that run (`mlflow.parentRunId`) and carries those tags.
+- Backbones: registered as pyfunc models from code (`backbone_model.py`) holding `state_dict.pt` and
+  `backbone.json`; nothing in the registry is a pickle. `load_backbone(uri)` rebuilds the module from them
+  (weights_only), `mlflow.pyfunc.load_model(uri).predict(batch)` gives its features.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import json
 import os
 import warnings
@@ -38,17 +45,227 @@ _PARENT: contextvars.ContextVar[tuple[str | None, dict[str, str]]] = contextvars
     "parent", default=(None, {})
 )
 _COMMAND_RUN = {"taken": False}  # the run `mlflow run` made is adopted once per process
+_CHECKED: set[str] = set()  # stores `configure` checked (and created) in this process
+_BUSY_TIMEOUT: list = []  # the SQLite busy-timeout hook, once installed
+SQLITE_HEADER = b"SQLite format 3\x00"
+HEALTH_TIMEOUT_S = 5  # a tracking server must answer GET /health within this
+HTTP_RETRY_BUDGET = {  # MLflow's defaults (7 retries, 120 s per request) wait ~4 min for a server that is gone
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",  # backoff 0 + 4 + 8 s (+ jitter)
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",  # seconds without an answer (connect, or between bytes read)
+}
 
 
 def configure() -> str:
-    """Point MLflow at the project's store (unless the user chose one) and return the URI."""
+    """Point MLflow at the project's store (unless the user chose one), check it once per process, and return
+    the URI. A local SQLite store that does not exist yet is created whole under a lock (see `_sqlite_store`); a
+    tracking server must answer (see `_check_server`). UserError naming the store when it is unusable."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         root = Path("mlruns").resolve()
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    path = _sqlite_path(uri)
+    key = str(path) if path else uri
+    if key not in _CHECKED:
+        if path:
+            _wait_when_busy()
+            _sqlite_store(uri, path)
+        elif uri.lower().startswith(("http://", "https://")):
+            _check_server(uri)
+        _CHECKED.add(key)
     return uri
+
+
+def _wait_when_busy() -> None:
+    """SQLite connections of this process wait up to a minute for another writer (several workers on one local
+    store) instead of failing at once with `database is locked`. MLflow gives its engine no timeout of its own."""
+    import sqlite3
+
+    import sqlalchemy
+
+    def busy_timeout(connection, record) -> None:
+        if isinstance(connection, sqlite3.Connection):
+            connection.execute("PRAGMA busy_timeout = 60000")
+
+    if not _BUSY_TIMEOUT:  # once per process
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", busy_timeout)
+        _BUSY_TIMEOUT.append(busy_timeout)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a local `sqlite:///` store (relative to the working directory, as SQLAlchemy reads it)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    raw = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if raw in ("", ":memory:") or raw.startswith("file:") else Path(raw).resolve()
+
+
+def _sqlite_store(uri: str, path: Path) -> None:
+    """Check the SQLite store `path` and open it once, creating it if it does not exist.
+
+    MLflow creates a new store by running its migrations, and two processes doing that at once break it for
+    good; so a new store is built in a temporary file under an exclusive lock beside it (`mlflow.db.lock`) and
+    moved into place whole: the others wait, then open it. A file that is not an MLflow SQLite store (an empty
+    file, other bytes, another program's database) is refused before MLflow touches it. The folder must exist,
+    except the project's own `mlruns/`."""
+    folder = path.parent
+    if not folder.is_dir():
+        if folder != Path("mlruns").resolve():  # the default, also as `make` exports it (relative)
+            raise UserError(
+                f"tracking store {uri}: folder {folder} does not exist; expected the folder of an MLflow SQLite "
+                "store (create it, or unset MLFLOW_TRACKING_URI to use ./mlruns/mlflow.db)"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        try:
+            lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (held until the store exists)
+        except OSError as err:
+            raise UserError(f"tracking store {path} cannot be created in {folder} ({err.strerror})") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the block ends, or when the process dies
+            if not path.exists():  # not made by another process while this one waited
+                _create_sqlite_store(path)
+    _check_sqlite_file(path)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)  # MLflow opens (and keeps) the store
+    except (mlflow.exceptions.MlflowException, SQLAlchemyError) as err:
+        first = str(getattr(err, "message", err)).strip().splitlines()[0]
+        raise UserError(
+            f"tracking store {path} cannot be opened ({first}); expected an MLflow SQLite store of this MLflow "
+            f"version (`mlflow db upgrade {uri}` upgrades an older one), or move it aside"
+        ) from None
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """Make a new MLflow store at `path` (tables and default experiment) in a temporary file, then link it into
+    place: a process stopped midway leaves no half-made store, and the next one removes its temporary file."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in path.parent.glob(f"{path.name}.new-*"):  # left by a creator that was stopped (we hold the lock)
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
+    tmp_uri = f"sqlite:///{tmp}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            store = SqlAlchemyStore(tmp_uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)  # what MLflow itself would pass
+        store.engine.dispose()
+        getattr(SqlAlchemyStore, "_engine_map", {}).pop(tmp_uri, None)
+        try:
+            os.link(tmp, path)  # never replaces a store another program made meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """UserError unless `path` is an SQLite database holding an MLflow store (or no table yet)."""
+    import sqlite3
+
+    if path.is_dir():
+        raise UserError(f"tracking store {path} is a folder; expected an MLflow SQLite store (a file)")
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if not header:
+        raise UserError(
+            f"tracking store {path} is an empty file, not an MLflow SQLite store; delete the empty file to start "
+            "a new store there"
+        )
+    if header != SQLITE_HEADER:
+        raise UserError(
+            f"tracking store {path} is not an SQLite database; expected an MLflow SQLite store, or move it aside"
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise UserError(
+            f"tracking store {path} cannot be read as SQLite ({err}); expected an MLflow SQLite store, or move it aside"
+        ) from None
+    if tables and "experiments" not in tables:
+        raise UserError(
+            f"tracking store {path} is an SQLite database without MLflow's tables (it has "
+            f"{', '.join(sorted(tables)[:5])}); expected an MLflow SQLite store, or move it aside"
+        )
+
+
+def _check_server(uri: str) -> None:
+    """UserError unless the tracking server `uri` answers `GET /health` within HEALTH_TIMEOUT_S (credentials from
+    MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN are sent if it asks for them); any answer but a
+    gateway's 502/503/504 will do. Also sets MLflow's HTTP retry budget (HTTP_RETRY_BUDGET) where the user has
+    not, so that a server that goes away during a run fails the command in tens of seconds, not minutes."""
+    import base64
+    import http.client
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+
+    for key, value in HTTP_RETRY_BUDGET.items():
+        os.environ.setdefault(key, value)
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UserError(
+            f"MLFLOW_TRACKING_URI (a server on {parts.hostname}) has no valid port; expected http(s)://HOST[:PORT]"
+        ) from None
+    netloc = parts.hostname or ""
+    netloc = f"[{netloc}]" if ":" in netloc else netloc
+    netloc = f"{netloc}:{port}" if port else netloc
+    shown = urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")  # no credentials, no query
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    headers = {}
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME") or parts.username
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password
+    if username and password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
+
+    def status(with_credentials: bool) -> int:
+        request = urllib.request.Request(url, headers=headers if with_credentials else {})
+        try:
+            with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_S) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        code = status(False)  # /health is normally open to all
+        if code in (401, 403) and headers:
+            code = status(True)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ssl.SSLError):  # something answers: MLflow's own TLS settings decide the rest
+            return
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(reason, TimeoutError | socket.timeout):
+            why = f"no answer within {HEALTH_TIMEOUT_S} s"
+        elif isinstance(reason, socket.gaierror):
+            why = f"host {parts.hostname} not found"
+        elif isinstance(reason, http.client.HTTPException):
+            why = f"what answers is not HTTP: {type(reason).__name__}"
+        else:
+            why = getattr(reason, "strerror", None) or str(reason)
+        raise UserError(
+            f"tracking server {shown} does not answer ({why}); expected a running `mlflow server` — see README Team use"
+        ) from None
+    if code in (502, 503, 504):
+        raise UserError(
+            f"tracking server {shown} does not answer (HTTP {code} from {shown}/health: the server behind it is "
+            "down); expected a running `mlflow server` — see README Team use"
+        )
 
 
 def store_id() -> str:
@@ -296,31 +513,44 @@ def log_dataset(
 # -- backbones in the model registry ---------------------------------------------------------------
 BACKBONE_ALIAS = "current"  # MLflow reserves "latest"; `models:/NAME@latest` is read as `models:/NAME/latest`
 BACKBONE_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
+BACKBONE_MODEL_CODE = Path(__file__).with_name("backbone_model.py")  # not imported here: it calls set_model
 
 
 def log_backbone(model, info: Mapping[str, Any], *, name: str | None, tags: Mapping[str, str]) -> str | None:
-    """Log `model` as the MLflow model `backbone` of the active run, with its weights as `state_dict.pt`
-    and `info` (what `models.rebuild` needs, plus the data it saw) as `backbone.json`; register it as
-    `name` (a new version, tagged, alias `current`) unless `name` is None. Returns the version.
-    `info["backbone"]` is what `models.rebuild` needs; the rest records the data the backbone saw."""
+    """Log `model` as the MLflow model `backbone` of the active run and register it as `name` (a new version,
+    tagged, alias `current`) unless `name` is None. Returns the version.
+
+    The model holds no pickle: it is a pyfunc model from code (`backbone_model.py`) whose artifacts are the
+    weights, `state_dict.pt` (read with `torch.load(weights_only=True)`), and `backbone.json`: `info`, whose
+    `info["backbone"]` is what `models.rebuild` needs and the rest records the data the backbone saw. Ways in:
+    `load_backbone(uri)` (the module) or `mlflow.pyfunc.load_model(uri).predict(batch)` (its features).
+    Requirements are given, not inferred (inference would load the model in a subprocess)."""
     import tempfile
 
-    import mlflow.pytorch
+    import numpy as np
     import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
     model = model.cpu().eval()
+    layer = model.feature_layers[-1]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.feature_dims()[layer]))]),
+        params=ParamSchema([ParamSpec("layer", "string", layer)]),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         weights, meta = Path(tmp) / "state_dict.pt", Path(tmp) / "backbone.json"
         torch.save(model.state_dict(), weights)
         meta.write_text(json.dumps(dict(info), indent=2) + "\n")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            logged = mlflow.pytorch.log_model(
-                model,
+            logged = mlflow.pyfunc.log_model(
                 name="backbone",
-                serialization_format="pickle",
-                pip_requirements=BACKBONE_REQUIREMENTS,
-                extra_files=[str(weights), str(meta)],
+                python_model=str(BACKBONE_MODEL_CODE),  # a path: the model is its code, not a pickled object
+                artifacts={"state_dict": str(weights), "backbone_json": str(meta)},  # backbone_model.py's names
+                signature=signature,
+                pip_requirements=backbone_requirements(),
                 tags=dict(tags),
             )
     if name is None:
@@ -328,6 +558,17 @@ def log_backbone(model, info: Mapping[str, Any], *, name: str | None, tags: Mapp
     version = mlflow.register_model(logged.model_uri, name, tags=dict(tags))
     mlflow.MlflowClient().set_registered_model_alias(name, BACKBONE_ALIAS, version.version)
     return str(version.version)
+
+
+def backbone_requirements() -> list[str]:
+    """What a logged backbone needs to load: torch, torchvision and this project (its `models.rebuild`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        project = [f"imagenet-transfer=={version('imagenet-transfer')}"]
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        project = []
+    return [*BACKBONE_REQUIREMENTS, *project]
 
 
 def backbone_files(uri: str) -> tuple[dict[str, Any], Path]:
