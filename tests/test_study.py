@@ -114,7 +114,7 @@ def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_
     config = settings(tiny_world, tmp_path, heartbeat_interval=1, grace_period=2)
     first = run_study(config)  # trial 0, then the one final test of the chosen configuration: trial 0's
     assert first["complete"] == 1 and first["best_trial"] == 0
-    (tested,) = (row for _, row in runs(study_role="final_test").iterrows())
+    (tested,) = (row for _, row in runs(study_role="final_test", study_name="tiny").iterrows())
     testing = (tiny_world / "Partitions" / "Testing_01.txt").read_text().split()
     chance = 100 / len((tiny_world / "Partitions" / "ClassName.txt").read_text().split())
     # scored on the benchmark's Testing list (the trial scored a split held out from its training lists) ...
@@ -173,7 +173,7 @@ def test_a_study_runs_is_joined_by_a_second_process_and_resumes(tiny_world, tmp_
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "study"
     assert run.data.metrics["best_num_classes"] == best.params["num_classes"]
     assert run.data.metrics["best_objective"] == pytest.approx(best.value)
-    final = runs(study_role="final_test")
+    final = runs(study_role="final_test", study_name="tiny")
     assert set(final["tags.evaluate_on"]) == {"test"} and set(final["tags.mlflow.parentRunId"]) == {study_run}
     assert run.data.metrics["test_sun397_acc"] == pytest.approx(
         final.sort_values("start_time")["metrics.sun397_acc"].iloc[-1]

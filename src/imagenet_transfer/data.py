@@ -14,7 +14,8 @@ How it works:
 - `ManifestDataset` reads each file with `torchvision.io.read_file` and decodes it with `decode_jpeg` (PNG and
   other formats via `decode_image`) into uint8 RGB CHW (greyscale and CMYK are converted). An unreadable or
   corrupt image becomes a `Skipped` marker; the collate function drops it and the `Loader` records its path.
-  A batch whose every image is corrupt is dropped whole.
+  A batch whose every image is corrupt is dropped whole. Train and val loaders alike count them: `pretrain`
+  warns with the first one's path, logs `skipped_images`/`val_skipped_images` and stops past `max_fraction`.
 - Transforms (`PRESETS`, named data) work on uint8 tensors with `torchvision.transforms.v2.functional` inside
   the workers: "paper" = the paper's training augmentation scaled to the resolution (square resize to
   round(res·256/227), i.e. 256 for 227, a random res×res crop, horizontal mirror with p=0.5); "center" = the
@@ -307,8 +308,9 @@ class Loader:
         normalisation: str,
         device: torch.device,
         channels_last: bool = False,
+        split: str = "",
     ) -> None:
-        self.loader, self.sampler, self.normalisation = loader, sampler, normalisation
+        self.loader, self.sampler, self.normalisation, self.split = loader, sampler, normalisation, split
         self.device, self.channels_last = device, channels_last
         self.skipped: dict[str, str] = {}  # path → reason, each path once
         self.seen = 0  # images tried, over all iterations
@@ -340,15 +342,16 @@ class Loader:
             yield (images.float() - mean) * inv_std, labels.to(self.device, non_blocking=non_blocking)
 
     def check_skipped(self, max_fraction: float) -> int:
-        """Number of distinct skipped images; UserError listing them when skips exceed `max_fraction` of the
-        images tried so far."""
+        """Number of distinct skipped images; UserError listing them (the first one first) when skips exceed
+        `max_fraction` of the images tried so far."""
         count = len(self.skipped)
         if self.skip_events and self.skip_events > max_fraction * max(self.seen, 1):
             listing = "; ".join(f"{p} ({why})" for p, why in list(self.skipped.items())[:20])
             more = f" and {count - 20} more" if count > 20 else ""
+            split = f" of the {self.split} split" if self.split else ""
             raise UserError(
                 f"{self.skip_events} of {self.seen} images could not be read ({count} distinct "
-                f"files), more than the allowed fraction "
+                f"files{split}), more than the allowed fraction (max_skipped_fraction) "
                 f"{max_fraction:g}: {listing}{more}; expected readable JPEG files (fix or remove them "
                 f"from the manifest)"
             )
@@ -452,7 +455,7 @@ def make_loader(
         persistent_workers=persistent,
         prefetch_factor=4 if workers > 0 else None,
     )
-    return Loader(loader, sampler, normalisation=normalisation, device=device, channels_last=channels_last)
+    return Loader(loader, sampler, normalisation=normalisation, device=device, channels_last=channels_last, split=split)
 
 
 def default_workers() -> int:

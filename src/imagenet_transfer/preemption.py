@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 
 EXIT_CODE = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
@@ -36,11 +37,20 @@ def install() -> None:
 
 
 def _handler(signum, frame) -> None:
-    if os.getpid() != _state["pid"]:  # a forked data-loading worker: the main process stops it
+    if os.getpid() != _state["pid"]:  # a forked child
+        if _in_data_loader_worker():
+            return  # the main process stops it (at a step boundary)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # any other child (a multiprocessing pool's worker, which
+        os.kill(os.getpid(), signal.SIGTERM)  # `Pool.terminate` stops with SIGTERM) dies as it would without us
         return
     _state["requested"] = True
     if not _state["deferred"]:
         raise Preempted("SIGTERM")
+
+
+def _in_data_loader_worker() -> bool:
+    data = sys.modules.get("torch.utils.data")
+    return data is not None and data.get_worker_info() is not None
 
 
 def requested() -> bool:

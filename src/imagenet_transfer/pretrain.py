@@ -8,33 +8,47 @@ on first use), a subset folder or a `manifest.parquet`.
 Output: an MLflow run (tag stage=pretrain) with the resolved config as params, per-epoch metrics (train_loss,
 lr, images_per_s, val_top1, val_top5, val_top1_coarse; the params `derived.val_top1_uniform`,
 `derived.val_top1_majority` and `derived.val_top1_coarse_majority` say what guessing scores), the subset as a
-dataset input, the backbone as an MLflow model (`backbone/`, with `state_dict.pt` + `backbone.json` as extra
-files, loadable with `torch.load(..., weights_only=True)`), and a registered model version `<arch>-<subset name>`
+dataset input, the backbone as an MLflow pyfunc model from code (`backbone/`: `state_dict.pt` + `backbone.json`, no
+pickle; `tracking.load_backbone` or `mlflow.pyfunc.load_model`), and a registered model version `<arch>-<subset name>`
 with the alias `current` (`models:/small-full@current`). Pre-training computes no transfer metric: benchmarks
 read the model.
 
-Checkpoints go to `checkpoint_dir` (default: the cache, keyed by the config, the subset digest, the source's
-content digest, the code version and the tracking store) at every epoch end and every `checkpoint_minutes`;
-running the same command again resumes the same MLflow run from the last checkpoint, and a finished one returns
-its model version without training again, as long as that run and model version exist in the current store.
+Checkpoints go to `checkpoint_dir` (default: the cache, keyed by the config less its `OPERATIONAL` fields, the
+device type, the subset digest, the source's content digest, the code version and the tracking store): the first
+after 1/20 of the run's steps (at least one) or `checkpoint_minutes`, whichever comes first, then at every epoch
+end and every `checkpoint_minutes`. Running the same command again resumes the same MLflow run from the last
+checkpoint (changed operational options are tagged `resumed.<key>`), and a finished one returns its model version
+without training again, as long as that run and model version exist in the current store. A save that fails (disk
+full) ends the run FAILED with a message naming the folder and the space needed; the previous checkpoint stays.
+
+One process at a time trains a checkpoint folder: it holds an exclusive `flock` on `<folder>/pretrain.lock` (pid
+and host inside; across machines on NFS too; the kernel releases it when the process dies, kill -9 included; under
+DDP rank 0 holds it). The same command meanwhile says so and waits, then finds the training finished. Whoever holds
+the lock knows that a RUNNING run tagged with this folder lost its process: its checkpoint is resumed, and without
+one the run is ended KILLED (tag `killed_reason`) before a new run starts, so no run stays RUNNING.
 Everything that can be checked (options, subset, loaders) is checked before the run starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import mlflow
 import pandas as pd
@@ -143,12 +157,18 @@ def reference_accuracies(manifest: pd.DataFrame, coarse_of_label: torch.Tensor) 
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
+LOCK_FILE = "pretrain.lock"
+FIRST_CHECKPOINT_FRACTION = 1 / 20  # the first checkpoint comes after this share of the steps (or checkpoint_minutes)
+
+
 def checkpoint_folder(config: PretrainConfig, subset: ResolvedSubset) -> Path:
-    """The checkpoint folder of this training: keyed by the config, the subset and its source's content, the
-    code version and the tracking store (a checkpoint resumes its run, which lives in one store)."""
-    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else cache_dir() / "checkpoints"
-    upstream = f"{subset.digest}:{subset.source_digest}:{tracking.store_id()}"
-    folder = folder / f"{config.arch}-{config.key(upstream)}"
+    """The checkpoint folder of this training (an absolute path): keyed by the config less its operational fields,
+    the device type it trains on (CPU and CUDA differ in numerics), the subset and its source's content, the code
+    version and the tracking store (a checkpoint resumes its run, which lives in one store)."""
+    folder = Path(config.checkpoint_dir).expanduser() if config.checkpoint_dir else cache_dir() / "checkpoints"
+    device_type = "cpu" if config.device == "cpu" or not torch.cuda.device_count() else "cuda"
+    upstream = f"{subset.digest}:{subset.source_digest}:{tracking.store_id()}:{device_type}"
+    folder = folder.absolute() / f"{config.arch}-{config.key(upstream)}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".probe-{os.getpid()}"
@@ -161,11 +181,96 @@ def checkpoint_folder(config: PretrainConfig, subset: ResolvedSubset) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def checkpoint_lock(folder: Path, poll_seconds: float = 0.5) -> Iterator[None]:
+    """Hold an exclusive `flock` on `folder/pretrain.lock` for the block: one process trains a folder at a time.
+
+    When another process holds it, print who (the pid and host it wrote into the file) and wait until it is
+    released: the training finished, failed or its process died (the kernel releases the lock of a dead
+    process, kill -9 included; on NFS the lock is the server's). Ctrl-C and SIGTERM interrupt the wait."""
+    path = folder / LOCK_FILE
+    try:
+        fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o664), True
+    except PermissionError:  # another user's lock file: locking needs no write access
+        fd, writable = os.open(path, os.O_RDONLY), False
+    try:
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    print(f"warning: {path} cannot be locked ({err.strerror}): training without the lock")
+                    break
+            if not announced:
+                print(
+                    f"the same pre-training is running in another process ({_lock_holder(path)}); waiting for it "
+                    f"to finish (lock {path})",
+                    flush=True,
+                )
+                announced = True
+            time.sleep(poll_seconds)
+        if announced:
+            print("the other process released the lock: checking its checkpoint folder", flush=True)
+        if writable:  # who holds it, for whoever waits
+            since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds the lock at `path`, as its holder wrote it."""
+    try:
+        holder = json.loads(path.read_text())
+        return f"pid {holder['pid']} on host {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not yet written its pid"
+
+
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    """Write `checkpoint.pt` atomically (temporary file + rename)."""
-    tmp = folder / f".checkpoint.pt.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / "checkpoint.pt")
+    """Write `checkpoint.pt` atomically (temporary file, fsync, rename): a failed save leaves the previous one."""
+    _write_atomically(folder, "checkpoint.pt", lambda f: torch.save(state, f), _size_of(state))
+
+
+def _write_atomically(folder: Path, name: str, write: Callable[[BinaryIO], None], size: int) -> None:
+    """`write(file)` into `folder/name` through a temporary file renamed over it once complete. A failed write
+    (ENOSPC, EDQUOT, EIO…) removes the temporary file and raises a UserError naming the folder and the space
+    needed (`size` bytes, about) and available; the file it would have replaced is untouched."""
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, folder / name)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise UserError(
+            f"checkpoint folder {folder}: {name} could not be written ({err.strerror or err}); it needs about "
+            f"{size / 2**20:.0f} MiB, {free}. Expected room for it: free some space or choose another "
+            f"--checkpoint-dir; the previous {name} there is kept, and the same command resumes from it"
+        ) from None
+
+
+def _size_of(value: Any) -> int:
+    """Bytes of the tensors in a nested state (what a checkpoint of it takes, give or take its metadata)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_size_of(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_size_of(v) for v in value)
+    return 0
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any] | None:
@@ -187,15 +292,10 @@ def _readable(path: Path, read: Callable[[Path], Any]) -> Any:
 
 
 def _remove_stale_saves(folder: Path) -> None:
-    """Temporary files of saves whose process is gone (killed while writing)."""
-    for tmp in folder.glob(".checkpoint.pt.*.tmp"):
-        pid = tmp.name.split(".")[-2]
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            tmp.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
+    """Temporary files of saves cut short (a process killed while writing). Called under the folder's lock, so
+    no other process is writing: every one is stale."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -226,15 +326,25 @@ def run_pretrain(
         torch.distributed.broadcast_object_list(holder, src=0)
         subset = holder[0]
     folder = checkpoint_folder(config, subset)
-    found = _same_on_all_ranks(_checked_checkpoint(folder) if is_main else None, world_size)
-    if found.get("done"):
-        summary = found["done"]
-        if is_main:
-            print(f"already trained: {summary['model_uri']} (run {summary['run_id']}); nothing to do")
-            command_run = tracking.command_run_id()
-            if command_run:  # the run `mlflow run` made points at the run that holds the model
-                tracking.follow(command_run, summary["run_id"], "pretrain", f"pretrain {config.arch} {subset.name}")
-        return summary
+    with checkpoint_lock(folder) if is_main else contextlib.nullcontext():  # the other ranks follow rank 0
+        found = _same_on_all_ranks(_checked_checkpoint(folder) if is_main else None, world_size)
+        if found.get("done"):
+            summary = found["done"]
+            if is_main:
+                print(f"already trained: {summary['model_uri']} (run {summary['run_id']}); nothing to do")
+                command_run = tracking.command_run_id()
+                if command_run:  # the run `mlflow run` made points at the run that holds the model
+                    tracking.follow(command_run, summary["run_id"], "pretrain", f"pretrain {config.arch} {subset.name}")
+            return summary
+        summary = _run(given, config, subset, folder, found, device, rank, world_size, on_step, on_epoch)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _run(given, config, subset, folder, found, device, rank, world_size, on_step, on_epoch) -> dict[str, Any]:
+    """The training itself, under the folder's lock: its MLflow run, started or resumed from the checkpoint."""
+    is_main = rank == 0
     state = load_checkpoint(folder) if found.get("resume") else None
     setup = _prepare(config, subset, device, state, rank, world_size)  # bad input fails here, before any run
 
@@ -264,6 +374,9 @@ def run_pretrain(
         if is_main:
             if state:
                 mlflow.set_tag("resumed", "true")
+                if found.get("status"):
+                    mlflow.set_tag("resumed_from_status", found["status"])
+                _tag_operational_changes(run.info.run_id, {**config.to_dict(), "device": device.type})
             subset = subset.record()  # the subset's own run, a child of this one
             if subset.run_id:
                 mlflow.set_tag("subset_run_id", subset.run_id)
@@ -291,16 +404,32 @@ def run_pretrain(
         if is_main:
             summary.update(_log_backbone(config, subset, model, folder))
             summary["run_id"] = run.info.run_id
-            (folder / "done.json").write_text(json.dumps({**summary, "store": tracking.store_id()}, indent=2))
-    if world_size > 1:
-        torch.distributed.destroy_process_group()
+            text = json.dumps({**summary, "store": tracking.store_id()}, indent=2)
+            _write_atomically(folder, "done.json", lambda f: f.write(text.encode()), len(text))
     return summary
+
+
+def _tag_operational_changes(run_id: str, values: dict[str, Any]) -> None:
+    """On resume: each operational option whose value differs from the one the run started with (its
+    `resolved.<key>` param, which MLflow cannot change) is tagged `resumed.<key>` with the value it runs with now
+    (a tag left by an earlier resume is removed where the value is back to the original)."""
+    client = mlflow.MlflowClient()
+    data = client.get_run(run_id).data
+    for key in PretrainConfig.OPERATIONAL:
+        now = tracking.flatten({key: values[key]})[key]
+        if f"resolved.{key}" in data.params and not tracking.same_value(data.params[f"resolved.{key}"], now):
+            client.set_tag(run_id, f"resumed.{key}", now)
+        elif f"resumed.{key}" in data.tags:
+            client.delete_tag(run_id, f"resumed.{key}")
 
 
 def _checked_checkpoint(folder: Path) -> dict[str, Any]:
     """What the checkpoint folder may give in this tracking store: `done` (the summary of a finished training whose
-    run and model version exist here), `resume` (a checkpoint whose run exists here and did not finish), or
-    nothing (the folder is cleared: its run or model is gone from the store)."""
+    run and model version exist here), `resume` (a checkpoint whose run exists here and did not finish; `status`
+    is that run's), or nothing (the folder is cleared: its run or model is gone from the store).
+
+    Called under the folder's lock: a run still RUNNING with this folder's `checkpoint_dir` tag has lost its
+    process. The one the checkpoint belongs to is resumed; any other is ended KILLED, tagged `killed_reason`."""
     client = mlflow.MlflowClient()
     done, path = folder / "done.json", folder / "checkpoint.pt"
     _remove_stale_saves(folder)
@@ -316,6 +445,7 @@ def _checked_checkpoint(folder: Path) -> dict[str, Any]:
         run = exists(summary.get("run_id", ""))
         model = summary.get("model_name") and summary.get("model_version")
         if run is not None and run.info.status == "FINISHED" and (not model or _version_exists(client, summary)):
+            _end_orphaned_runs(folder, keep="")
             return {"done": summary}
         print(
             f"the finished training in {folder} was logged to a run or model that this tracking store does not "
@@ -323,19 +453,46 @@ def _checked_checkpoint(folder: Path) -> dict[str, Any]:
         )
         done.unlink()
         path.unlink(missing_ok=True)
+        _end_orphaned_runs(folder, keep="")
         return {}
     state = _readable(path, lambda p: torch.load(p, map_location="cpu", weights_only=True)) if path.exists() else None
     if state is not None:
         run_id = state.get("run_id", "")
         run = exists(run_id)
         if run is not None and run.info.status != "FINISHED":
-            return {"resume": True}
+            _end_orphaned_runs(folder, keep=run_id)
+            if run.info.status == "RUNNING":
+                print(f"run {run_id} is RUNNING but its process is gone: resuming it from its checkpoint")
+            return {"resume": True, "status": run.info.status}
         print(
             f"the checkpoint in {folder} belongs to run {run_id}, which this store does not hold unfinished: "
             "training from the start"
         )
         path.unlink()
+    _end_orphaned_runs(folder, keep="")
     return {}
+
+
+def _end_orphaned_runs(folder: Path, keep: str) -> None:
+    """End KILLED every pre-training run of this store still RUNNING with `folder` as its `checkpoint_dir` tag,
+    but `keep`: whoever holds the folder's lock knows that no live process trains them (killed with -9, or the
+    machine died, before anything resumable was saved)."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.stage = 'pretrain' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    for run in runs:
+        if run.data.tags.get("checkpoint_dir") != str(folder) or run.info.run_id == keep:
+            continue
+        reason = (
+            "its process died (the checkpoint folder's lock was free) before saving a checkpoint to resume from; "
+            "a rerun of the same pre-training ended it and started a new run"
+        )
+        client.set_tag(run.info.run_id, "killed_reason", reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+        print(f"run {run.info.run_id} was RUNNING without a process or a checkpoint: ended KILLED")
 
 
 def _version_exists(client, summary: dict[str, Any]) -> bool:
@@ -478,9 +635,12 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
         tracking.log_params(derived)
 
     last_save = time.monotonic()
+    # the first checkpoint of a training: after 1/20 of its steps (at least one) unless checkpoint_minutes come first
+    first_due = max(1, math.ceil(total * FIRST_CHECKPOINT_FRACTION)) if step == 0 else 0
 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
-        nonlocal last_save
+        nonlocal last_save, first_due
+        first_due = 0
         if is_main:
             save_checkpoint(
                 folder,
@@ -499,7 +659,12 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
         last_save = time.monotonic()
 
     metrics: dict[str, float] = {}
+    reported: set[str] = set()  # skipped images already named in a warning
     with preemption.deferred(), progress_bar(status=True, enabled=is_main) as progress:
+
+        def say(text: str) -> None:
+            progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
         task = progress.add_task(f"pretrain {config.arch} on {subset.name}", total=total, completed=step, status="")
         while step < total:
             train_loader.set_epoch(epoch, batch)
@@ -513,7 +678,11 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
                 if _preempted(world_size, device):  # SIGTERM on any rank: every rank stops after this step
                     checkpoint(epoch, batch)
                     raise preemption.Preempted("SIGTERM")
-                if config.checkpoint_minutes == 0 or time.monotonic() - last_save > 60 * config.checkpoint_minutes:
+                if (
+                    config.checkpoint_minutes == 0
+                    or time.monotonic() - last_save > 60 * config.checkpoint_minutes
+                    or 0 < first_due <= step
+                ):
                     checkpoint(epoch, batch)
 
             stats = train_steps(
@@ -528,6 +697,8 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
                 first_step=step,
                 on_step=after_step,
             )
+            if is_main:
+                _warn_skipped(train_loader, "train", reported, say)
             skipped = train_loader.check_skipped(config.max_skipped_fraction)
             epoch, batch = epoch + 1, 0
             metrics = {
@@ -539,20 +710,36 @@ def _train(config, subset, setup, device, folder, run_id, rank, world_size, is_m
             }
             if val_loader is not None:
                 metrics.update(evaluate(model, val_loader, device=device, coarse_of_label=coarse))
+                _warn_skipped(val_loader, "val", reported, say)
+                metrics["val_skipped_images"] = val_loader.check_skipped(config.max_skipped_fraction)
             if is_main:
                 mlflow.log_metrics(metrics, step=step)
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("val_top"))
                 progress.console.print(
                     f"epoch {epoch}: loss {stats.loss:.3f}, {stats.images_per_second:.0f} img/s, {shown}"
                 )
-                if train_loader.skipped:
-                    mlflow.log_text(
-                        "\n".join(f"{p}\t{why}" for p, why in train_loader.skipped.items()), "skipped_images.tsv"
-                    )
+                skips = {**train_loader.skipped, **(val_loader.skipped if val_loader is not None else {})}
+                if skips:
+                    mlflow.log_text("\n".join(f"{p}\t{why}" for p, why in skips.items()), "skipped_images.tsv")
             checkpoint(epoch, 0)
             if on_epoch is not None and is_main:
                 on_epoch(epoch, metrics)
     return model, {"step": step, **metrics}
+
+
+def _warn_skipped(loader: Any, split: str, reported: set[str], show: Callable[[str], None]) -> None:
+    """Name the images of `split` that `loader` skipped since the last warning (the first one, and how many)."""
+    new = [(path, why) for path, why in loader.skipped.items() if path not in reported]
+    if not new:
+        return
+    reported.update(path for path, _ in new)
+    (path, why), more = new[0], len(new) - 1
+    others = f" and {more} more" if more else ""
+    show(
+        f"warning: {len(new)} {split} image(s) could not be read and were skipped: {path} ({why}){others}; "
+        f"counted in the metric {'skipped_images' if split == 'train' else 'val_skipped_images'} and listed in the "
+        "run's skipped_images.tsv"
+    )
 
 
 def _preempted(world_size: int, device: torch.device) -> bool:
@@ -614,6 +801,9 @@ def _device(config: PretrainConfig, rank: int, world_size: int) -> torch.device:
 def _launch_torchrun(config: PretrainConfig) -> dict[str, Any]:
     """Re-run this pre-training under torchrun with one process per GPU (DDP)."""
     _device(config, 0, 1)  # refuses more GPUs than exist
+    folder = checkpoint_folder(config, resolve_subset(config.subset, config.source))
+    with checkpoint_lock(folder):  # another process trains it: wait here, not with the ranks started (their timeout)
+        pass
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config.to_dict()))
@@ -632,7 +822,6 @@ def _launch_torchrun(config: PretrainConfig) -> dict[str, Any]:
         done = subprocess.run(command)
     if done.returncode:
         raise SystemExit(done.returncode)
-    folder = checkpoint_folder(config, resolve_subset(config.subset, config.source))
     return json.loads((folder / "done.json").read_text())
 
 

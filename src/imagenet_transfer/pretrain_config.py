@@ -140,13 +140,19 @@ class PretrainConfig(Settings):
     model_name: str = ""
     register: bool = True
 
-    # fields that do not change what is trained (excluded from the checkpoint key)
+    # Fields that do not change what is trained: excluded from the checkpoint key, so that a rerun with other values
+    # resumes the same training (pretrain tags the run `resumed.<field>` with the new value). `device` is here as the
+    # option (auto and cuda that pick the same device are one training) but the device type it resolves to is part
+    # of the key (CPU and CUDA/bf16 differ in numerics); `gpus` splits the same global batch over more processes;
+    # `max_skipped_fraction` only decides when unreadable images stop the training. Every other field, `compile` and
+    # `coarse_level` included (compiled kernels' numerics, the val metric's meaning), is part of the key.
     OPERATIONAL: ClassVar[tuple[str, ...]] = (
         "workers",
         "device",
         "gpus",
         "checkpoint_dir",
         "checkpoint_minutes",
+        "max_skipped_fraction",
         "register",
         "model_name",
         "input_pipeline",

@@ -36,7 +36,7 @@ class StudyConfig(Settings):
     budget: int = Field(ge=1)  # B: train images of every trial's subset
     n_trials: int = Field(3, ge=1)  # finished (complete or pruned) trials the study should hold, over all workers
     study_name: str = ""  # "" = budget-<B>
-    storage: str = ""  # Optuna RDB URL, or a .log/.journal file; "" = sqlite beside the MLflow store
+    storage: str = ""  # Optuna RDB URL or a .log/.journal file; "" = IMAGENET_TRANSFER_DB, else sqlite by MLflow's
     objective: tuple[Literal[tuple(OBJECTIVE_METRICS)], ...] = Field(
         ("voc12_action",), min_length=1
     )  # maximised on val
@@ -58,9 +58,10 @@ class StudyConfig(Settings):
     seed: int = Field(0, ge=0)  # class choice, pre-training and samplers
     sampler: Literal[SAMPLERS] = "tpe"
     pruner: str = "median"  # median, hyperband, none or threshold:<val_top1 %>
-    heartbeat_interval: int = Field(60, ge=1)  # RDB storages: seconds between a running trial's heartbeats
-    grace_period: int = Field(180, ge=1)  # a running trial without a heartbeat for this long is failed (and retried)
-    max_retry: int = Field(2, ge=0)  # retries of a trial whose worker died
+    heartbeat_interval: int = Field(60, ge=1)  # seconds between a running trial's heartbeats (and waiting looks)
+    grace_period: int = Field(180, ge=1)  # a worker silent this long is dead: its trial failed (and retried), its
+    # claims (final test, finishing) taken over
+    max_retry: int = Field(2, ge=0)  # retries of a trial whose worker died or was stopped (SIGTERM)
     workers: int | None = Field(None, ge=0)  # data-loading processes of pre-training
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

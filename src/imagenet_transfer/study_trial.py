@@ -11,6 +11,12 @@ in MLflow: a run nested under the study run (tag `stage=trial`, `study_name`, `t
 retry; params `budget`, `num_classes`, `images_per_class` and the other sampled params; metrics `objective`
 (`objective_<i>` with several) and the benchmark metric under its own name), with its subset, pretrain and transfer
 runs under it. In Optuna: the trial's value(s) and user attrs `images_per_class`, `mlflow_run_id`, `model_uri`.
+
+`execute` runs a trial as one worker of the study (`study_storage.Coordination`): its liveness claim and Optuna
+heartbeats kept while it runs, its end told under the study's lock. A trial that raises ends FAIL (the worker stops
+with the error, as `study.optimize` would); one interrupted by SIGTERM or Ctrl-C ends FAIL with its params enqueued
+again (the next worker, or the same command again, runs them first: its pre-training resumes from the checkpoint
+saved at the signal); a pruned one ends PRUNED.
 """
 
 from __future__ import annotations
@@ -27,6 +33,33 @@ import mlflow
 from imagenet_transfer import tracking
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.study_config import Pools, StudyConfig, benchmark_config, label_spec, pretrain_config
+
+
+def execute(trial, coordination, config: StudyConfig, pools: Pools, study_run_id: str) -> str:
+    """Run `trial` (from `coordination.next_trial()`) as this worker's and record its end. Returns its state
+    (COMPLETE, PRUNED; FAIL when another worker failed it meanwhile, taking it for dead)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    with coordination.claims.hold(coordination.key("trial", trial.number)) as claim, coordination.heartbeat(trial):
+        try:
+            values, state = run_trial(trial, config, pools, study_run_id), TrialState.COMPLETE
+        except optuna.TrialPruned:
+            values, state = None, TrialState.PRUNED
+        except KeyboardInterrupt:  # SIGTERM or Ctrl-C: the runs ended KILLED; the trial is retried
+            coordination.abandon(trial)
+            raise
+        except Exception:
+            coordination.tell(trial, state=TrialState.FAIL)
+            raise
+        if not coordination.tell(trial, values, state):
+            print(
+                f"study {config.study_name}: trial {trial.number} was failed by another worker meanwhile (no "
+                f"heartbeat for {config.grace_period} s): its result is dropped, its retry runs it again"
+            )
+            return TrialState.FAIL.name
+        claim.complete({"state": state.name})
+    return state.name
 
 
 def run_trial(trial, config: StudyConfig, pools: Pools, study_run_id: str) -> float | tuple[float, ...]:
@@ -135,12 +168,17 @@ def end_runs_of_dead_workers(study) -> list[str]:
     stopped sending heartbeats (a trial that raised has ended its runs itself). Returns the run ids ended."""
     from optuna.trial import TrialState
 
-    client, ended = mlflow.MlflowClient(), []
-    pending = [
+    return end_dead_runs(
         t.user_attrs["mlflow_run_id"]
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if t.user_attrs.get("mlflow_run_id") and t.user_attrs.get("mlflow_run_id") not in _ENDED
-    ]
+    )
+
+
+def end_dead_runs(run_ids) -> list[str]:
+    """End FAILED (tag `worker_died=true`) those of `run_ids` and their descendants still RUNNING: their worker
+    died. Returns the run ids ended."""
+    client, ended, pending = mlflow.MlflowClient(), [], list(run_ids)
     while pending:
         run_id = pending.pop()
         _ENDED.add(run_id)
