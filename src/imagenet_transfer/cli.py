@@ -313,7 +313,10 @@ def budget_study(
         str, typer.Option(help="Optuna study name (default budget-<B>); the same name joins/continues it")
     ] = "",
     storage: Annotated[
-        str, typer.Option(help="Optuna RDB URL or a .log/.journal file (default sqlite beside the MLflow store)")
+        str,
+        typer.Option(
+            help="Optuna RDB URL or a .log/.journal file (default $IMAGENET_TRANSFER_DB, else sqlite beside the store)"
+        ),
     ] = "",
     objective: Annotated[
         str,
