@@ -268,3 +268,16 @@ def test_a_server_that_goes_away_during_a_command_fails_it_in_seconds(http_env, 
     with pytest.raises(mlflow.exceptions.MlflowException, match="Max retries exceeded"):
         mlflow.MlflowClient().search_experiments()
     assert time.monotonic() - start < 30  # MLflow's defaults: ~4 minutes
+
+
+def test_sqlite_stores_wait_for_another_writer_instead_of_failing(tmp_path, monkeypatch):
+    """Several workers on one local store: MLflow's own SQLite connections wait (busy timeout) for a writer."""
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+
+    from imagenet_transfer import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.configure()
+    with create_sqlalchemy_engine(uri).connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
