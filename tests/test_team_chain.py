@@ -52,3 +52,24 @@ def test_two_machines_share_a_grid_through_the_team_server(team_server, tiny_wor
     assert versions == {"team-small-e1-12-s0": 1, "team-small-e1-6-s0": 1}
     artifact_uri = client.get_run(table[1]["run_id"]).info.artifact_uri
     assert artifact_uri.startswith("mlflow-artifacts:")  # proxied: stored by the server, not on the workers' disks
+
+
+def test_two_study_workers_share_a_study_through_the_team_server(team_server, tiny_world, tmp_path, monkeypatch):
+    from test_study import settings
+    from test_study_workers import check_the_end, command
+
+    config = settings(tiny_world, tmp_path, study_name="team", n_trials=4, pruner="none", storage=team_server.db_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_server.tracking_uri)
+    mlflow.set_tracking_uri(team_server.tracking_uri)
+    workers = []
+    for machine in ("a", "b"):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "IMAGENET_TRANSFER_DB": team_server.db_url,
+            "IMAGENET_TRANSFER_CACHE": str(tmp_path / f"cache-{machine}"),
+        }
+        workers.append(subprocess.Popen(command(config), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[-3000:] for o in outputs]
+    check_the_end(config)  # 4 trials, one run each under one study run, one final test, nothing RUNNING
