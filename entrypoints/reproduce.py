@@ -2,6 +2,7 @@
 
     mlflow run . -e reproduce --env-manager local -P smoke=true        # every step at toy size, minutes
     mlflow run . -e reproduce --env-manager local                      # E1-E7 on the embedded world, <= 60 min
+    mlflow run . -e reproduce --env-manager local -P only=E5 -P seeds=3 -P vary_subset=true   # seeds vary subsets too
 One grid run (stage=reproduce) with every step's run nested under it; finished steps are reused.
 """
 

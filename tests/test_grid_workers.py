@@ -139,11 +139,12 @@ def test_a_killed_workers_step_is_taken_over_and_sigterm_resumes(tiny_world, tmp
     second = subprocess.Popen(command(grid, tiny_world), env=env, **pipe)
     wait_for(pretraining)
     second.kill()
-    second.communicate(timeout=60)
+    second.stderr = second.communicate(timeout=60)[1]
     third = subprocess.run(command(grid, tiny_world), env=env, timeout=400, **pipe)
     assert third.returncode == 0, third.stderr[-3000:]
     runs = sorted(grid_runs("killed"), key=lambda r: r.info.start_time)
-    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]  # the killed leader's run was adopted
+    # the killed leader's run was adopted
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"], second.stderr[-2000:] + third.stderr[-3000:]
     table = mlflow.artifacts.load_dict(f"runs:/{runs[-1].info.run_id}/steps.json")
     (pretrain,) = [r for r in table if r["stage"] == "pretrain"]
     assert pretrain["run_id"] == stopped.info.run_id  # resumed from its checkpoint, not trained again

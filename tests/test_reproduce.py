@@ -119,6 +119,9 @@ def test_a_smoke_grid_run_twice_does_no_work_the_second_time(tiny_world, tmp_pat
     assert [r["variant"] for r in steps][-2:] == ["random", "random"]  # after every pre-trained step
     grid_run = mlflow.get_run(first["run_id"])
     assert grid_run.info.status == "FINISHED" and grid_run.data.tags["stage"] == "reproduce"
+    assert grid_run.data.params["seeds"] == "1"
+    assert grid_run.data.params["varied"] == grid_run.data.tags["varied"] == "pretrain,finetune"
+    assert {r["seed"] for r in steps} == {0}  # the baselines' too
     assert grid_run.data.metrics["seconds_pretrain"] > 0 and grid_run.data.metrics["steps_run"] == 7
     child = mlflow.get_run(next(r["run_id"] for r in steps if r["stage"] == "transfer" and r["variant"] == "e3-127"))
     tags = child.data.tags
@@ -176,6 +179,7 @@ def test_an_interrupted_grid_resumes_where_it_stopped(tiny_world, tmp_path, one_
         ({"EX": ({"voc12_action": {"loss": "hinge"}}, ["full"])}, "loss = 'hinge': expected 'softmax' or 'bce'"),
         ({"EX": ({"sun397": {"partitions": [1, 1]}}, ["full"])}, "partitions = (1, 1): expected distinct partition"),
         ({"EX": (["voc12_action"], ["e5-budget-99999-classes-10"])}, "train images in each, and only 0 of"),
+        ({"EX": ({"voc12_action": {"seed": 3}}, ["full"])}, "seed is set per step by the grid"),
     ],
 )
 def test_bad_grids_exit_2_naming_the_entry_and_leave_nothing_running(
@@ -239,6 +243,8 @@ def test_the_entry_point_takes_mlproject_style_arguments(capsys):
         "true",
         "--seeds",
         "",
+        "--vary-subset",
+        "true",
         "--only",
         "E1,E9",
         "--source",

@@ -110,14 +110,14 @@ class Claims:
                 raise UserError(f"coordination database {url}: folder {path.parent} does not exist")
         try:
             self.engine = sa.create_engine(url, connect_args={"timeout": 60} if sqlite else {}, pool_pre_ping=True)
-            for attempt in range(3):  # workers starting together race to create the table
+            for attempt in range(5):  # workers starting together race to create the table ("already exists")
                 try:
                     _metadata.create_all(self.engine, checkfirst=True)
                     break
-                except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
-                    if attempt == 2:
+                except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+                    if attempt == 4:
                         raise
-                    time.sleep(0.2)
+                    time.sleep(0.2 * (attempt + 1))
         except sa.exc.SQLAlchemyError as err:
             from sqlalchemy.engine import make_url
 

@@ -260,7 +260,10 @@ def prepare(
 
 
 # -- transfer -------------------------------------------------------------------------------------
-Backbone = Annotated[str, typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES]")]
+Backbone = Annotated[
+    str,
+    typer.Option(help="models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES][:SEED] (e.g. random:small@32:2)"),
+]
 Settings = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE of the benchmark's config (repeatable)")]
 
 
@@ -409,8 +412,20 @@ def reproduce(
         bool, typer.Option("--smoke", help="a toy size of every step (tiny world, smoke recipe, quick benchmarks)")
     ] = False,
     seeds: Annotated[
-        int | None, typer.Option(help="pre-train every variant with seeds 0..N-1 (default: the grid's)")
+        int | None,
+        typer.Option(
+            help="seeds 0..N-1 of every variant: seed s pre-trains and fine-tunes with s, and its random-init "
+            "baseline draws its weights with s (default: the grid's)"
+        ),
     ] = None,
+    vary_subset: Annotated[
+        bool,
+        typer.Option(
+            "--vary-subset",
+            help="seed s also draws the random subsets (E1 images, E5 classes, E7 random halves) with s "
+            "(default: the preset's seed for every seed)",
+        ),
+    ] = False,
     only: Annotated[str, typer.Option(help="comma-separated experiments, e.g. E1,E3 (default: all)")] = "",
     source: Annotated[str, typer.Option(help="pre-training source (required at --scale real)")] = "",
     data: Annotated[
@@ -444,6 +459,7 @@ def reproduce(
             source=source,
             data=parse_data(data),
             world=world,
+            vary_subset=vary_subset,
         )
         return
 
@@ -456,6 +472,7 @@ def reproduce(
         source=source,
         data=parse_data(data),
         world=world,
+        vary_subset=vary_subset,
         device=device,
         parallel=parallel,
     )

@@ -7,7 +7,8 @@ size, source, architectures, recipe, quick benchmarks, data paths, per-benchmark
 options, `baselines`) and `experiments` (each with its question, benchmarks with config overrides, data variants
 per scale profile as subset presets, optionally its own architectures). Output: a `Grid` of frozen dataclasses.
 Every unknown key, preset, benchmark, config field or architecture raises a UserError naming the file, the entry
-and the valid choices; nothing is run or built here.
+and the valid choices, as does a field the grid sets per step (a pre-training's `seed`, subset, arch...; a
+benchmark's `seed`); nothing is run or built here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SCALES = ("world", "real")
 GRID_KEYS = ("name", "description", "seeds", "scales", "experiments")
 SCALE_KEYS = ("world", "source", "archs", "recipe", "quick", "data", "benchmarks", "pretrain", "baselines")
 GRID_OWNED = ("subset", "source", "arch", "recipe", "seed", "model_name", "register")  # set per step by the grid
+BENCHMARK_OWNED = ("seed",)  # a benchmark's fields the grid sets per step: seed s fine-tunes with s
 EXPERIMENT_KEYS = ("question", "benchmarks", "variants", "archs")
 
 
@@ -102,7 +104,14 @@ def load_grid(path: str | Path) -> Grid:
             overrides = overrides or {}
             if not isinstance(overrides, dict):
                 fail(f"{where}, benchmark {name}", "expected a mapping of config fields")
-            valid = list(_config_class(name).field_names())
+            owned = sorted(set(overrides) & set(BENCHMARK_OWNED))
+            if owned:
+                fail(
+                    f"{where}, benchmark {name}",
+                    f"{', '.join(owned)} is set per step by the grid (seed s of `--seeds N` fine-tunes with seed s); "
+                    "expected it left out",
+                )
+            valid = [f for f in _config_class(name).field_names() if f not in BENCHMARK_OWNED]
             unknown = sorted(set(overrides) - set(valid))
             if unknown:
                 fail(

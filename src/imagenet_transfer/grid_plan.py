@@ -2,13 +2,22 @@
 
     imagenet-transfer reproduce --smoke                  # the plan of configs/paper.yaml's smoke profile, then run
     imagenet-transfer reproduce --only E1,E3 --seeds 3
+    imagenet-transfer reproduce --only E5 --seeds 3 --vary-subset --plan
 
 Input: a `Grid` (`grid.load_grid`), the scale (world, or real with a source and `--data NAME=PATH` paths), smoke,
-seeds and the experiments to run. Output: a `Plan`: one `Unit` per (experiment, variant, arch, seed), holding
-its subset (built in memory, so that a variant that does not fit the source fails before anything runs), its
-resolved `PretrainConfig` and its benchmark configs; and, where the scale sets `baselines: true`, one `Baseline`
-per experiment and arch: its benchmarks on the architecture randomly initialised (`random:ARCH@RES`, variant
-`random`). At world scale the world is generated (or the one given is checked) first.
+seeds, whether the subsets vary with the seed, and the experiments to run. Output: a `Plan`: one `Unit` per
+(experiment, variant, arch, seed), holding its subset (built in memory, so that a variant that does not fit the
+source fails before anything runs), its resolved `PretrainConfig` and its benchmark configs; and, where the scale
+sets `baselines: true`, one `Baseline` per (experiment, arch, seed): its benchmarks on the architecture randomly
+initialised (`random:ARCH@RES[:SEED]`, variant `random`). At world scale the world is generated (or the one given
+is checked) first.
+
+Seeds. Seed s pre-trains with seed s, and every benchmark of its unit fine-tunes with seed s (the benchmark
+config's `seed`); the baseline of seed s draws its random weights with seed s (`random:ARCH@RES:s`; seed 0 has no
+suffix) and fine-tunes with seed s. The subset is drawn with the preset's seed (0) for every seed, unless
+`vary_subset`: then seed s draws the subsets whose selection is random (E1's images per class, E5's classes and
+budget, E7's random halves) with seed s; the other presets are the same for every seed. Units with the same
+(preset, subset seed) share one subset step. Seed 0 gives the same steps and keys whatever the number of seeds.
 
 A step's key is the hash of the stage, its normalised config, its upstream input (the subset digest and the
 source's content digest for a subset or pre-training, the model version or random backbone for a benchmark) and
@@ -25,7 +34,8 @@ from typing import Any
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.grid import SCALES, Grid, Variant
 
-RANDOM = "random"  # the variant name of the no-pre-training baseline (`random:ARCH@RES` backbones)
+RANDOM = "random"  # the variant name of the no-pre-training baseline (`random:ARCH@RES[:SEED]` backbones)
+VARIED = ("pretrain", "finetune")  # what differs between a grid's seeds; with `vary_subset`, also "subset"
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,11 @@ class SubsetPlan:
     num_fine_classes: int
     train_images: int
     key: str
+
+    @property
+    def seed(self) -> int:
+        """The seed the subset is drawn with (the spec's)."""
+        return self.spec.seed
 
     @property
     def images_per_class(self) -> float:
@@ -54,17 +69,23 @@ class Unit:
     subset: SubsetPlan
     pretrain: Any  # PretrainConfig (subset filled in when the subset folder exists)
     pretrain_key: str
-    benchmarks: dict[str, Any]  # name -> benchmark Config
+    benchmarks: dict[str, Any]  # name -> benchmark Config, its `seed` the unit's
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """The benchmarks of an experiment on a randomly initialised backbone of an arch (no pre-training)."""
+    """The benchmarks of an experiment on a randomly initialised backbone of an arch (no pre-training), for one
+    seed: the weights are drawn and the benchmarks fine-tuned with it."""
 
     experiment: str
     arch: str
-    backbone: str  # random:ARCH@RES, RES the resolution the grid pre-trains this arch at
-    benchmarks: dict[str, Any]  # name -> benchmark Config, the experiment's
+    seed: int
+    backbone: str  # random:ARCH@RES[:SEED] (`random_backbone`), RES the resolution the grid pre-trains this arch at
+    benchmarks: dict[str, Any]  # name -> benchmark Config, the experiment's, its `seed` the baseline's
+
+    @property
+    def resolution(self) -> int:
+        return int(self.backbone.split("@", 1)[1].split(":", 1)[0])
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,12 @@ class Plan:
     world_hash: str  # its content hash (keys do not depend on where the world lies)
     units: tuple[Unit, ...] = field(default_factory=tuple)
     baselines: tuple[Baseline, ...] = field(default_factory=tuple)
+    vary_subset: bool = False  # seed s draws the random subsets with seed s (else every seed uses the preset's)
+
+    @property
+    def varied(self) -> str:
+        """What differs between the plan's seeds: "pretrain,finetune", or "pretrain,finetune,subset"."""
+        return ",".join((*VARIED, "subset") if self.vary_subset else VARIED)
 
     @property
     def steps(self) -> int:
@@ -89,7 +116,7 @@ class Plan:
         )
 
     def transfer_key(self, benchmark: str, config, backbone: str) -> str:
-        """The step key of `benchmark` with `config` on `backbone` (a model URI, or `random:ARCH@RES`)."""
+        """The step key of `benchmark` with `config` on `backbone` (a model URI, or `random:ARCH@RES[:SEED]`)."""
         return step_key(f"transfer:{benchmark}", _normalised(config, self.world, self.world_hash), backbone)
 
 
@@ -98,6 +125,23 @@ def step_key(stage: str, config: dict[str, Any], upstream: str) -> str:
     from imagenet_transfer.provenance import cache_key
 
     return cache_key(stage, config, upstream)
+
+
+def random_backbone(arch: str, resolution: int, seed: int) -> str:
+    """The URI of `arch` at `resolution` randomly initialised with `seed`: `random:ARCH@RES`, `:SEED` after it for
+    a seed other than 0 (so seed 0 names the same backbone, and keys, as a grid of one seed)."""
+    return f"random:{arch}@{resolution}" + (f":{seed}" if seed else "")
+
+
+def draws_at_random(spec) -> bool:
+    """Whether the selection of a `SubsetSpec` depends on its seed: random classes (E5), a random half (E7's A or
+    B), or a sample of each class's train images (E1's images per class, E5's budget)."""
+    return (
+        spec.classes == "random"
+        or (spec.classes == "half" and spec.split == "random" and spec.half != "ab")
+        or spec.images_per_class is not None
+        or spec.budget is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -148,9 +192,11 @@ def make_plan(
     source: str = "",
     data: dict[str, str] | None = None,
     world: str | Path | None = None,
+    vary_subset: bool = False,
 ) -> Plan:
     """Resolve the grid at a scale into units; builds every subset in memory (no run) so that a variant
-    that does not fit the source fails here, before anything starts."""
+    that does not fit the source fails here, before anything starts. `vary_subset`: seed s draws the subsets whose
+    selection is random with seed s (`draws_at_random`); otherwise every seed uses the preset's."""
     from imagenet_transfer.catalog import load_catalog, source_digest
     from imagenet_transfer.pretrain_config import PretrainConfig
     from imagenet_transfer.subsets import build_subset, preset
@@ -202,22 +248,36 @@ def make_plan(
             except UserError as err:
                 raise UserError(f"grid file {grid.path}, experiment {exp_id}, benchmark {name}: {err}") from None
 
-    subsets: dict[str, SubsetPlan] = {}
+    tuned: dict[tuple[str, int], dict[str, Any]] = {}  # (experiment, seed) -> its benchmark configs
+
+    def seeded(exp_id: str, seed: int) -> dict[str, Any]:
+        """The experiment's benchmark configs, fine-tuning with `seed`."""
+        if (exp_id, seed) not in tuned:
+            tuned[exp_id, seed] = {name: config.replace(seed=seed) for name, config in configs[exp_id].items()}
+        return tuned[exp_id, seed]
+
+    specs: dict[str, Any] = {}  # preset -> its SubsetSpec
+    subsets: dict[tuple[str, int], SubsetPlan] = {}  # (preset, subset seed) -> its subset, shared by units
     failed: dict[str, str] = {}  # preset -> why its subset cannot be built (every one is named, then nothing runs)
     units = []
     for entry in entries:
         name = entry.variant.preset
         if name in failed:
             continue
-        if name not in subsets:
-            spec = preset(name)
+        if name not in specs:
+            specs[name] = preset(name)
+        spec = specs[name]
+        if vary_subset and draws_at_random(spec):
+            spec = spec.with_seed(entry.seed)
+        drawn = (name, spec.seed)
+        if drawn not in subsets:
             try:
                 built = build_subset(catalog, spec)
             except UserError as err:
                 failed[name] = f"experiment {entry.experiment}, variant {name} at scale {profile}: {err}"
                 continue
             summary = built.summary()
-            subsets[name] = SubsetPlan(
+            subsets[drawn] = SubsetPlan(
                 name,
                 spec,
                 built.digest,
@@ -248,30 +308,41 @@ def make_plan(
                 entry.variant,
                 entry.arch,
                 entry.seed,
-                subsets[name],
+                subsets[drawn],
                 config,
-                step_key("pretrain", trained, f"{subsets[name].digest}:{content}"),
-                configs[entry.experiment],
+                step_key("pretrain", trained, f"{subsets[drawn].digest}:{content}"),
+                seeded(entry.experiment, entry.seed),
             )
         )
     if failed:
         raise UserError(
             f"grid file {grid.path}: {len(failed)} step(s) cannot run on {source}:\n  " + "\n  ".join(failed.values())
         )
-    baselines = []
-    if settings.get("baselines", False):  # one random backbone per experiment and arch, at the unit's resolution
+    baselines: dict[tuple[str, str, int], Baseline] = {}
+    if settings.get("baselines", False):  # a random backbone per experiment, arch and seed, at the unit's resolution
         for unit in units:
-            if not any(b.experiment == unit.experiment and b.arch == unit.arch for b in baselines):
-                baselines.append(
-                    Baseline(
-                        unit.experiment,
-                        unit.arch,
-                        f"random:{unit.arch}@{unit.pretrain.resolution}",
-                        configs[unit.experiment],
-                    )
+            if (unit.experiment, unit.arch, unit.seed) not in baselines:
+                baselines[unit.experiment, unit.arch, unit.seed] = Baseline(
+                    unit.experiment,
+                    unit.arch,
+                    unit.seed,
+                    random_backbone(unit.arch, unit.pretrain.resolution, unit.seed),
+                    seeded(unit.experiment, unit.seed),
                 )
     seeds_used = seeds or grid.seeds
-    return Plan(grid, scale, profile, smoke, seeds_used, source, world_root, world_hash, tuple(units), tuple(baselines))
+    return Plan(
+        grid,
+        scale,
+        profile,
+        smoke,
+        seeds_used,
+        source,
+        world_root,
+        world_hash,
+        tuple(units),
+        tuple(baselines.values()),
+        vary_subset,
+    )
 
 
 def _normalised(config, world_root: str, world_hash: str) -> dict[str, Any]:
@@ -332,12 +403,11 @@ def describe(plan: Plan, *, gpus: int = 8) -> list[dict[str, Any]]:
             rows.append(_row(unit, f"transfer {name}", settings, images, gpus, shared))
             seen.add((unit.pretrain_key, name, repr(config)))
     for base in plan.baselines:
-        resolution = int(base.backbone.rsplit("@", 1)[1])
         for name, config in base.benchmarks.items():
-            settings, images = _benchmark_cost(name, config, resolution)
+            settings, images = _benchmark_cost(name, config, base.resolution)
             shared = (base.backbone, name, repr(config)) in seen
             seen.add((base.backbone, name, repr(config)))
-            row = {"experiment": base.experiment, "variant": "random init", "arch": base.arch, "seed": ""}
+            row = {"experiment": base.experiment, "variant": "random init", "arch": base.arch, "seed": base.seed}
             rows.append({**row, **_cost(f"transfer {name}", settings, images, base.arch, gpus, shared)})
     return rows
 

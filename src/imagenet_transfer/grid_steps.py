@@ -7,8 +7,8 @@
     execute(step, plan, done, device)   # run it; returns its outputs (run id, model URI)
 
 A subset step builds the subset (and its run), a pretrain step trains and registers the backbone, a transfer step
-scores one benchmark on a backbone (a pre-trained one, or `random:ARCH@RES` for a baseline). `reproduce` decides
-which worker runs which step; this module only runs one.
+scores one benchmark on a backbone (a pre-trained one, or `random:ARCH@RES[:SEED]` for a baseline). `reproduce`
+decides which worker runs which step; this module only runs one.
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ class Step:
     def tags(self, plan: Plan) -> dict[str, str]:
         """The tags of the step's runs (besides `step_key`)."""
         if isinstance(self.unit, Baseline):
-            return {"grid": plan.grid.name, "experiment": self.unit.experiment, "variant": RANDOM, "seed": "0"}
+            return {
+                "grid": plan.grid.name,
+                "experiment": self.unit.experiment,
+                "variant": RANDOM,
+                "seed": str(self.unit.seed),
+            }
         return {
             "grid": plan.grid.name,
             "experiment": self.unit.experiment,
@@ -65,7 +70,7 @@ class Step:
             variant = {
                 "variant": RANDOM,
                 "paper_variant": None,
-                "seed": 0,
+                "seed": unit.seed,
                 "num_classes": 0,
                 "num_fine_classes": 0,
                 "train_images": 0,

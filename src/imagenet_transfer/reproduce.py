@@ -3,18 +3,20 @@ as many workers as the lab has (processes, GPUs, machines) sharing the work.
 
     imagenet-transfer reproduce                              # configs/paper.yaml, E1-E7, the embedded world
     imagenet-transfer reproduce --smoke                      # a toy size of every step (tiny world)
-    imagenet-transfer reproduce --only E1,E3 --seeds 3       # pre-training repeated with seeds 0, 1, 2
+    imagenet-transfer reproduce --only E1,E3 --seeds 3       # pre-training and fine-tuning with seeds 0, 1, 2
+    imagenet-transfer reproduce --only E5 --seeds 3 --vary-subset   # and E5's random classes drawn with 0, 1, 2
     imagenet-transfer reproduce --parallel 8                 # 8 workers: one per GPU (or 8 processes on CPU)
     imagenet-transfer reproduce --scale real --source /data/imagenet \
         --data voc07_det=/data/VOCdevkit --data voc12_action=/data/VOCdevkit --data sun397=/data/sun
 
 Input: a grid file, read by `grid` and expanded by `grid_plan` into the plan (every check passes before any run
-starts). Output: one MLflow run (tag stage=reproduce, `grid`) with every step's run nested under it (tags `grid`,
-`experiment`, `variant`, `seed`, `step_key`, `grid_worker`), the grid file and `experiments.json` (each
+starts). Output: one MLflow run (tags stage=reproduce, `grid`, `varied`; params among them `seeds` and `varied`:
+"pretrain,finetune", or "pretrain,finetune,subset" with `--vary-subset`) with every step's run nested under it (tags
+`grid`, `experiment`, `variant`, `seed`, `step_key`, `grid_worker`), the grid file and `experiments.json` (each
 experiment's question) as its artifacts, the step table `steps.json` (experiment, variant, seed, arch, stage,
 benchmark, run id, reused or not, seconds, worker; written after every step) and the wall time per stage as metrics
-(`seconds_subset`, `seconds_pretrain`, `seconds_transfer`). Baselines (random init) come after every pre-trained
-step in the plan's order.
+(`seconds_subset`, `seconds_pretrain`, `seconds_transfer`). Baselines (random init, one per seed) come after every
+pre-trained step in the plan's order.
 
 A step is skipped when a FINISHED run in the current tracking store carries its `step_key` (see `grid_plan`):
 a pre-training reuses the registered model version (when it still exists in the store), a benchmark the
@@ -27,8 +29,9 @@ PostgreSQL in `IMAGENET_TRANSFER_DB`, else an SQLite file beside the local store
 twice, and a dead worker's step is taken over once its heartbeat stops (`IMAGENET_TRANSFER_CLAIM_TTL`, 120 s).
 A worker takes the first step of the plan whose inputs are done and that nobody holds; it waits only while some
 step's inputs are still being made, and leaves when every step left is held by another worker. The leader waits
-for all of them and ends the grid run (FAILED, naming them, when steps failed). SIGTERM ends the worker's runs
-KILLED and gives its step back; the same command afterwards resumes.
+for all of them and ends the grid run (FAILED, naming them, when steps failed); when it dies, the first worker to
+find its claim expired adopts the grid run and ends it. SIGTERM ends the worker's runs KILLED and gives its step
+back; the same command afterwards resumes.
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ def grid_key(plan: Plan) -> str:
     known = [u.pretrain_key for u in plan.units] + [
         plan.transfer_key(name, config, b.backbone) for b in plan.baselines for name, config in b.benchmarks.items()
     ]
-    return cache_key("grid", {"name": plan.grid.name, "profile": plan.profile, "steps": known}, tracking.store_id())
+    what = {"name": plan.grid.name, "profile": plan.profile, "steps": known}
+    if plan.vary_subset:  # a grid that varies its subsets is another grid, even where its steps are the same
+        what["varied"] = plan.varied
+    return cache_key("grid", what, tracking.store_id())
 
 
 def run_grid(
@@ -88,14 +94,37 @@ def run_grid(
     claims = Claims(coordination_url())
     prefix = hashlib.sha256(tracking.store_id().encode()).hexdigest()[:8]
     worker = Worker(plan, claims, prefix, device, on_step, mlflow.MlflowClient())
-    with claims.hold(f"{prefix}:grid:{grid_key(plan)}", retry_failed=True) as lead:
+    lead_key = f"{prefix}:grid:{grid_key(plan)}"
+    with claims.hold(lead_key, retry_failed=True) as lead:
+        if lead.acquired:
+            children = _spawn(parallel, device, options or {}) if parallel > 1 else []
+            try:
+                return worker.lead(lead, claims)
+            finally:
+                _join(children)
+        summary = worker.follow(lead)
+    if not _leader_died(claims, lead_key):
+        return summary
+    with claims.hold(lead_key) as lead:  # the leader died: this worker adopts its grid run and ends it
         if not lead.acquired:
-            return worker.follow(lead)
-        children = _spawn(parallel, device, options or {}) if parallel > 1 else []
-        try:
-            return worker.lead(lead, claims)
-        finally:
-            _join(children)
+            return summary  # another worker adopted it first
+        print(f"{worker.name}: the grid's leader stopped; adopting its grid run", file=sys.stderr, flush=True)
+        return Worker(plan, claims, prefix, device, on_step, mlflow.MlflowClient()).lead(lead, claims)
+
+
+def _leader_died(claims, key: str) -> bool:
+    """Whether the grid's leader stopped without ending its grid run: its claim is still `running` but no longer
+    renewed. Waits while that is undecided (renewed less recently than its heartbeat period would keep it)."""
+    while True:
+        found = claims.get(key)
+        if found is None or found.state != "running":
+            return False  # ended (the run is FINISHED, FAILED or KILLED) or given back
+        left = found.expires - time.time()
+        if left < 0:
+            return True
+        if left > claims.ttl / 2:
+            return False  # renewed recently: the leader is alive and will end the run
+        time.sleep(min(left, 1.0) + 0.1)
 
 
 class Worker:
@@ -133,6 +162,7 @@ class Worker:
             "profile": plan.profile,
             "smoke": plan.smoke,
             "seeds": plan.seeds,
+            "varied": plan.varied,
             "only": ",".join(dict.fromkeys(u.experiment for u in plan.units)),
             "source": plan.source,
             "world": plan.world,
@@ -143,7 +173,12 @@ class Worker:
         with tracking.start_run(
             "reproduce",
             params=None if adopted else params,
-            tags={"grid": plan.grid.name, "scale": plan.profile, "grid_key": lead.key.split(":")[-1]},
+            tags={
+                "grid": plan.grid.name,
+                "scale": plan.profile,
+                "varied": plan.varied,
+                "grid_key": lead.key.split(":")[-1],
+            },
             run_name=f"reproduce {plan.grid.name} {plan.profile}",
             run_id=adopted,
         ) as grid_run:
@@ -277,7 +312,7 @@ class Worker:
             return False
         run, outputs = found
         tags = run.data.tags
-        ours = tags.get("mlflow.parentRunId") == self.grid_id and tags.get("grid_worker") != self.name
+        ours = tags.get("mlflow.parentRunId") == self.grid_id  # run by a worker of this grid, not reused
         seconds = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000 if ours else 0.0
         self.done[key] = outputs
         self.record(step, key, outputs, reused=not ours, seconds=seconds, worker=tags.get("grid_worker", ""))
@@ -362,6 +397,8 @@ def _arguments(options: dict[str, Any], device: str) -> list[str]:
         args.append("--smoke")
     if options.get("seeds"):
         args += ["--seeds", str(options["seeds"])]
+    if options.get("vary_subset"):
+        args.append("--vary-subset")
     if options.get("only"):
         args += ["--only", ",".join(options["only"])]
     if options.get("source"):
@@ -400,20 +437,31 @@ def reproduce(
     source: str = "",
     data: dict[str, str] | None = None,
     world: str | Path | None = None,
+    vary_subset: bool = False,
     device: str = "auto",
     parallel: int = 1,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Load, plan (everything checked before any run starts) and run a grid as one of its workers (with
-    `parallel` > 1: and start more); returns `run_grid`'s summary."""
+    `parallel` > 1: and start more); returns `run_grid`'s summary. `vary_subset`: seed s also draws the random
+    subsets with seed s (`grid_plan.make_plan`)."""
     plan = make_plan(
-        load_grid(grid_path), scale=scale, smoke=smoke, seeds=seeds, only=only, source=source, data=data, world=world
+        load_grid(grid_path),
+        scale=scale,
+        smoke=smoke,
+        seeds=seeds,
+        only=only,
+        source=source,
+        data=data,
+        world=world,
+        vary_subset=vary_subset,
     )
     options = {
         "grid_path": grid_path,
         "scale": scale,
         "smoke": smoke,
         "seeds": seeds,
+        "vary_subset": vary_subset,
         "only": only,
         "source": source,
         "data": data,

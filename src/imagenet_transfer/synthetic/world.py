@@ -382,8 +382,14 @@ def _run_all(world, root: Path, tasks: list):
         _init(world, root)
         yield from map(_task, tasks)
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(procs, initializer=_init, initargs=(world, root)) as pool:
+    # not fork: a fork of a process with live threads (torch's, a claim's heartbeat, the allocator's) can copy a
+    # held lock into the child, which then waits on it forever. A forkserver is one clean process, started once.
+    if "forkserver" in mp.get_all_start_methods():
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:
+        context = mp.get_context("spawn")
+    with context.Pool(procs, initializer=_init, initargs=(world, root)) as pool:
         yield from pool.imap_unordered(_task, tasks)
 
 
