@@ -13,6 +13,7 @@ from imagenet_transfer.transfer import probe
 from imagenet_transfer.transfer.metrics import coarse_top1
 from imagenet_transfer.transfer.probe.data import sample_source
 from imagenet_transfer.transfer.probe.model import coarse_map, knn_neighbours, knn_predict, probe_layer
+from imagenet_transfer.transfer.uncertainty import score
 
 CHIHUAHUA, DOG, MAMMAL = "n02085620", "n02084071", "n01861778"
 
@@ -83,6 +84,10 @@ def test_random_backbone_probes_fine_classes(tiny_world, tiny_classes):
     curve = result.tables["probe_knn.csv"]
     assert m["probe_knn_top1"] == curve.loc[curve["k"] == 5, "top1"].iloc[0]
     assert "probe_features_images_per_s" in m
+    assert set(result.predictions) == {"probe_knn_top1", "probe_linear_top1"}
+    for metric, predictions in result.predictions.items():  # every val image once, the metric recomputed from it
+        assert len(predictions) == predictions["unit"].nunique() == m["probe_val_images"]
+        assert score(metric, predictions) == pytest.approx(m[metric])
     again = probe.run(net, {"uri": "random:small@32"}, config, progress=False)  # features from the cache
     assert "probe_features_images_per_s" not in again.metrics
     assert again.metrics["probe_linear_top1"] == m["probe_linear_top1"]
@@ -97,6 +102,8 @@ def test_fine_and_coarse_backbones_in_the_coarse_space(tiny_world, tiny_classes)
     assert result.tables["probe_coarse_map.csv"]["rule"].eq("fine").all()
     m = result.metrics
     assert 0 <= m["probe_coarse_top1"] <= 100
+    assert set(result.predictions) == {"probe_coarse_top1"}
+    assert score("probe_coarse_top1", result.predictions["probe_coarse_top1"]) == pytest.approx(m["probe_coarse_top1"])
     assert m["probe_coarse_classes"] == len({fine_to_coarse[w] for w in tiny_classes})
     assert "probe_knn_top1" not in m
     # a backbone that answers one coarse label always scores exactly that label's share of the val images

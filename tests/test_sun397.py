@@ -17,6 +17,7 @@ from imagenet_transfer.transfer.metrics import mean_per_class_accuracy, top1_acc
 from imagenet_transfer.transfer.sun397.data import load_partition
 from imagenet_transfer.transfer.sun397.engine import evaluate_layers, summarise
 from imagenet_transfer.transfer.sun397.model import feature_layers, with_new_head
+from imagenet_transfer.transfer.uncertainty import score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,7 +79,8 @@ def test_evaluate_layers_chooses_on_validation_only():
         "fc7": dict.fromkeys(("train", "val", "test"), (noise, y)),
         "pool5": {"train": (good, y), "val": (good, y), "test": (noise, y)},
     }  # best on val, useless on test
-    table = evaluate_layers(data, num_classes=3, l2_grid=(1e-2,), max_iter=50)
+    table, predicted = evaluate_layers(data, num_classes=3, l2_grid=(1e-2,), max_iter=50)
+    assert set(predicted) == {"fc7", "pool5"} and predicted["pool5"].shape == (30,)
     chosen = table[table["chosen"]]
     assert chosen["layer"].tolist() == ["pool5"] and chosen["val_acc"].iloc[0] == 100.0
     assert chosen["test_acc"].iloc[0] < 70  # test is reported for the val choice, not maximised
@@ -153,6 +155,9 @@ def test_linear_protocol_end_to_end(net, tiny_world):
     assert len(table) == 6 and table.groupby("partition")["chosen"].sum().tolist() == [1, 1]
     assert m["sun397_acc"] == pytest.approx(table.loc[table["chosen"], "test_acc"].mean())
     assert "sun397_features_images_per_s" in m and set(result.figures) == {"sun397_layers.png"}
+    predictions = result.predictions["sun397_acc"]  # each partition's test images, the chosen layer's labels
+    assert predictions.groupby("stratum").size().tolist() == [30, 30]
+    assert score("sun397_acc", predictions) == pytest.approx(m["sun397_acc"])
     again = sun397.run(net, {"uri": "test"}, config, progress=False)  # features from the cache
     assert "sun397_features_images_per_s" not in again.metrics and again.metrics["sun397_acc"] == m["sun397_acc"]
 
@@ -164,6 +169,7 @@ def test_finetune_protocol_end_to_end(net, tiny_world):
     table = result.tables["sun397_finetune.csv"]
     assert table["epoch"].tolist() == [1, 2] and table["chosen"].sum() == 1
     assert result.metrics["sun397_acc"] == table.loc[table["chosen"], "test_acc"].iloc[0]
+    assert score("sun397_acc", result.predictions["sun397_acc"]) == pytest.approx(result.metrics["sun397_acc"])
     assert "sun397_acc_std" not in result.metrics and result.metrics["sun397_best_epoch"] in (1, 2)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the caller's backbone untouched
     head = with_new_head(net, 6)

@@ -108,7 +108,9 @@ def test_a_transfer_run_is_tagged_with_its_backbone_and_logs_results(tiny_world)
     assert run.data.params["config.epochs"] == str(config.epochs)
     assert run.data.params["torch_version"] == torch.__version__ and run.data.params["gpu"] == "none"
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)}
-    assert {"action_ap.png", "voc12_action_ap.csv"} <= artifacts
+    assert {"action_ap.png", "voc12_action_ap.csv", "predictions"} <= artifacts
+    ci = run.data.metrics["voc12_action_map_ci_low"], run.data.metrics["voc12_action_map_ci_high"]
+    assert ci[0] <= run.data.metrics["voc12_action_map"] <= ci[1]
 
 
 def test_a_registered_backbone_links_its_model_version_and_subset(tiny_world, tmp_path):

@@ -19,6 +19,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from imagenet_transfer.datasets.voc import VOC_CLASSES
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import resolve_backbone
+from imagenet_transfer.transfer.uncertainty import score
 from imagenet_transfer.transfer.voc07_det import Config, run
 from imagenet_transfer.transfer.voc07_det.data import (
     Sample,
@@ -198,6 +199,10 @@ def test_run_on_the_tiny_world(tiny_world, tmp_path):
     table = result.tables["voc07_ap.csv"]
     assert list(table["class"]) == [*VOC_CLASSES, "mean"] and table["ap"].iloc[-1] == pytest.approx(m["voc07_map"])
     assert "anchor_sizes" in set(result.tables["voc07_derived.csv"]["setting"])
+    predictions = result.predictions["voc07_map"]  # every test image a unit, the mAP recomputed from it
+    assert set(predictions["unit"]) == {s.image_id for s in test}
+    assert (predictions["gt"] == 1).sum() == sum(int((~np.asarray(s.difficult, bool)).sum()) for s in test)
+    assert score("voc07_map", predictions) == pytest.approx(m["voc07_map"], abs=1e-9)
     result.figures["pr_curves.png"].savefig(tmp_path / "pr.png")
     assert (tmp_path / "pr.png").stat().st_size > 10_000
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the caller's backbone is untouched

@@ -18,6 +18,7 @@ from imagenet_transfer.datasets.voc import VOC_ACTIONS, read_annotation, read_im
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import resolve_backbone
 from imagenet_transfer.transfer.metrics import action_aps, average_precision, mean_ap
+from imagenet_transfer.transfer.uncertainty import score
 from imagenet_transfer.transfer.voc12_action import Config, run
 from imagenet_transfer.transfer.voc12_action.data import PersonCrops, person_window, read_persons, voc2012_root
 
@@ -170,6 +171,9 @@ def _finite_result(result, val_persons):
     scored = [a for a, n in zip(table["action"], table["val_positives"]) if n > 0]
     assert {k for k in m if k.startswith("voc12_action_ap_")} == {f"voc12_action_ap_{a}" for a in scored}
     assert len(result.tables["voc12_action_val_scores.csv"]) == val_persons
+    predictions = result.predictions["voc12_action_map"]  # one row per val person, the mAP recomputed from it
+    assert len(predictions) == predictions["unit"].nunique() == val_persons
+    assert score("voc12_action_map", predictions) == pytest.approx(m["voc12_action_map"], abs=1e-9)
     assert set(result.figures) == {"action_ap.png"}
 
 

@@ -35,33 +35,46 @@ class Result:
     metrics: dict[str, float]
     figures: dict[str, Any] = field(default_factory=dict)  # file name (.png) -> matplotlib Figure
     tables: dict[str, Any] = field(default_factory=dict)  # file name (.csv) -> pandas DataFrame
+    # metric name -> pandas DataFrame of what was predicted for each test unit (image, person), from which
+    # `transfer.uncertainty` recomputes the metric on resamples: its interval and paired comparisons
+    predictions: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_backbone(spec: str, num_classes: int = 1000):
     """The backbone `spec` names, and what is known of it.
 
     `models:/NAME@ALIAS`, `models:/NAME/VERSION`: a registered pre-trained backbone (weights loaded with
-    weights_only); `random:ARCH` or `random:ARCH@RES`: the same architecture randomly initialised with seed 0
-    (the no-pre-training baseline, identical on every call). `info` has `backbone` (the rebuild config), `uri`,
-    and for registered ones `subset_name`, `subset_digest`, `spec_digest`, `model_name`, `model_version`.
+    weights_only); `random:ARCH[@RES][:SEED]` (`random:small`, `random:small@32`, `random:small@32:2`): the
+    architecture at resolution RES (default: its own) randomly initialised with torch seed SEED (default 0), the
+    no-pre-training baseline, identical on every call with the same SEED. `info` has `backbone` (the rebuild
+    config), `uri`, for random ones `seed`, and for registered ones `subset_name`, `subset_digest`, `spec_digest`,
+    `model_name`, `model_version`.
     """
     from imagenet_transfer.models import build_backbone, default_resolution
 
-    if m := re.fullmatch(r"random:([a-z0-9_]+)(?:@(\d+))?", spec):
+    m = re.fullmatch(r"random:([a-z0-9_]+)(?:@(\d+))?(?::(\d+))?", spec)
+    if m and m[3] and int(m[3]) >= 2**63:
+        raise UserError(f"backbone {spec!r}: seed {m[3]} is too large; expected 0 <= SEED < 2**63")
+    if m:
         import torch
 
-        with torch.random.fork_rng(devices=[]):  # the same random weights every time: a reproducible baseline
-            torch.manual_seed(0)
+        seed = int(m[3]) if m[3] else 0
+        with torch.random.fork_rng(devices=[]):  # the same random weights for a seed: a reproducible baseline
+            torch.manual_seed(seed)
             net = build_backbone(m[1], num_classes, resolution=int(m[2]) if m[2] else default_resolution(m[1]))
         return net, {
             "backbone": net.config(),
             "uri": spec,
+            "seed": seed,
             "subset_name": "none",
             "subset_digest": "",
             "spec_digest": "",
         }
     if not spec.startswith("models:/"):
-        raise UserError(f"backbone {spec!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES]")
+        raise UserError(
+            f"backbone {spec!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION or random:ARCH[@RES][:SEED] "
+            "(e.g. random:small@32:2)"
+        )
     from imagenet_transfer.tracking import load_backbone_with_info
 
     net, info = load_backbone_with_info(spec)

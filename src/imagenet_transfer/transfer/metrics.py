@@ -7,6 +7,7 @@ predictions and ground truth.
     result = ev.accumulate()                                      # per-class PR curves and 11-point AP
     result.summary()        # {"voc07_map": 0.61, "voc07_ap_aeroplane": 0.7, ...}   (fractions in [0, 1])
     ev.coco()               # {"coco_ap": 0.35, "coco_ap50": 0.62, "coco_ap75": 0.33} via pycocotools
+    ev.predictions(result)  # per-image boxes and matched detections: what `transfer.uncertainty` resamples
 
     aps = action_aps(scores, labels)        # voc12_action: (N, 10) → {action: AP}, VOC2012 action AP
     mean_ap(aps)                            # the mean of the defined APs
@@ -63,10 +64,14 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imagenet_transfer.datasets.voc import VOC_ACTIONS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IOU_THRESHOLD = 0.5
 RECALL_POINTS = np.arange(11) / 10  # exactly 0.0, 0.1, ..., 1.0
@@ -85,6 +90,7 @@ class ClassPR:
     recall: np.ndarray  # (D,) cumulative recall after each detection (NaN when npos == 0)
     precision: np.ndarray  # (D,) cumulative precision after each detection
     ignored: int  # detections matched to a difficult object
+    images: tuple[str, ...] = ()  # (D,) the image of each non-ignored detection
 
 
 @dataclass(frozen=True)
@@ -251,8 +257,51 @@ class DetectionEvaluator:
             recall = ctp / npos
             ap = voc07_ap(recall, precision)
         return ClassPR(
-            self.classes[c], ap, npos, ndifficult, scores[order][kept], tp, recall, precision, int((~kept).sum())
+            self.classes[c],
+            ap,
+            npos,
+            ndifficult,
+            scores[order][kept],
+            tp,
+            recall,
+            precision,
+            int((~kept).sum()),
+            tuple(image_of[d] for d in order[kept]),
         )
+
+    def predictions(self, result: DetectionResult | None = None) -> pd.DataFrame:
+        """The per-image table `transfer.uncertainty` resamples (its detection kind): a row per non-difficult
+        ground-truth box (`unit` image id, `cls` class index, `gt`=1, `score` and `tp` NaN), a row per detection
+        the evaluation kept (`gt`=0, its `score`, `tp` 1 or 0), per class in the evaluation's ranking order,
+        and a row with `cls`=-1 for each evaluated image with neither. `result`: this evaluator's
+        `accumulate()`, computed here if not given."""
+        import pandas as pd
+
+        result = self.accumulate() if result is None else result
+        boxes = [(i, labels[~difficult]) for i, (_, labels, difficult) in self._gt.items()]
+        truth = pd.DataFrame(
+            {
+                "unit": [i for i, counted in boxes for _ in counted],
+                "cls": np.concatenate([counted for _, counted in boxes] or [np.zeros(0)]).astype(np.int64),
+                "gt": 1,
+                "score": np.nan,
+                "tp": np.nan,
+            }
+        )
+        found = pd.DataFrame(
+            {
+                "unit": [i for pr in result.classes for i in pr.images],
+                "cls": np.concatenate([np.full(len(pr.images), c) for c, pr in enumerate(result.classes)]),
+                "gt": 0,
+                "score": np.concatenate([pr.scores for pr in result.classes]).astype(float),
+                "tp": np.concatenate([pr.tp for pr in result.classes]).astype(float),
+            }
+        )
+        listed = set(truth["unit"]) | set(found["unit"])
+        bare = [i for i in dict.fromkeys([*self._gt, *self._dets]) if i not in listed]
+        empty = pd.DataFrame({"unit": bare, "cls": -1, "gt": 0, "score": np.nan, "tp": np.nan})
+        table = pd.concat([truth, found, empty], ignore_index=True)
+        return table.astype({"unit": object, "cls": np.int64, "gt": np.int64, "score": float, "tp": float})
 
     # -- COCO -------------------------------------------------------------------------------------
     def coco(self, prefix: str = "coco") -> dict[str, float]:

@@ -9,16 +9,21 @@ no-pre-training baseline) and the benchmark's Config (defaults: the embedded wor
 real data). Output: a run tagged `benchmark`, `backbone`, `model_name`, `model_version`, `subset_name`,
 `subset_digest`, `spec_digest`, `evaluate_on` (test, or val: scored on data held out from the benchmark's
 training data, as a budget study does) — so the MLflow UI can put a transfer number next to the pre-training data
-that produced it — with the config as params, the metrics, figures (PNG) and tables (CSV) as artifacts.
+that produced it — with the config as params, the metrics, figures (PNG) and tables (CSV) as artifacts. Each
+headline metric also carries its per-unit prediction table, `predictions/<metric>.parquet`, and its percentile
+bootstrap interval as metrics `<metric>_ci_low`, `<metric>_ci_high` (params `ci.resamples`, `ci.level`; see
+`transfer.uncertainty`); `load_predictions(run_id, metric)` reads such a table back.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import tempfile
 import types
 import typing
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import mlflow
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -27,6 +32,10 @@ from pydantic.fields import FieldInfo
 from imagenet_transfer import tracking
 from imagenet_transfer.errors import UserError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+CI_RESAMPLES, CI_LEVEL, CI_SEED = 1000, 0.95, 0  # the bootstrap interval every headline metric is logged with
 BENCHMARKS = {
     "voc07_det": "imagenet_transfer.transfer.voc07_det",
     "voc12_action": "imagenet_transfer.transfer.voc12_action",
@@ -195,15 +204,52 @@ def run_benchmark(name: str, backbone: str, config, *, device: str = "auto") -> 
             mlflow.log_figure(figure, file_name)
         for file_name, table in result.tables.items():
             mlflow.log_text(table.to_csv(index=False), file_name)
+        log_predictions(result.predictions)
     return result.metrics
+
+
+def log_predictions(predictions: dict[str, pd.DataFrame]) -> None:
+    """Log each metric's prediction table as `predictions/<metric>.parquet` and its bootstrap interval as the
+    metrics `<metric>_ci_low`, `<metric>_ci_high` (left out where undefined), in the active run, with the
+    interval's settings as params `ci.resamples`, `ci.level`."""
+    from imagenet_transfer.transfer.uncertainty import interval
+
+    if not predictions:
+        return
+    tracking.log_params({"ci": {"resamples": CI_RESAMPLES, "level": CI_LEVEL}})
+    with tempfile.TemporaryDirectory() as folder:
+        for metric, table in predictions.items():
+            path = Path(folder) / f"{metric}.parquet"
+            table.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path="predictions")
+            low, high = interval(metric, table, resamples=CI_RESAMPLES, seed=CI_SEED, level=CI_LEVEL)
+            if math.isfinite(low) and math.isfinite(high):
+                mlflow.log_metrics({f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+
+
+def load_predictions(run_id: str, metric: str) -> pd.DataFrame:
+    """The prediction table run `run_id` logged for `metric` (`predictions/<metric>.parquet`), for
+    `transfer.uncertainty`; UserError when the run has none."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"predictions/{metric}.parquet", dst_path=folder
+            )
+        except (MlflowException, OSError) as err:
+            raise UserError(
+                f"run {run_id} has no predictions/{metric}.parquet ({err}); expected a transfer run that logged "
+                "its per-unit predictions"
+            ) from None
+        return pd.read_parquet(path)
 
 
 def run_all(backbone: str, *, quick: bool = False, data: str = "", device: str = "auto") -> dict[str, dict[str, float]]:
     """Every benchmark on one backbone: a run (stage=transfer-all) holding one child run per benchmark and
     the children's headline metrics; returns each benchmark's metrics. `data`: a folder holding every
     benchmark's data as a world lays it out (VOCdevkit/, SUN397/ + Partitions/, imagenet/); "" = the embedded world."""
-    from pathlib import Path
-
     configs = {}
     for name in BENCHMARKS:
         target = str(Path(data) / "imagenet") if data and name == "probe" else data

@@ -2,14 +2,20 @@
 docstring).
 
     result = run(backbone, info, Config(), device="cpu")
+    result.predictions["probe_knn_top1"]     # per val image: label, pred (transfer.uncertainty)
 """
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
+import pandas as pd
 import torch
 
 from imagenet_transfer.errors import UserError
 from imagenet_transfer.transfer.common import Result, world_part
+from imagenet_transfer.transfer.metrics import top1_accuracy
 from imagenet_transfer.transfer.probe.config import PARTS, Config
 from imagenet_transfer.transfer.probe.data import sample_source
 from imagenet_transfer.transfer.probe.figures import knn_figure
@@ -52,21 +58,32 @@ def run(backbone, info: dict, config: Config, *, device: str | torch.device = "c
     }
     if got.images_per_s:
         metrics["probe_features_images_per_s"] = got.images_per_s
-    tables, figures = {}, {}
+    tables, figures, predictions = {}, {}, {}
     x = got.arrays[layer]
+    root = os.path.commonpath(frame["path"].tolist())
+    units = [os.path.relpath(p, root) for p in frame.loc[~is_train, "path"]]  # the val images, named in the source
+
+    def predictions_table(label: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"unit": units, "label": np.asarray(label, np.int64), "pred": np.asarray(pred, np.int64)})
+
     if "knn" in parts:
-        curve = knn_curve(x[is_train], y[is_train], x[~is_train], y[~is_train], ks=(config.k,), num_classes=num_classes)
-        metrics["probe_knn_top1"] = float(curve.loc[curve["k"] == min(config.k, is_train.sum()), "top1"].iloc[0])
+        curve, predicted = knn_curve(
+            x[is_train], y[is_train], x[~is_train], y[~is_train], ks=(config.k,), num_classes=num_classes
+        )
+        k = min(config.k, int(is_train.sum()))
+        metrics["probe_knn_top1"] = float(curve.loc[curve["k"] == k, "top1"].iloc[0])
         metrics["probe_k"] = float(config.k)
         tables["probe_knn.csv"] = curve
+        predictions["probe_knn_top1"] = predictions_table(y[~is_train], predicted[k])
     if "linear" in parts:
-        table, top1 = linear_probe(frame, x, config)
-        metrics["probe_linear_top1"] = top1
+        table, predicted = linear_probe(frame, x, config)
+        metrics["probe_linear_top1"] = 100 * top1_accuracy(predicted, y[~is_train])
+        predictions["probe_linear_top1"] = predictions_table(y[~is_train], predicted)
         chosen = table[table["chosen"]].iloc[0]
         metrics["probe_linear_val_top1"], metrics["probe_linear_l2"] = float(chosen["val_top1"]), float(chosen["l2"])
         tables["probe_linear.csv"] = table
     if "coarse" in parts:
-        mapping, coarse_metrics = coarse_probe(
+        mapping, coarse_metrics, pairs = coarse_probe(
             backbone,
             got.arrays[penultimate][~is_train],
             frame.loc[~is_train, "wnid"].to_numpy(),
@@ -75,11 +92,12 @@ def run(backbone, info: dict, config: Config, *, device: str | torch.device = "c
         )
         metrics.update(coarse_metrics)
         tables["probe_coarse_map.csv"] = mapping
+        predictions["probe_coarse_top1"] = predictions_table(pairs["label"], pairs["pred"])
     if "probe_knn.csv" in tables:
         figures["probe_knn.png"] = knn_figure(
             tables["probe_knn.csv"], metrics.get("probe_linear_top1"), layer, chance=100 / num_classes
         )
-    return Result(metrics, figures, tables)
+    return Result(metrics, figures, tables, predictions)
 
 
 def _parts(config: Config, info: dict) -> tuple[str, ...]:

@@ -3,8 +3,9 @@ classifier mapped to a coarse label set (see the package docstring).
 
     layer = probe_layer(backbone, "")                                  # fc7, or pool5 for a ResNet
     knn_predict(train_x, train_y, query_x, k=20, num_classes=200)      # cosine kNN labels
-    table, top1 = linear_probe(frame, x, config)                       # L2 chosen on a carved validation part
-    mapping, metrics = coarse_probe(backbone, penultimate, val_wnids, label_wnids, "top-down-127")
+    curve, predicted = knn_curve(train_x, train_y, val_x, val_y, ks=(20,), num_classes=200)   # predicted[k]
+    table, predicted = linear_probe(frame, x, config)                  # L2 chosen on a carved validation part
+    mapping, metrics, pairs = coarse_probe(backbone, penultimate, val_wnids, label_wnids, "top-down-127")
 """
 
 from __future__ import annotations
@@ -68,19 +69,23 @@ def knn_predict(
     return knn_vote(sims, np.asarray(train_y)[idx], min(k, idx.shape[1]), num_classes)
 
 
-def knn_curve(train_x, train_y, val_x, val_y, *, ks: Sequence[int], num_classes: int) -> pd.DataFrame:
-    """kNN top-1 (%) on val for `ks` and the descriptive K_CURVE values (capped at the training size)."""
+def knn_curve(
+    train_x, train_y, val_x, val_y, *, ks: Sequence[int], num_classes: int
+) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """kNN top-1 (%) on val for `ks` and the descriptive K_CURVE values (capped at the training size), and the
+    predicted val labels for each of these k."""
     values = sorted({min(k, len(train_x)) for k in (*K_CURVE, *ks)})
     sims, idx = knn_neighbours(train_x, val_x, max(values))
     labels = np.asarray(train_y)[idx]
-    rows = [{"k": k, "top1": 100 * top1_accuracy(knn_vote(sims, labels, k, num_classes), val_y)} for k in values]
-    return pd.DataFrame(rows)
+    predicted = {k: knn_vote(sims, labels, k, num_classes) for k in values}
+    rows = [{"k": k, "top1": 100 * top1_accuracy(predicted[k], val_y)} for k in values]
+    return pd.DataFrame(rows), predicted
 
 
 # -- linear probe ------------------------------------------------------------------------------------------
-def linear_probe(frame: pd.DataFrame, x: np.ndarray, config: Config) -> tuple[pd.DataFrame, float]:
-    """L2 chosen on a carved validation part of the training sample, refitted on the whole sample, scored on
-    the source's val images (top-1, %). Returns the per-L2 table and the val top-1."""
+def linear_probe(frame: pd.DataFrame, x: np.ndarray, config: Config) -> tuple[pd.DataFrame, np.ndarray]:
+    """L2 chosen on a carved validation part of the training sample, refitted on the whole sample, applied to
+    the source's val images. Returns the per-L2 table and the predicted labels of the val rows, in order."""
     is_train = (frame["split"] == "train").to_numpy()
     y = frame["label"].to_numpy()
     num_classes = int(y.max()) + 1
@@ -99,10 +104,9 @@ def linear_probe(frame: pd.DataFrame, x: np.ndarray, config: Config) -> tuple[pd
         score=top1_accuracy,
     )
     final = fit_linear(x[is_train], y[is_train], num_classes=num_classes, l2=sel.l2, max_iter=config.max_iter)
-    top1 = 100 * top1_accuracy(final.predict(x[~is_train]), y[~is_train])
     table = pd.DataFrame({"l2": list(sel.val_scores), "val_top1": [100 * v for v in sel.val_scores.values()]})
     table["chosen"] = table["l2"] == sel.l2
-    return table.sort_values("l2", ignore_index=True), top1
+    return table.sort_values("l2", ignore_index=True), final.predict(x[~is_train])
 
 
 # -- fine→coarse -------------------------------------------------------------------------------------------
@@ -128,8 +132,9 @@ def coarse_map(label_wnids: Sequence[str], fine_to_coarse: dict[str, str], taxon
 @torch.inference_mode()
 def coarse_probe(
     backbone, penultimate: np.ndarray, val_wnids: np.ndarray, label_wnids: list[str], coarse_level: str
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """(b): the backbone's predictions (its classifier on the cached penultimate features) in the coarse space."""
+) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """(b): the backbone's predictions (its classifier on the cached penultimate features) in the coarse space:
+    the label mapping, the metrics, and each val row's coarse `label` (target) and `pred` (coarse codes)."""
     from imagenet_transfer.taxonomy import load_taxonomy
 
     method, _, count = coarse_level.rpartition("-")
@@ -156,9 +161,10 @@ def coarse_probe(
     feats = torch.from_numpy(np.ascontiguousarray(penultimate))
     predicted = backbone.classifier(backbone.pre_classifier(feats)).argmax(dim=1).numpy()
     majority = np.bincount(target).argmax()
-    return mapping, {
+    metrics = {
         "probe_coarse_top1": 100 * coarse_top1(predicted, coarse_of_label, target),
         "probe_coarse_majority_top1": 100 * top1_accuracy(np.full_like(target, majority), target),
         "probe_coarse_classes": float(len(set(target.tolist()))),
         "probe_coarse_mixed_labels": float((mapping["rule"] == "majority").sum()),
     }
+    return mapping, metrics, pd.DataFrame({"label": target, "pred": coarse_of_label[predicted]})

@@ -1,7 +1,7 @@
 """SUN-CLS's two protocols, their summary over partitions, and `run` (see the package docstring).
 
 result = run(backbone, info, Config(protocol="linear"), device="cpu")
-table = evaluate_layers({"fc7": {"train": (x, y), "val": (x, y), "test": (x, y)}}, num_classes=397)
+table, predicted = evaluate_layers({"fc7": {"train": (x, y), "val": (x, y), "test": (x, y)}}, num_classes=397)
 metrics = summarise(table.assign(partition=1), "linear")     # {"sun397_acc": ..., "sun397_val_acc": ...}
 """
 
@@ -28,9 +28,9 @@ def run(backbone, info: dict, config: Config, *, device: str | torch.device = "c
     layers = feature_layers(backbone, config.layers) if config.protocol == "linear" else ()
     classes, parts = load_partitions(config)
     if config.protocol == "linear":
-        table, speed = _linear(backbone, parts, len(classes), layers, config, device, progress)
+        table, predicted, speed = _linear(backbone, parts, len(classes), layers, config, device, progress)
     else:
-        table = _finetune(backbone, parts, len(classes), config, device, progress)
+        table, predicted = _finetune(backbone, parts, len(classes), config, device, progress)
         speed = None
     metrics = summarise(table, config.protocol)
     metrics.update(
@@ -46,11 +46,32 @@ def run(backbone, info: dict, config: Config, *, device: str | torch.device = "c
     )
     if speed:
         metrics["sun397_features_images_per_s"] = speed
+    predictions = {"sun397_acc": predictions_table(parts, predicted)}
     if config.protocol == "linear":
-        return Result(
-            metrics, {"sun397_layers.png": layer_figure(table, 100 / len(classes))}, {"sun397_linear.csv": table}
+        figure = {"sun397_layers.png": layer_figure(table, 100 / len(classes))}
+        return Result(metrics, figure, {"sun397_linear.csv": table}, predictions)
+    figure = {"sun397_finetune.png": finetune_figure(table)}
+    return Result(metrics, figure, {"sun397_finetune.csv": table}, predictions)
+
+
+def predictions_table(parts: list[Partition], predicted: dict[int, np.ndarray]) -> pd.DataFrame:
+    """The class_mean table `transfer.uncertainty` resamples: one row per scored image of each partition,
+    `unit` (its entry in the partition list), `stratum` (the partition), `label`, `pred` (the chosen layer's or
+    epoch's prediction); `predicted[partition]` is in the order of the partition's test rows."""
+    frames = []
+    for part in parts:
+        scored = part.part("test")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "unit": scored["entry"].astype(str).to_numpy(),
+                    "stratum": part.number,
+                    "label": scored["label"].to_numpy(np.int64),
+                    "pred": np.asarray(predicted[part.number], dtype=np.int64),
+                }
+            )
         )
-    return Result(metrics, {"sun397_finetune.png": finetune_figure(table)}, {"sun397_finetune.csv": table})
+    return pd.concat(frames, ignore_index=True)
 
 
 def _linear(
@@ -61,7 +82,7 @@ def _linear(
     config: Config,
     device: torch.device,
     progress: bool,
-) -> tuple[pd.DataFrame, float | None]:
+) -> tuple[pd.DataFrame, dict[int, np.ndarray], float | None]:
     from imagenet_transfer.transfer.features import extract_features
 
     paths = sorted({p for part in parts for p in part.frame["path"]})
@@ -76,7 +97,7 @@ def _linear(
         what="SUN397 images",
     )
     row_of = {p: i for i, p in enumerate(paths)}
-    tables = []
+    tables, predicted = [], {}
     for part in parts:
         split = {
             role: (part.part(role)["path"].map(row_of).to_numpy(), part.part(role)["label"].to_numpy())
@@ -85,20 +106,23 @@ def _linear(
         per_layer = {
             layer: {role: (got.arrays[layer][rows], y) for role, (rows, y) in split.items()} for layer in layers
         }
-        table = evaluate_layers(per_layer, num_classes=num_classes, l2_grid=config.l2_grid, max_iter=config.max_iter)
+        table, by_layer = evaluate_layers(
+            per_layer, num_classes=num_classes, l2_grid=config.l2_grid, max_iter=config.max_iter
+        )
         tables.append(table.assign(partition=part.number))
+        predicted[part.number] = by_layer[table.loc[table["chosen"], "layer"].iloc[0]]
     table = pd.concat(tables, ignore_index=True)
-    return table[["partition", "layer", "l2", "val_acc", "test_acc", "chosen"]], got.images_per_s
+    return table[["partition", "layer", "l2", "val_acc", "test_acc", "chosen"]], predicted, got.images_per_s
 
 
 def evaluate_layers(
     data: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], *, num_classes: int, l2_grid=L2_GRID, max_iter: int = 100
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The linear protocol on one partition, a pure function: `data[layer][role] = (features, labels)` for
     roles train, val, test. Per layer: L2 chosen on val (fitted on train), refitted on train + val, scored on
     test. The chosen layer is the one with the best val accuracy (ties: the earlier layer). Accuracies are
-    mean per-class accuracy in %."""
-    rows = []
+    mean per-class accuracy in %. Returns the table and each layer's predicted test labels."""
+    rows, predicted = [], {}
     for layer, roles in data.items():
         (tx, ty), (vx, vy), (sx, sy) = roles["train"], roles["val"], roles["test"]
         sel = select_l2(tx, ty, vx, vy, num_classes=num_classes, l2_grid=l2_grid, max_iter=max_iter)
@@ -110,18 +134,19 @@ def evaluate_layers(
             max_iter=max_iter,
             init=None,
         )
+        predicted[layer] = final.predict(sx)
         rows.append(
             {
                 "layer": layer,
                 "l2": sel.l2,
                 "val_acc": 100 * sel.val_score,
-                "test_acc": 100 * mean_per_class_accuracy(final.predict(sx), sy),
+                "test_acc": 100 * mean_per_class_accuracy(predicted[layer], sy),
             }
         )
     table = pd.DataFrame(rows)
     table["chosen"] = False
     table.loc[table["val_acc"].idxmax(), "chosen"] = True
-    return table
+    return table, predicted
 
 
 def summarise(table: pd.DataFrame, protocol: str) -> dict[str, float]:
@@ -148,17 +173,20 @@ def _mean_std(name: str, values: pd.Series) -> dict[str, float]:
 # -- finetune ----------------------------------------------------------------------------------------------
 def _finetune(
     backbone, parts: list[Partition], num_classes: int, config: Config, device: torch.device, progress: bool
-) -> pd.DataFrame:
-    tables = [_finetune_partition(backbone, part, num_classes, config, device, progress) for part in parts]
-    return pd.concat(tables, ignore_index=True)
+) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    tables, predicted = [], {}
+    for part in parts:
+        table, predicted[part.number] = _finetune_partition(backbone, part, num_classes, config, device, progress)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True), predicted
 
 
 def _finetune_partition(
     backbone, part: Partition, num_classes: int, config: Config, device: torch.device, progress: bool
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Fine-tune a copy of `backbone` with a new head on the partition's train rows, keep the epoch with the best
     val accuracy, score the test rows once: one row per epoch (partition, epoch, train_loss, val_acc, chosen,
-    test_acc on the chosen row)."""
+    test_acc on the chosen row), and the predicted labels of the test rows."""
     from imagenet_transfer.data import make_loader
     from imagenet_transfer.engine import train_steps
 
@@ -212,7 +240,8 @@ def _finetune_partition(
 
     history = train_epochs(net, config.epochs, train_one_epoch, validate, report)
     history.best.restore(net)
-    test = 100 * mean_per_class_accuracy(*predict(net, part.part("test"), config, device))
+    predicted, labels = predict(net, part.part("test"), config, device)
+    test = 100 * mean_per_class_accuracy(predicted, labels)
     table = pd.DataFrame(
         [
             {"partition": part.number, "epoch": epoch, "train_loss": loss, "val_acc": val}
@@ -221,7 +250,7 @@ def _finetune_partition(
     )
     table["chosen"] = table["epoch"] == history.best.epoch  # the earliest of the best epochs
     table["test_acc"] = np.where(table["chosen"], test, np.nan)
-    return table
+    return table, predicted
 
 
 @torch.inference_mode()

@@ -3,6 +3,7 @@
 losses = train(detector, train_samples, config, device=device, progress=bar)
 evaluator = evaluate(detector, test_samples, config, device=device, progress=bar)   # DetectionEvaluator
 result = run(backbone, info, config, device="cpu")                                 # both, as a Result
+result.predictions["voc07_map"]     # per test image: boxes and matched detections (transfer.uncertainty)
 """
 
 from __future__ import annotations
@@ -152,4 +153,5 @@ def run(backbone, info: dict, config: Config, *, device: torch.device | str = "c
         metrics=metrics,
         figures={"pr_curves.png": pr_figure(result)},
         tables={"voc07_ap.csv": ap_table(result), "voc07_derived.csv": derived_table(derived)},
+        predictions={"voc07_map": evaluator.predictions(result)},
     )

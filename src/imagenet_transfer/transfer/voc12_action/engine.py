@@ -2,6 +2,7 @@
 
 result = run(backbone, info, Config(), device="cpu")       # fine-tune on train, score val once
 scores, labels = predict(model, persons, config, crops, norm, device)   # (N, 10) each, in persons' order
+predictions_table(persons, scores, labels)                 # per person, for transfer.uncertainty
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -138,7 +140,18 @@ def run(
         metrics=metrics,
         figures={"action_ap.png": ap_figure(table, metrics["voc12_action_map"], info)},
         tables={"voc12_action_ap.csv": table, "voc12_action_val_scores.csv": scores_table(val, scores, labels)},
+        predictions={"voc12_action_map": predictions_table(val, scores, labels)},
     )
+
+
+def predictions_table(persons: list[Person], scores: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """The multilabel table `transfer.uncertainty` resamples: one row per scored person, `unit`
+    ("<image id>/<object number>"), `target_<action>` (0/1) and `score_<action>` for every action."""
+    columns: dict[str, Any] = {"unit": [f"{p.image_id}/{p.index}" for p in persons]}
+    for i, action in enumerate(VOC_ACTIONS):
+        columns[f"target_{action}"] = (labels[:, i] > 0).astype(np.int64)
+        columns[f"score_{action}"] = scores[:, i].astype(np.float64)
+    return pd.DataFrame(columns)
 
 
 @torch.no_grad()
