@@ -1,12 +1,17 @@
-"""The report: tables from MLflow with mean ± std over seeds (checked by hand), deltas, the paper's numbers
-or "not published", plots, Markdown + self-contained HTML, a report run; the newest FINISHED grid run (one that
-did not finish is skipped, alone it exits 2), grid runs with steps or metrics missing (made by hand); bad input."""
+"""The report: tables from MLflow with mean ± std over seeds and the runs' intervals (checked by hand), deltas,
+the paper's numbers (absolute at real scale, relative at world scale) or "not published", paired comparisons and
+the findings' verdicts from prediction tables, plots, Markdown + self-contained HTML, a report run; the newest
+FINISHED grid run (one that did not finish is skipped, alone it exits 2), grid runs with steps, metrics or
+prediction tables missing (made by hand); bad input."""
 
+import math
 import shutil
 import statistics
+import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import cli
@@ -23,6 +28,28 @@ def test_published_numbers_are_the_papers_and_nothing_else():
     assert "−2.8" in published("e3-127", "voc07_map")
     assert published("e1-125", "voc07_map") == NOT_PUBLISHED  # the paper's table value was never recovered
     assert published("full", "voc12_action_map") == NOT_PUBLISHED and published(None, "voc07_map") == NOT_PUBLISHED
+
+
+def test_at_world_scale_the_paper_column_holds_the_papers_relative_effect_not_its_numbers():
+    relative = {v: published(v, "voc07_map", absolute=False) for v in ("full", "e1-500", "e1-250", "e3-127")}
+    assert relative == {
+        "full": "reference",
+        "e1-500": "-2.2 % vs full",
+        "e1-250": "-6.3 % vs full",
+        "e3-127": "≈ -4.8 % vs full",
+    }
+    assert published("e6-pascal-removed", "voc07_map", absolute=False) == "≈ 0 % vs full"
+    assert published("e1-125", "voc07_map", absolute=False) == NOT_PUBLISHED
+    assert published("full", "voc12_action_map", absolute=False) == NOT_PUBLISHED
+
+
+def shown(runs: list[tuple[float, float, float]]) -> str:
+    """A table cell from (value, ci_low, ci_high) per seed, by hand: mean ± std, then the mean interval."""
+    values = [v for v, _, _ in runs]
+    text = f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+    if all(not math.isnan(low) for _, low, _ in runs):
+        text += f" [{statistics.mean(r[1] for r in runs):.2f}, {statistics.mean(r[2] for r in runs):.2f}]"
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +88,44 @@ def grid_run(tiny_world, tmp_path_factory, tracking_uri, grid_tracking_uri):
 
 def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, tmp_path):
     assert cli("report", "--out", tmp_path / "rep", "--grid-run", grid_run["run_id"]) == 0
-    values = {}
+    runs, seeds = {}, {}
     for record in grid_run["records"]:
         if record["stage"] == "transfer":
-            metric = mlflow.get_run(record["run_id"]).data.metrics["voc12_action_map"]
-            values.setdefault(record["variant"], []).append(metric)
-    assert {v: len(x) for v, x in values.items()} == {"full": 2, "e3-127": 2, "random": 1}  # no seeds for random init
+            logged = mlflow.get_run(record["run_id"]).data.metrics
+            bounds = [logged.get(f"voc12_action_map_ci_{side}", math.nan) for side in ("low", "high")]
+            runs.setdefault(record["variant"], []).append((logged["voc12_action_map"], *bounds))
+            seeds.setdefault(record["variant"], []).append(record["seed"])
+    assert {v: len(x) for v, x in runs.items()} == {"full": 2, "e3-127": 2, "random": 2}  # random init per seed too
+    values = {v: [r[0] for r in x] for v, x in runs.items()}
     mean = {v: statistics.mean(x) for v, x in values.items()}
     std = {v: statistics.stdev(x) for v, x in values.items() if len(x) > 1}
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert "## ER: question of ER" in markdown
-    assert f"| full | 40 | 24 | {mean['full']:.2f} ± {std['full']:.2f} | — | {NOT_PUBLISHED} |" in markdown
+    assert f"| full | 40 | 24 | {shown(runs['full'])} | — | {NOT_PUBLISHED} |" in markdown
     delta = mean["e3-127"] - mean["full"]
+    relative = f"{delta:+.2f} ({100 * delta / mean['full']:+.1f} %)"
+    assert f"| e3-127 | 10 | 24 | {shown(runs['e3-127'])} | {relative} | {NOT_PUBLISHED} |" in markdown
+    below = mean["random"] - mean["full"]
+    relative = f"{below:+.2f} ({100 * below / mean['full']:+.1f} %)"
     assert (
-        f"| e3-127 | 10 | 24 | {mean['e3-127']:.2f} ± {std['e3-127']:.2f} | {delta:+.2f} | {NOT_PUBLISHED} |"
+        f"| random init (no pre-training) | — | 0 | {shown(runs['random'])} | {relative} | {NOT_PUBLISHED} |"
         in markdown
     )
-    below = mean["random"] - mean["full"]
-    assert (
-        f"| random init (no pre-training) | — | 0 | {mean['random']:.2f} | {below:+.2f} | {NOT_PUBLISHED} |" in markdown
-    )
+    assert "What the seeds varied: pretrain,finetune." in markdown
+
+    # paired by seed: seed s of e3-127 against seed s of full and of random init
+    compared = pd.read_csv(tmp_path / "rep" / "tables" / "comparisons.csv").set_index(["variant", "reference"])
+    assert set(compared.index) == {("full", "random"), ("e3-127", "full"), ("e3-127", "random")}
+    by_seed = {v: dict(zip(seeds[v], values[v])) for v in values}
+    for (variant, reference), row in compared.iterrows():
+        logged = statistics.mean(by_seed[variant][s] - by_seed[reference][s] for s in (0, 1))
+        assert row["diff"] == pytest.approx(logged, abs=1e-3) and row["pairs"] == 2
+        if not math.isnan(row["low"]):  # runs that logged their prediction tables
+            assert row["low"] <= row["high"] and row["significant"] == (row["low"] > 0 or row["high"] < 0)
+    verdicts = pd.read_csv(tmp_path / "rep" / "tables" / "findings.csv")
+    assert list(verdicts["finding"]) == ["E1", "E3", "E4", "E5", "E6", "E7"]
+    assert set(verdicts["verdict"]) == {"not run"}  # the grid ran none of the paper's experiments
+    assert "## Findings" in markdown and "## Comparisons" in markdown and "percentile bootstrap" in markdown
     table = pd.read_csv(tmp_path / "rep" / "tables" / "ER.csv").set_index("variant")
     assert table.loc["e3-127", "voc12_action_map_mean"] == pytest.approx(mean["e3-127"])
     assert table.loc["full", "voc12_action_map_std"] == pytest.approx(std["full"])
@@ -93,7 +138,7 @@ def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, 
     }  # no E1 variant: no E1 curve
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(plots) and 'src="plots/' not in page  # self-contained
-    assert f"{mean['e3-127']:.2f} ± {std['e3-127']:.2f}" in page
+    assert shown(runs["e3-127"]) in page and "<h2>Findings</h2>" in page
 
     (report_run,) = mlflow.search_runs(
         search_all_experiments=True,
@@ -158,7 +203,18 @@ def test_an_experiment_without_the_full_variant_is_compared_to_the_grids_full_ru
     assert table.loc["e5-budget-12000-classes-50", "voc12_action_map_delta"] == pytest.approx(-6.0)
     assert "voc07_map_mean" not in table.columns  # only the experiment's own metrics
     _header, rows = display_rows(experiment_table(part), ["voc12_action_map"])
-    assert rows[1][3:6] == [f"56.00 ± {statistics.stdev([55.0, 57.0]):.2f}", "-6.00", NOT_PUBLISHED]
+    assert rows[1][3:6] == [f"56.00 ± {statistics.stdev([55.0, 57.0]):.2f}", "-6.00 (-9.7 %)", NOT_PUBLISHED]
+
+    e1 = pd.DataFrame(
+        [
+            row("E1", "full", 0, 50.0, "f", "voc07_map"),
+            row("E1", "e1-60", 0, 47.0, "g", "voc07_map") | {"paper_variant": "e1-250", "images_per_class": 60},
+        ]
+    )
+    real = display_rows(experiment_table(e1), ["voc07_map"], absolute=True)[1]  # a real-scale grid: the numbers
+    world = display_rows(experiment_table(e1), ["voc07_map"], absolute=False)[1]  # else the relative effect
+    assert [r[3:6] for r in real] == [["50.00", "—", "58.3"], ["47.00", "-3.00 (-6.0 %)", "54.6 (Δ -3.7)"]]
+    assert [r[5] for r in world] == ["reference", "-6.3 % vs full"]
 
 
 # -- grid runs made by hand (a store of their own per test) -------------------------------------------------
@@ -181,8 +237,9 @@ def hand_store(empty_store, tmp_path, monkeypatch):
     return uri
 
 
-def hand_run(stage, start, status="FINISHED", metrics=None, params=None, steps=None):
-    """A run tagged `stage`, started at `start` (ms), ended with `status`; `steps` becomes its steps.json."""
+def hand_run(stage, start, status="FINISHED", metrics=None, params=None, steps=None, predictions=None):
+    """A run tagged `stage`, started at `start` (ms), ended with `status`; `steps` becomes its steps.json,
+    `predictions` (metric -> table) its predictions/<metric>.parquet."""
     client = mlflow.MlflowClient()
     run_id = client.create_run(tracking.experiment_id(), start_time=start, tags={"stage": stage}).info.run_id
     for name, value in (metrics or {}).items():
@@ -191,6 +248,10 @@ def hand_run(stage, start, status="FINISHED", metrics=None, params=None, steps=N
         client.log_param(run_id, name, value)
     if steps is not None:
         client.log_dict(run_id, steps, "steps.json")
+    with tempfile.TemporaryDirectory() as folder:
+        for metric, table in (predictions or {}).items():
+            table.to_parquet(Path(folder) / f"{metric}.parquet", index=False)
+            client.log_artifact(run_id, str(Path(folder) / f"{metric}.parquet"), "predictions")
     client.set_terminated(run_id, status, end_time=start + 1000)
     return run_id
 
@@ -281,7 +342,7 @@ def test_a_newer_unfinished_grid_run_is_skipped_for_the_newest_finished_one(hand
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert f"reproduce run `{finished}` (FINISHED)" in markdown and f"{failed} (FAILED)" in markdown
     assert f"| full | 40 | 24 | 62.00 ± {statistics.stdev([60.0, 64.0]):.2f} | — | {NOT_PUBLISHED} |" in markdown
-    assert f"| e3-127 | 10 | 24 | 50.00 | -12.00 | {NOT_PUBLISHED} |" in markdown  # steps without a metric: not counted
+    assert f"| e3-127 | 10 | 24 | 50.00 | -12.00 (-19.4 %) | {NOT_PUBLISHED} |" in markdown  # no metric: not counted
     table = pd.read_csv(tmp_path / "rep" / "tables" / "ER.csv").set_index("variant")
     assert table.loc["e3-127", "voc12_action_map_n"] == 1
     (report_run,) = report_runs()
@@ -300,7 +361,8 @@ def test_a_finished_grid_run_without_transfer_results_gives_a_report_that_says_s
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert "No transfer results in the grid run: none of its transfer steps has a metric." in markdown
     assert [p.name for p in (tmp_path / "rep" / "plots").iterdir()] == ["budget_study_classes_vs_objective.png"]
-    assert not list((tmp_path / "rep" / "tables").iterdir())
+    assert sorted(p.name for p in (tmp_path / "rep" / "tables").iterdir()) == ["comparisons.csv", "findings.csv"]
+    assert set(pd.read_csv(tmp_path / "rep" / "tables" / "findings.csv")["verdict"]) == {"not run"}
 
 
 def test_a_report_without_a_tracking_store_exits_2_and_creates_none(tmp_path, monkeypatch, capsys):
@@ -315,3 +377,93 @@ def test_a_report_without_a_tracking_store_exits_2_and_creates_none(tmp_path, mo
     assert cli("report") == 2  # the default store, ./mlruns/mlflow.db
     assert "mlruns/mlflow.db, which does not exist" in capsys.readouterr().err
     assert not {"nowhere", "mlruns", "reports", "rep"} & {p.name for p in tmp_path.iterdir()}  # no store, no report
+
+
+def test_a_world_grid_with_prediction_tables_gets_paired_comparisons_verdicts_and_relative_paper_effects(
+    hand_store, tmp_path
+):
+    """E4 (probes, prediction tables and intervals logged, as grids log them now) and E1 (metrics only, as
+    older grids logged them), two seeds each, at world scale."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+    units = [f"img{i:04d}" for i in range(len(labels))]
+    steps, runs, start = [], {}, T0
+
+    def transfer(experiment, variant, seed, benchmark, metric, value, *, classes, images, paper=None, right=None):
+        nonlocal start
+        start += 10
+        metrics, predictions = {metric: value}, None
+        if right is not None:  # an accuracy table right that often; the logged metric and interval are its own
+            pred = np.where(rng.random(len(labels)) < right, labels, (labels + 1) % 10)
+            predictions = {metric: pd.DataFrame({"unit": units, "label": labels, "pred": pred})}
+            metrics = {metric: 100 * float((pred == labels).mean())}
+            metrics |= {f"{metric}_ci_low": metrics[metric] - 4.0, f"{metric}_ci_high": metrics[metric] + 4.0}
+        run_id = hand_run("transfer", start, metrics=metrics, predictions=predictions)
+        runs[experiment, variant, seed] = metrics
+        row = step("transfer", variant, seed, run_id, benchmark)
+        steps.append(
+            row
+            | {
+                "experiment": experiment,
+                "paper_variant": paper,
+                "num_classes": classes,
+                "images_per_class": images,
+                "stage": "transfer",
+            }
+        )
+
+    for seed in (0, 1):
+        transfer("E4", "full", seed, "probe", "probe_knn_top1", 0, classes=40, images=24, paper="full", right=0.8)
+        transfer("E4", "e3-127", seed, "probe", "probe_knn_top1", 0, classes=10, images=24, paper="e3-127", right=0.65)
+        transfer("E4", "random", seed, "probe", "probe_knn_top1", 0, classes=0, images=0, right=0.12)
+        transfer("E1", "full", seed, "voc07_det", "voc07_map", 40.0 + 2 * seed, classes=40, images=24, paper="full")
+        transfer("E1", "e1-6", seed, "voc07_det", "voc07_map", 37.0 + seed, classes=40, images=6, paper="e1-250")
+    params = {"grid_name": "hand-grid", "profile": "world", "scale": "world", "varied": "pretrain,finetune"}
+    hand_run("reproduce", start + 100, params=params, steps=steps)
+    assert cli("report", "--out", tmp_path / "rep") == 0
+    folder = tmp_path / "rep"
+    markdown = (folder / "report.md").read_text()
+
+    compared = pd.read_csv(folder / "tables" / "comparisons.csv").set_index(["experiment", "variant", "reference"])
+    coarse = compared.loc[("E4", "e3-127", "random")]  # paired bootstrap over the 400 images, 2 seeds
+    score = {k: next(iter(v.values())) for k, v in runs.items()}  # each run's headline metric
+    assert coarse["diff"] == pytest.approx(
+        statistics.mean(score["E4", "e3-127", s] - score["E4", "random", s] for s in (0, 1))
+    )
+    assert coarse["low"] > 0 and coarse["significant"] and coarse["note"] == "1000 resamples"
+    below = compared.loc[("E4", "e3-127", "full")]
+    assert below["high"] < 0 and below["significant"]
+    assert below["relative"] == pytest.approx(below["diff"] / statistics.mean(score["E4", "full", s] for s in (0, 1)))
+    fewer = compared.loc[("E1", "e1-6", "full")]  # no prediction tables: the logged difference, no interval
+    assert fewer["diff"] == pytest.approx(-3.5) and math.isnan(fewer["low"]) and fewer["note"].startswith("no interval")
+
+    verdicts = pd.read_csv(folder / "tables" / "findings.csv").set_index("finding")
+    assert verdicts["verdict"].to_dict() == {
+        "E1": "no interval",
+        "E3": "not run",
+        "E4": "reproduced",
+        "E5": "not run",
+        "E6": "not run",
+        "E7": "not run",
+    }
+    assert verdicts.loc["E4", "low"] == pytest.approx(coarse["low"])
+    assert verdicts.loc["E1", "diff"] == pytest.approx(-3.5) and verdicts.loc["E1", "relative"] == pytest.approx(
+        -3.5 / 41
+    )
+
+    assert "## Findings" in markdown and "## Comparisons" in markdown
+    assert "What the seeds varied: pretrain,finetune." in markdown and "1,000 resamples" in markdown
+    e4 = next(line for line in markdown.splitlines() if line.startswith("| E4 | Features"))
+    assert f"{coarse['diff']:+.2f} [{coarse['low']:+.2f}, {coarse['high']:+.2f}]" in e4 and "| reproduced |" in e4
+    full = [(score["E4", "full", s], score["E4", "full", s] - 4, score["E4", "full", s] + 4) for s in (0, 1)]
+    assert f"| full | 40 | 24 | {shown(full)} | — | {NOT_PUBLISHED} |" in markdown  # the runs' intervals
+    assert (
+        f"| e1-6 | 40 | 6 | {shown([(37.0, math.nan, math.nan), (38.0, math.nan, math.nan)])} | -3.50 (-8.5 %) | "
+        "-6.3 % vs full |" in markdown
+    )  # the paper's relative effect, not its 54.6, at world scale
+    e1 = markdown.split("## E1")[1].split("Paper's finding")[0]  # the E1 table
+    assert "| full | 40 | 24 | 41.00 ± 1.41 | — | reference |" in e1 and "54.6" not in e1 and "58.3" not in e1
+    assert "| E4 | e3-127 | random init (no pre-training) | probe_knn_top1 | 2 |" in markdown
+    plots = {p.name for p in (folder / "plots").iterdir()}
+    assert plots == {"transfer_vs_images_per_class.png", "transfer_vs_num_classes.png"}
+    assert "beside the paper's relative effect" in markdown and not running()

@@ -9,13 +9,22 @@ budget-study trial runs (tag stage=trial, params `num_classes`, metric `objectiv
 grid run that did not finish (FAILED, KILLED, RUNNING: some steps only) is skipped and named; with no finished
 grid run, or a `--grid-run` that is none, the report exits with code 2 before it writes anything.
 Output (a folder, written whole or not at all, and the same files as artifacts of a run tagged stage=report):
-    report.md, report.html      one table per experiment: rows = data variant, columns = benchmark metrics,
-                                cells = mean ± std over seeds, Δ to the full-data baseline, the paper's number
-                                where PAPER.md knows it and "not published" elsewhere, and a "random init" row
-                                where the grid ran its no-pre-training baselines; the plots (random init as a
-                                dotted line); the HTML is self-contained (images embedded as base64)
-    tables/E<n>.csv             the same tables as numbers (mean, std, n, delta)
-    plots/*.png                 transfer vs images per class, vs number of classes, budget study C vs objective
+    report.md, report.html      the findings: a verdict per published finding of the paper (`findings`: derived
+                                from paired bootstrap intervals by explicit rules, listed in the report); one
+                                table per experiment: rows = data variant, columns = benchmark metrics, cells =
+                                mean ± std over seeds and the 95 % interval where the runs logged one
+                                (`<metric>_ci_low`/`_ci_high`), Δ to the full-data baseline (and relative to it),
+                                the paper's number where PAPER.md knows it (absolute at real scale; at world and
+                                smoke scale its effect relative to its full set, as absolute numbers are not
+                                comparable) and "not published" elsewhere, and a "random init" row where the grid
+                                ran its no-pre-training baselines; the paired comparisons (every variant vs full
+                                and vs random init, with interval and significance); the plots (error bars on every
+                                curve, random init as a band); the HTML is self-contained (images embedded as base64)
+    tables/E<n>.csv             the same tables as numbers (mean, std, n, interval, delta)
+    tables/comparisons.csv      the paired comparisons (`findings.comparisons`)
+    tables/findings.csv         the verdicts (`findings.verdicts`)
+    plots/*.png                 transfer vs images per class (and relative to full, beside the paper's relative
+                                effect), vs number of classes, budget study C vs objective
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import base64
 import html
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,7 +42,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from imagenet_transfer import findings
 from imagenet_transfer.errors import UserError
+from imagenet_transfer.findings import BASELINE, PUBLISHED
 from imagenet_transfer.grid_plan import RANDOM  # the variant of the grid's no-pre-training rows
 
 # The metrics a table shows per benchmark (all in %).
@@ -41,22 +53,6 @@ MAIN_METRICS = {
     "voc12_action": ("voc12_action_map",),
     "sun397": ("sun397_acc",),
     "probe": ("probe_knn_top1", "probe_linear_top1", "probe_coarse_top1"),
-}
-# PAPER.md "Published results": (paper variant, metric) -> what is known. Nothing else is published.
-PUBLISHED = {
-    ("full", "voc07_map"): 58.3,
-    ("e1-500", "voc07_map"): 57.0,
-    ("e1-250", "voc07_map"): 54.6,
-    ("e3-127", "voc07_map"): "≈ −2.8 vs full",
-    ("e6-pascal-removed", "voc07_map"): "≈ full (nearly the same)",
-}
-FINDINGS = {
-    "E1": "PASCAL-DET mAP 58.3 / 57.0 / 54.6 with 1000 / 500 / 250 images per class.",
-    "E3": "127 classes instead of 1000: about −2.8 mAP on PASCAL-DET; for some tasks fewer classes did better.",
-    "E4": "Features learned without fine-grained labels still separate fine-grained classes well.",
-    "E5": "Same budget: fewer classes with more images each is slightly better than more classes with fewer.",
-    "E6": "771 classes (PASCAL classes removed): nearly the same PASCAL-DET mAP as all 1000.",
-    "E7": "Adding more data (A+B vs A) does not always help and can hurt.",
 }
 NOT_PUBLISHED = "not published"
 RESULT_COLUMNS = [
@@ -71,9 +67,16 @@ RESULT_COLUMNS = [
     "run_id",
     "metric",
     "value",
+    "ci_low",
+    "ci_high",
 ]
-BASELINE = "full"
 RANDOM_LABEL = "random init (no pre-training)"
+PROCEDURE = (
+    "Intervals: percentile bootstrap over the test images (persons for PASCAL-ACT-CLS) with 1,000 resamples, "
+    "95 %; a comparison is paired: the same resampled images score both backbones, and the differences are "
+    "averaged over the seeds (seed s of a variant against seed s of its reference). A difference is significant "
+    "when its 95 % interval excludes 0."
+)
 
 
 # -- reading MLflow ----------------------------------------------------------------------------------------
@@ -149,8 +152,9 @@ def grid_results(run) -> pd.DataFrame:
             metrics[found.info.run_id] = found.data.metrics
     rows = []
     for step in transfer:
+        logged = metrics.get(step["run_id"], {})
         for metric in MAIN_METRICS.get(step.get("benchmark"), ()):
-            value = metrics.get(step["run_id"], {}).get(metric)
+            value = logged.get(metric)
             if value is not None:
                 rows.append(
                     {
@@ -167,7 +171,12 @@ def grid_results(run) -> pd.DataFrame:
                             "run_id",
                         )
                     }
-                    | {"metric": metric, "value": float(value)}
+                    | {
+                        "metric": metric,
+                        "value": float(value),
+                        "ci_low": float(logged.get(f"{metric}_ci_low", math.nan)),
+                        "ci_high": float(logged.get(f"{metric}_ci_high", math.nan)),
+                    }
                 )
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
@@ -199,14 +208,26 @@ def trial_results() -> pd.DataFrame:
 
 
 # -- tables (pure) -----------------------------------------------------------------------------------------
+def _all_or_nan(values: pd.Series) -> float:
+    """The mean of a run's interval bounds over seeds; NaN unless every run logged one."""
+    return float(values.mean()) if len(values) and values.notna().all() else math.nan
+
+
 def experiment_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows = variant (and arch), per metric: mean, std (sample, over seeds), n, delta to the full variant."""
+    """Rows = variant (and arch), per metric: mean, std (sample, over seeds), n, the 95 % interval of a run
+    (`ci_low`/`ci_high`, the bounds averaged over seeds; NaN unless every run logged one), delta to the full
+    variant and that delta in % of full's mean."""
     if results.empty:
         return pd.DataFrame()
+    if "ci_low" not in results:
+        results = results.assign(ci_low=math.nan, ci_high=math.nan)
     multi_arch = results["arch"].nunique() > 1
     results = results.assign(row=results["variant"] + (" (" + results["arch"] + ")" if multi_arch else ""))
     order = list(dict.fromkeys(results["row"]))
-    stats = results.groupby(["row", "arch", "metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    groups = results.groupby(["row", "arch", "metric"], sort=False)
+    stats = groups["value"].agg(["mean", "std", "count"])
+    stats["ci_low"], stats["ci_high"] = groups["ci_low"].agg(_all_or_nan), groups["ci_high"].agg(_all_or_nan)
+    stats = stats.reset_index()
     first = results.drop_duplicates("row").set_index("row")
     table = pd.DataFrame({"row": order})
     for key in ("variant", "paper_variant", "arch", "num_classes", "images_per_class"):
@@ -216,12 +237,17 @@ def experiment_table(results: pd.DataFrame) -> pd.DataFrame:
         table[f"{metric}_mean"] = [part["mean"].get(r, math.nan) for r in order]
         table[f"{metric}_std"] = [part["std"].get(r, math.nan) for r in order]
         table[f"{metric}_n"] = [int(part["count"].get(r, 0)) for r in order]
+        table[f"{metric}_ci_low"] = [part["ci_low"].get(r, math.nan) for r in order]
+        table[f"{metric}_ci_high"] = [part["ci_high"].get(r, math.nan) for r in order]
         base = table.loc[table["variant"] == BASELINE]
-        deltas = []
+        deltas, relative = [], []
         for _, row in table.iterrows():
             same_arch = base[base["arch"] == row["arch"]]
-            deltas.append(row[f"{metric}_mean"] - same_arch[f"{metric}_mean"].iloc[0] if len(same_arch) else math.nan)
+            full = same_arch[f"{metric}_mean"].iloc[0] if len(same_arch) else math.nan
+            deltas.append(row[f"{metric}_mean"] - full)
+            relative.append(100 * deltas[-1] / full if full else math.nan)
         table[f"{metric}_delta"] = deltas
+        table[f"{metric}_delta_pct"] = relative
     return table
 
 
@@ -236,25 +262,37 @@ def experiment_results(results: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return pd.concat([base, part], ignore_index=True) if not base.empty else part
 
 
-def published(paper_variant: str | None, metric: str) -> str:
-    """What PAPER.md publishes for this variant and metric, or "not published"."""
+def published(paper_variant: str | None, metric: str, *, absolute: bool = True) -> str:
+    """What PAPER.md publishes for this variant and metric, or "not published": its number (`absolute`, for a
+    real-scale grid) or its effect relative to the paper's full set (world and smoke grids, whose absolute
+    numbers are not comparable with AlexNet on ImageNet)."""
     value = PUBLISHED.get((paper_variant, metric)) if paper_variant else None
     if value is None:
         return NOT_PUBLISHED
+    if not absolute:
+        return findings.paper_effect_text(paper_variant, metric) or NOT_PUBLISHED
     if isinstance(value, float):
         base = PUBLISHED.get((BASELINE, metric))
         return f"{value:.1f}" if paper_variant == BASELINE or base is None else f"{value:.1f} (Δ {value - base:+.1f})"
     return value
 
 
-def cell(mean: float, std: float, n: int) -> str:
+def _missing(*values) -> bool:
+    return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values)
+
+
+def cell(mean: float, std: float, n: int, low: float = math.nan, high: float = math.nan) -> str:
+    """`mean ± std` over seeds (the value alone for one seed), then the 95 % interval `[low, high]` if known."""
     if n == 0 or math.isnan(mean):
         return "—"
-    return f"{mean:.2f}" if n < 2 or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    text = f"{mean:.2f}" if n < 2 or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return text if _missing(low, high) else f"{text} [{low:.2f}, {high:.2f}]"
 
 
-def display_rows(table: pd.DataFrame, metrics: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and string cells of a table as the report shows it."""
+def display_rows(
+    table: pd.DataFrame, metrics: list[str], *, absolute: bool = True
+) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells of a table as the report shows it (`absolute`: see `published`)."""
     header = ["variant", "classes", "images / class"]
     for metric in metrics:
         header += [metric, f"Δ {metric} vs {BASELINE}", f"paper {metric}"]
@@ -266,53 +304,204 @@ def display_rows(table: pd.DataFrame, metrics: list[str]) -> tuple[list[str], li
         else:
             cells = [str(row["row"]), f"{int(row['num_classes'])}", f"{row['images_per_class']:.0f}"]
         for metric in metrics:
-            delta = row[f"{metric}_delta"]
-            cells.append(cell(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"]))
-            cells.append("—" if row["variant"] == BASELINE or math.isnan(delta) else f"{delta:+.2f}")
-            cells.append(published(row["paper_variant"], metric))
+            delta, pct = row[f"{metric}_delta"], row.get(f"{metric}_delta_pct", math.nan)
+            low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
+            cells.append(cell(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"], low, high))
+            if row["variant"] == BASELINE or math.isnan(delta):
+                cells.append("—")
+            else:
+                cells.append(f"{delta:+.2f}" + ("" if _missing(pct) else f" ({pct:+.1f} %)"))
+            cells.append(published(row["paper_variant"], metric, absolute=absolute))
         rows.append(cells)
     return header, rows
 
 
+def _interval(diff: float, low: float, high: float, scale: float = 1.0, unit: str = "", digits: int = 2) -> str:
+    """`+d [low, high]` (times `scale`), or `+d (no interval)`."""
+    if _missing(diff):
+        return "—"
+    text = f"{scale * diff:+.{digits}f}{unit}"
+    if _missing(low, high):
+        return f"{text} (no interval)"
+    return f"{text} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+
+
+def comparison_rows(comparisons: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells of the paired comparisons (`findings.comparisons`)."""
+    header = ["experiment", "variant", "vs", "metric", "seeds", "Δ [95 % interval]", "Δ in % of full", "significant"]
+    header.append("note")
+    rows = []
+    for _, row in comparisons.iterrows():
+        reference = RANDOM_LABEL if row["reference"] == RANDOM else row["reference"]
+        variant = row["variant"] + (f" ({row['arch']})" if comparisons["arch"].nunique() > 1 else "")
+        flag = row["significant"]
+        significant = "—" if flag is None or pd.isna(flag) else ("yes" if flag else "no")
+        relative = _interval(row["relative"], row["relative_low"], row["relative_high"], 100, " %", 1)
+        if row["relative_to"] != BASELINE and not _missing(row["relative"]):
+            relative += f" (of {row['relative_to']})"
+        note = row["note"] if str(row["note"]).startswith("no interval") else ""
+        rows.append(
+            [
+                row["experiment"],
+                variant,
+                reference,
+                row["metric"],
+                str(row["pairs"]),
+                _interval(row["diff"], row["low"], row["high"]),
+                relative,
+                significant,
+                note,
+            ]
+        )
+    return header, rows
+
+
+def finding_rows(verdicts: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells of the verdict table (`findings.verdicts`)."""
+    header = ["experiment", "paper's finding", "comparison here", "Δ [95 % interval]", "Δ in % of full"]
+    header.append("paper's effect")
+    header += ["verdict", "note"]
+    rows = []
+    for _, row in verdicts.iterrows():
+        compared = f"{row['comparison']}, {row['metric']} ({row['pairs']:.0f} seed(s))" if row["comparison"] else "—"
+        rows.append(
+            [
+                row["experiment"],
+                row["claim"],
+                compared,
+                _interval(row["diff"], row["low"], row["high"]),
+                _interval(row["relative"], row["relative_low"], row["relative_high"], 100, " %", 1),
+                row["paper_effect"],
+                row["verdict"],
+                row["note"],
+            ]
+        )
+    return header, rows
+
+
 # -- plots -------------------------------------------------------------------------------------------------
+def _bars(part: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Per value of `by`: the mean over runs and an error bar `low`..`high`: the runs' 95 % intervals (bounds
+    averaged over seeds) where every run logged one (`bar` "interval"), else mean ± std over seeds ("std")."""
+    if "ci_low" not in part.columns:
+        part = part.assign(ci_low=math.nan, ci_high=math.nan)
+    groups = part.groupby(by)
+    stats = groups["value"].agg(["mean", "std"])
+    interval = bool(len(part)) and bool(part[["ci_low", "ci_high"]].notna().all().all())
+    if interval:
+        stats["low"], stats["high"] = groups["ci_low"].mean(), groups["ci_high"].mean()
+    else:
+        spread = stats["std"].fillna(0.0)
+        stats["low"], stats["high"] = stats["mean"] - spread, stats["mean"] + spread
+    stats["bar"] = "interval" if interval else "std"
+    return stats.reset_index().sort_values(by)
+
+
 def _series(results: pd.DataFrame, x: str, keep) -> dict[str, pd.DataFrame]:
+    """Per metric, the points (x, mean, low, high) of a curve over the variants `keep` accepts."""
     picked = results[results["variant"].map(keep).astype(bool)].drop_duplicates(["run_id", "metric"])
     out = {}
     for metric, part in picked.groupby("metric", sort=False):
-        stats = part.groupby(x)["value"].agg(["mean", "std"]).reset_index().sort_values(x)
+        stats = _bars(part, x)
         if len(stats) >= 2:  # a metric measured at one point only (e.g. on `full` alone) makes no curve
             out[metric] = stats
     return out
 
 
-def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, label: str = "") -> dict[str, str]:
+def _bar_words(*series: dict[str, pd.DataFrame]) -> str:
+    kinds = {kind for s in series for stats in s.values() for kind in stats["bar"]}
+    words = {"interval": "95 % bootstrap interval over test images", "std": "± std over seeds"}
+    return " or ".join(words[k] for k in ("interval", "std") if k in kinds)
+
+
+def _relative_panel(
+    ax, per_class: dict[str, pd.DataFrame], full_x: dict[str, float], comparisons: pd.DataFrame | None
+) -> None:
+    """E1 relative to full: the grid's change in % of full's score against images per class as a fraction of
+    full's (`full_x`: full's images per class per metric; error bars: the paired 95 % intervals where known, else
+    the variant's own bar), beside the paper's relative effects (its 1000 / 500 / 250 images per class as 1, 0.5,
+    0.25)."""
+    x_col = "images_per_class"
+    for metric, stats in per_class.items():
+        if metric not in full_x or not (stats[x_col] == full_x[metric]).any():
+            continue
+        full = stats.loc[stats[x_col] == full_x[metric]].iloc[0]
+        paired = {}
+        if comparisons is not None and not comparisons.empty:
+            rows = comparisons[
+                (comparisons["metric"] == metric)
+                & (comparisons["reference"] == BASELINE)
+                & comparisons["variant"].str.match(r"e1-\d+$")
+                & comparisons["relative_low"].notna()
+            ]
+            paired = {r["images_per_class"]: (r["relative_low"], r["relative_high"]) for _, r in rows.iterrows()}
+        xs, ys, below, above = [], [], [], []
+        for _, point in stats.iterrows():
+            y = 100 * (point["mean"] - full["mean"]) / full["mean"]
+            if point[x_col] == full_x[metric]:
+                low, high = y, y
+            elif point[x_col] in paired:
+                low, high = (100 * v for v in paired[point[x_col]])
+            else:
+                low, high = (100 * (point[k] - full["mean"]) / full["mean"] for k in ("low", "high"))
+            xs.append(point[x_col] / full_x[metric])
+            ys.append(y)
+            below.append(max(y - low, 0.0))
+            above.append(max(high - y, 0.0))
+        ax.errorbar(xs, ys, yerr=[below, above], capsize=3, marker="o", label=f"{metric} (here)")
+    for metric in dict.fromkeys(m for _, m in findings.PUBLISHED):
+        points = sorted(
+            (1.0 if v == BASELINE else int(v.split("-")[1]) / 1000, 100 * findings.paper_relative(v, metric))
+            for v, m in findings.PUBLISHED
+            if m == metric and (v == BASELINE or re.fullmatch(r"e1-\d+", v))
+        )
+        if len(points) >= 2:
+            ax.plot(*zip(*points), "kD--", label=f"{metric}, paper (AlexNet, ImageNet)")
+    ax.axhline(0, color="0.6", linewidth=0.8, gid="zero")
+    ax.set(
+        xscale="log",
+        xlabel="images per class, fraction of full's (paper: of 1000)",
+        ylabel="change vs full (% of full's score)",
+        title="E1 relative to full",
+    )
+
+
+def plot_results(
+    results: pd.DataFrame,
+    trials: pd.DataFrame,
+    folder: Path,
+    label: str = "",
+    comparisons: pd.DataFrame | None = None,
+) -> dict[str, str]:
     """PNG files in `folder` (`label`, e.g. the grid and scale, goes into the titles); returns file name -> caption.
+    Every curve has error bars (the 95 % interval where the runs logged one, else ± std over seeds), random init
+    is a band; `comparisons` (`findings.comparisons`) give the paired intervals of the E1 relative panel.
     Drawn on `matplotlib.figure.Figure` objects: no pyplot state, nothing to close."""
     from matplotlib.figure import Figure
 
     made = {}
-    random = (
-        results[results["variant"] == RANDOM].drop_duplicates(["run_id", "metric"]).groupby("metric")["value"].mean()
-    )
+    random_part = results[results["variant"] == RANDOM].drop_duplicates(["run_id", "metric"])
+    random = _bars(random_part, "metric").set_index("metric") if not random_part.empty else pd.DataFrame()
 
     def curve(ax, stats, x: str, label: str, **style) -> None:
-        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=label, **style)
+        below = (stats["mean"] - stats["low"]).clip(lower=0)
+        above = (stats["high"] - stats["mean"]).clip(lower=0)
+        ax.errorbar(stats[x], stats["mean"], yerr=[below, above], capsize=3, label=label, **style)
 
     def reference(ax, metrics: list[str]) -> None:
-        """A dotted line per metric at its random-init value (what no pre-training gives), in its curve's colour."""
+        """A band per metric over random init's interval (or ± std over seeds; a line for a single run without
+        one): what no pre-training gives, in its curve's colour."""
         colours = {}
         for container in ax.containers:  # errorbar: the label is the container's, the colour its data line's
             colours.setdefault(container.get_label().split(" (")[0], container.lines[0].get_color())
         for metric in metrics:
             if metric in random.index:
-                ax.axhline(
-                    random[metric],
-                    color=colours.get(metric, "0.45"),
-                    linestyle=":",
-                    linewidth=1.5,
-                    gid=RANDOM,
-                    label=f"{metric}, {RANDOM_LABEL}",
-                )
+                r, colour = random.loc[metric], colours.get(metric, "0.45")
+                name = f"{metric}, {RANDOM_LABEL}"
+                if r["high"] > r["low"]:
+                    ax.axhspan(r["low"], r["high"], color=colour, alpha=0.15, linewidth=0, gid=RANDOM, label=name)
+                    name = "_nolegend_"
+                ax.axhline(r["mean"], color=colour, linestyle=":", linewidth=1.2, gid=RANDOM, label=name)
 
     def finish_axes(ax) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -320,7 +509,7 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
 
     def save(fig, name: str, caption: str) -> None:
         for ax in fig.axes:  # the measured x values as plain numbers on the log axis
-            xs = sorted({x for line in ax.get_lines() if line.get_gid() != RANDOM for x in line.get_xdata()})
+            xs = sorted({x for line in ax.get_lines() if line.get_gid() is None for x in line.get_xdata()})
             if xs:
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
                 ax.minorticks_off()
@@ -330,8 +519,8 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
 
     per_class = _series(results, "images_per_class", lambda v: v == BASELINE or v.startswith("e1-"))
     if per_class:
-        fig = Figure(figsize=(8.5, 4))
-        ax = fig.subplots()
+        fig = Figure(figsize=(13, 4.2))
+        ax, relative = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
         for metric, stats in per_class.items():
             curve(ax, stats, "images_per_class", metric, marker="o")
         reference(ax, list(per_class))
@@ -342,10 +531,15 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
             title=f"E1: transfer vs images per class{label}",
         )
         finish_axes(ax)
+        full = results[results["variant"] == BASELINE]
+        _relative_panel(relative, per_class, full.groupby("metric")["images_per_class"].first().to_dict(), comparisons)
+        finish_axes(relative)
         save(
             fig,
             "transfer_vs_images_per_class.png",
-            "Transfer vs images per class (E1 and the full set; mean ± std over seeds).",
+            f"Transfer vs images per class (E1 and the full set; mean over seeds, error bars: "
+            f"{_bar_words(per_class)}; random init: a band), and the change relative to full beside the paper's "
+            "relative effect (error bars: paired 95 % intervals where the runs have prediction tables).",
         )
     by_classes = _series(results, "num_classes", lambda v: v == BASELINE or v.startswith(("e2-", "e3-")))
     budget = _series(results, "num_classes", lambda v: v.startswith("e5-"))
@@ -367,7 +561,8 @@ def plot_results(results: pd.DataFrame, trials: pd.DataFrame, folder: Path, labe
         save(
             fig,
             "transfer_vs_num_classes.png",
-            "Transfer vs number of classes: coarser labels (E2, E3) and a fixed image budget (E5).",
+            "Transfer vs number of classes: coarser labels (E2, E3) and a fixed image budget (E5); mean over seeds, "
+            f"error bars: {_bar_words(by_classes, budget)}; random init: a band.",
         )
     if not trials.empty:
         fig = Figure(figsize=(8.5, 4))
@@ -405,50 +600,82 @@ def build_report(
     trials: pd.DataFrame,
     questions: dict[str, str],
     skipped: list | None = None,
+    comparisons: pd.DataFrame | None = None,
 ) -> None:
     """Write report.md, report.html, tables/*.csv and plots/*.png into `folder` (`skipped`: newer grid runs
-    that did not finish, named in the introduction)."""
+    that did not finish, named in the introduction; `comparisons`: `findings.comparisons` of `results`, by
+    default without intervals)."""
     (folder / "tables").mkdir(parents=True)
     (folder / "plots").mkdir()
-    label = (
-        f" ({run.data.params.get('grid_name', '')}, {run.data.params.get('profile', '')})" if run is not None else ""
-    )
-    plots = plot_results(results, trials, folder / "plots", label)
-    seeds = results["seed"].nunique() if not results.empty else 0
+    params = run.data.params if run is not None else {}
+    profile = params.get("profile") or params.get("scale", "")
+    absolute = profile == "real"  # only a real-scale grid's numbers stand beside the paper's
+    label = f" ({params.get('grid_name', '')}, {profile})" if run is not None else ""
+    if comparisons is None:
+        comparisons = findings.comparisons(results)
+    verdicts = findings.verdicts(results, comparisons)
+    plots = plot_results(results, trials, folder / "plots", label, comparisons)
+    seeds = results["seed"].map(findings.seed_number).nunique() if not results.empty else 0
     title = "imagenet-transfer report"
     intro = []
     if run is not None:
-        params = run.data.params
         intro.append(
-            f"Grid `{params.get('grid_name', '')}` at scale `{params.get('profile', '')}` — reproduce run "
+            f"Grid `{params.get('grid_name', '')}` at scale `{profile}` — reproduce run "
             f"`{run.info.run_id}` ({run.info.status}), {seeds} seed(s) per variant."
         )
+    intro.append(f"What the seeds varied: {params.get('varied') or 'pretrain'}.")
     if skipped:
         intro.append(f"Not reported: {len(skipped)} newer grid run(s) that did not finish, {_describe(skipped)}.")
-    intro.append(
-        "Cells: mean ± std over seeds (sample std; a single seed shows the value alone); Δ: difference to the "
-        f"`{BASELINE}` variant's mean, same backbone. “paper”: the value PAPER.md publishes for the paper's "
-        "variant this row stands for (AlexNet on ImageNet — not comparable in absolute terms to the embedded "
-        f"world), “{NOT_PUBLISHED}” where none is known."
+    paper = (
+        "“paper”: the value PAPER.md publishes for the paper's variant this row stands for (AlexNet on ImageNet)"
+        if absolute
+        else "“paper”: the paper's effect relative to its full set (AlexNet on ImageNet), to compare by direction "
+        "and relative size with Δ % here; absolute numbers of this scale are not comparable with the paper's"
     )
-    md, body = [f"# {title}", "", *intro, ""], [f"<h1>{title}</h1>", *(f"<p>{html.escape(t)}</p>" for t in intro)]
+    intro += [
+        "Cells: mean ± std over seeds (sample std; a single seed shows the value alone), then [the 95 % interval "
+        "over test images of a run, bounds averaged over seeds] where the runs logged one; Δ: difference to the "
+        f"`{BASELINE}` variant's mean, same backbone (in % of it in brackets). {paper}; “{NOT_PUBLISHED}” where "
+        "none is known.",
+        PROCEDURE,
+    ]
+    md = [f"# {title}", "", *(line for text in intro for line in (text, ""))]
+    body = [f"<h1>{title}</h1>", *(f"<p>{html.escape(t)}</p>" for t in intro)]
+
+    def section(heading: str, header: list[str], rows: list[list[str]], *notes: str) -> None:
+        md.extend([f"## {heading}", "", _markdown_table(header, rows), "", *(n for note in notes for n in (note, ""))])
+        body.extend([f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)])
+        body.extend(f"<p>{html.escape(note)}</p>" for note in notes)
+
+    verdicts.to_csv(folder / "tables" / "findings.csv", index=False)
+    comparisons.to_csv(folder / "tables" / "comparisons.csv", index=False)
+    rules = [f"{finding}: {rule}." for finding, rule in findings.RULES.items()]
+    section(
+        "Findings",
+        *finding_rows(verdicts),
+        "Each verdict is derived from the comparison's 95 % interval by these rules (Δ % of full: the difference "
+        f"divided by `{BASELINE}`'s score; “{findings.NOT_RUN}”: the grid did not run the experiment or the variant "
+        f"the rule needs; “{findings.NO_INTERVAL}”: its runs have no prediction tables):",
+        *rules,
+    )
     for exp_id in dict.fromkeys(results["experiment"]) if not results.empty else []:
         part = experiment_results(results, exp_id)
         table = experiment_table(part)
         metrics = list(dict.fromkeys(part["metric"]))
         table.to_csv(folder / "tables" / f"{exp_id}.csv", index=False)
-        header, rows = display_rows(table, metrics)
         heading = f"{exp_id}: {questions.get(exp_id, '')}".rstrip(": ")
-        finding = FINDINGS.get(exp_id, NOT_PUBLISHED)
-        md += [f"## {heading}", "", _markdown_table(header, rows), "", f"Paper's finding: {finding}", ""]
-        body += [
-            f"<h2>{html.escape(heading)}</h2>",
-            _html_table(header, rows),
-            f"<p>Paper's finding: {html.escape(finding)}</p>",
-        ]
+        finding = findings.FINDINGS.get(exp_id, ("", NOT_PUBLISHED))[1]
+        section(heading, *display_rows(table, metrics, absolute=absolute), f"Paper's finding: {finding}")
     if results.empty:
         md += ["No transfer results in the grid run: none of its transfer steps has a metric.", ""]
         body.append("<p>No transfer results in the grid run: none of its transfer steps has a metric.</p>")
+    else:
+        section(
+            "Comparisons",
+            *comparison_rows(comparisons),
+            "Every pre-trained variant against full and random init (E5: against the most classes at the same "
+            "budget; E7: A+B against each half), paired by seed; significant: the 95 % interval excludes 0.",
+        )
     md += ["## Plots", ""]
     body.append("<h2>Plots</h2>")
     for name, caption in plots.items():
@@ -510,8 +737,9 @@ def write_report(out: str | Path | None = None, *, grid_run_id: str | None = Non
         tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the report folder
     except OSError as err:
         raise UserError(f"--out {out} cannot be written ({err.strerror}); expected a writable folder") from None
+    comparisons = findings.comparisons(results, findings.run_predictions)
     try:
-        build_report(tmp, run, results, trials, questions, skipped)
+        build_report(tmp, run, results, trials, questions, skipped, comparisons)
         tags = {"grid_run_id": run.info.run_id}
         with tracking.start_run("report", params={"out": str(out), **tags}, tags=tags, run_name="report"):
             mlflow.log_artifacts(str(tmp))
