@@ -1,6 +1,7 @@
-# The README's commands. `make run` creates .venv (first time: ~2-3 min, mostly torch) and runs the
-# main job; `make test` runs the test suite; `make lint` checks style and formatting (ruff). They export the
-# project's tracking URI, because `mlflow run` otherwise creates its run in its own default store.
+# The README's commands. `make run` creates .venv (first time: ~2-3 min, mostly torch) and runs the main job;
+# `make test` runs the test suite (two pytest-xdist workers, each module's tests on one); `make lint` checks style
+# and formatting (ruff). They export the project's tracking URI, because `mlflow run` otherwise creates its run in
+# its own default store.
 VENV ?= .venv
 PYTHON ?= python3
 SUBSET ?= full
@@ -22,7 +23,7 @@ run: setup
 	mlflow run . -e pretrain --env-manager local --experiment-name imagenet-transfer -P subset=$(SUBSET)
 
 test: setup
-	python -m pytest -q
+	python -m pytest -q -n 2 --dist loadscope
 
 lint: setup
 	ruff check .

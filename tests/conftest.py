@@ -36,8 +36,10 @@ def isolated(monkeypatch, tmp_path, tracking_uri):
         "IMAGENET_TRANSFER_WORKER",
     ):
         monkeypatch.delenv(var, raising=False)
-    yield
     import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)  # not the store an earlier test of this process pointed MLflow at
+    yield
 
     while mlflow.active_run():
         mlflow.end_run()
