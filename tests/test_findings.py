@@ -41,8 +41,9 @@ def test_the_equivalence_rule_reads_the_margin_around_zero():
 def test_the_above_random_init_rule():
     rule = findings.verdict_above
     assert rule(5.0, 1.0, 9.0) == REPRODUCED
-    assert rule(-5.0, -9.0, -1.0) == CONTRADICTED and rule(-0.5, -3.0, 2.0) == CONTRADICTED  # not above 0
+    assert rule(-5.0, -9.0, -1.0) == CONTRADICTED and rule(-1.0, -3.0, 0.0) == CONTRADICTED  # no gain possible
     assert rule(1.0, -2.0, 4.0) == INCONCLUSIVE
+    assert rule(0.0, -1.9, 1.9) == INCONCLUSIVE and rule(-0.5, -3.0, 2.0) == INCONCLUSIVE  # wide, around 0
     assert rule(1.0, math.nan, math.nan) == NO_INTERVAL
 
 

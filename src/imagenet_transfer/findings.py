@@ -35,8 +35,8 @@ Verdicts (`RULES`, applied by `verdict_*`; the interval is that of the compariso
   this size" (no significant gain, but the interval still allows a large one).
 - E4 (features learned without fine labels still separate fine classes): the probe (`probe_knn_top1`, else
   `probe_linear_top1`) of the coarsest-label backbone vs random init. "reproduced" when significantly above
-  random init; "contradicted" when significantly below, or when the difference is not above 0; else
-  "inconclusive at this size".
+  random init; "contradicted" when the interval lies at or below 0 (no gain is possible); else "inconclusive at
+  this size".
 An experiment the grid did not run, or one without the variant a rule needs, gives "not run"; a comparison
 without an interval gives "no interval". Where the grid ran several archs, a verdict reads the first one listed;
 where an experiment has several headline metrics, the paper's (`voc07_map`) or else the first listed.
@@ -154,8 +154,8 @@ RULES = {
     "contradicted if above 0, else inconclusive",
     "E3": "directional (paper: < 0): reproduced if the interval of (coarsest labels − full) lies below 0, "
     "contradicted if above 0, else inconclusive",
-    "E4": "reproduced if (coarse-label probe − random init) is significantly above 0; contradicted if "
-    "significantly below 0 or not above 0; else inconclusive",
+    "E4": "reproduced if the interval of (coarse-label probe − random init) lies above 0, contradicted if it "
+    "lies at or below 0, else inconclusive",
     "E5": "directional (paper: > 0): reproduced if the interval of (fewest classes − most classes, same budget) "
     "lies above 0, contradicted if below 0, else inconclusive",
     "E6": f"equivalence: reproduced if the interval of (PASCAL removed − full) lies within ±{100 * MARGIN:g} % of "
@@ -210,13 +210,13 @@ def verdict_equivalent(relative_low: float, relative_high: float, margin: float 
 
 
 def verdict_above(diff: float, low: float, high: float) -> str:
-    """Reproduced when significantly above 0; contradicted when significantly below 0 or the difference is not
-    above 0; else inconclusive."""
+    """Reproduced when significantly above 0; contradicted when the interval rules out any gain (it lies at or
+    below 0); else inconclusive (a wide interval around 0 says nothing either way)."""
     if _missing(diff, low, high):
         return NO_INTERVAL
     if low > 0:
         return REPRODUCED
-    if high < 0 or diff <= 0:
+    if high <= 0:
         return CONTRADICTED
     return INCONCLUSIVE
 

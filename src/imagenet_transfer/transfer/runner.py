@@ -17,8 +17,10 @@ bootstrap interval as metrics `<metric>_ci_low`, `<metric>_ci_high` (params `ci.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import os
 import tempfile
 import types
 import typing
@@ -233,7 +235,7 @@ def load_predictions(run_id: str, metric: str) -> pd.DataFrame:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _no_download_bars():
         try:
             path = mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path=f"predictions/{metric}.parquet", dst_path=folder
@@ -272,3 +274,18 @@ def run_all(backbone: str, *, quick: bool = False, data: str = "", device: str =
                 }
             )
     return results
+
+
+@contextlib.contextmanager
+def _no_download_bars():
+    """MLflow draws a progress bar for every download; a report reads dozens of small tables."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
