@@ -270,6 +270,41 @@ def test_without_a_loader_every_comparison_keeps_the_logged_difference_and_no_in
     assert (rows["note"] == "no interval: prediction tables not read").all()
 
 
+def test_a_cells_interval_is_that_of_its_mean_over_seeds_from_the_runs_tables(probe_grid):
+    from imagenet_transfer.transfer.uncertainty import interval_of_mean
+
+    results, tables = probe_grid
+    logged = {"ci_low": 55.0, "ci_high": 65.0}  # e2-79's one run: no table, a logged interval
+    results = results.assign(
+        **{k: [v if r == "e2-79-0" else math.nan for r in results["run_id"]] for k, v in logged.items()}
+    )
+    second = results[results["run_id"] == "e2-79-0"].assign(experiment="E2", seed=1, run_id="e2-79-1", ci_low=50.0)
+    two = pd.concat([results[results["run_id"] == "e2-79-0"].assign(experiment="E2"), second], ignore_index=True)
+
+    def load(run_id, metric):
+        return tables.get(run_id if run_id != "e2-79-1" else "full-1")
+
+    cells = findings.cell_intervals(pd.concat([results, two]), load, resamples=400)
+    cells = cells.set_index(["experiment", "variant"])
+    full = cells.loc[("E4", "full")]  # two seeds: the interval of their mean, not the mean of their intervals
+    assert (full["ci_low"], full["ci_high"]) == interval_of_mean(
+        "probe_knn_top1", [tables["full-0"], tables["full-1"]], resamples=400
+    )
+    assert full["runs"] == 2 and full["note"] == "mean of 2 run(s), 400 resamples"
+    random = cells.loc[("E4", "random")]  # one run with its table: that run's own interval
+    assert (random["ci_low"], random["ci_high"]) == interval_of_mean(
+        "probe_knn_top1", [tables["random-0"]], resamples=400
+    )
+    alone = cells.loc[("E4", "e2-79")]  # one run without a table: the interval it logged
+    assert (alone["ci_low"], alone["ci_high"]) == (55.0, 65.0) and alone["note"] == "the run's logged interval"
+    lacking = cells.loc[("E2", "e2-79")]  # two runs, one without a table: no interval
+    assert math.isnan(lacking["ci_low"]) and math.isnan(lacking["ci_high"]) and lacking["runs"] == 2
+    assert lacking["note"].startswith("no interval: no predictions/probe_knn_top1.parquet in 1 run(s)")
+
+    without = findings.cell_intervals(results).set_index("variant")  # no loader: a single run's logged interval
+    assert without.loc["e2-79", "ci_low"] == 55.0 and without[["ci_low", "ci_high"]].drop("e2-79").isna().all().all()
+
+
 def test_budget_and_split_comparisons_are_planned_by_variant_name():
     def row(experiment, variant, seed, value, classes=100):
         return dict.fromkeys(RESULT_COLUMNS) | {

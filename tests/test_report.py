@@ -1,4 +1,4 @@
-"""The report: tables from MLflow with mean ± std over seeds and the runs' intervals (checked by hand), deltas,
+"""The report: tables from MLflow with mean ± std over seeds and the interval of that mean (checked by hand), deltas,
 the paper's numbers (absolute at real scale, relative at world scale) or "not published", paired comparisons and
 the findings' verdicts from prediction tables, plots, Markdown + self-contained HTML, a report run; the newest
 FINISHED grid run (one that did not finish is skipped, alone it exits 2), grid runs with steps, metrics or
@@ -18,8 +18,11 @@ from conftest import cli
 from test_reproduce import grid_store, grid_tracking_uri, running, write_grid  # noqa: F401 (fixtures)
 
 from imagenet_transfer import tracking
+from imagenet_transfer.findings import seed_number
 from imagenet_transfer.report import NOT_PUBLISHED, published
 from imagenet_transfer.reproduce import reproduce
+from imagenet_transfer.transfer.runner import load_predictions
+from imagenet_transfer.transfer.uncertainty import interval_of_mean
 
 
 def test_published_numbers_are_the_papers_and_nothing_else():
@@ -43,13 +46,16 @@ def test_at_world_scale_the_paper_column_holds_the_papers_relative_effect_not_it
     assert published("full", "voc12_action_map", absolute=False) == NOT_PUBLISHED
 
 
-def shown(runs: list[tuple[float, float, float]]) -> str:
-    """A table cell from (value, ci_low, ci_high) per seed, by hand: mean ± std, then the mean interval."""
-    values = [v for v, _, _ in runs]
+def shown(values: list[float], low: float = math.nan, high: float = math.nan) -> str:
+    """A table cell from the values of its seeds and the interval of their mean, by hand: mean ± std, then
+    [low, high] where known."""
     text = f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
-    if all(not math.isnan(low) for _, low, _ in runs):
-        text += f" [{statistics.mean(r[1] for r in runs):.2f}, {statistics.mean(r[2] for r in runs):.2f}]"
-    return text
+    return text if math.isnan(low) else f"{text} [{low:.2f}, {high:.2f}]"
+
+
+def mean_interval(metric: str, run_ids: list[str]) -> tuple[float, float]:
+    """The interval of the mean over runs (ordered by seed) from their logged prediction tables."""
+    return interval_of_mean(metric, [load_predictions(run_id, metric) for run_id in run_ids])
 
 
 @pytest.fixture(scope="module")
@@ -88,28 +94,33 @@ def grid_run(tiny_world, tmp_path_factory, tracking_uri, grid_tracking_uri):
 
 def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, tmp_path):
     assert cli("report", "--out", tmp_path / "rep", "--grid-run", grid_run["run_id"]) == 0
-    runs, seeds = {}, {}
-    for record in grid_run["records"]:
+    values, seeds, ids = {}, {}, {}
+    for record in sorted(grid_run["records"], key=lambda r: seed_number(r.get("seed"))):
         if record["stage"] == "transfer":
             logged = mlflow.get_run(record["run_id"]).data.metrics
-            bounds = [logged.get(f"voc12_action_map_ci_{side}", math.nan) for side in ("low", "high")]
-            runs.setdefault(record["variant"], []).append((logged["voc12_action_map"], *bounds))
+            values.setdefault(record["variant"], []).append(logged["voc12_action_map"])
             seeds.setdefault(record["variant"], []).append(record["seed"])
-    assert {v: len(x) for v, x in runs.items()} == {"full": 2, "e3-127": 2, "random": 2}  # random init per seed too
-    values = {v: [r[0] for r in x] for v, x in runs.items()}
+            ids.setdefault(record["variant"], []).append(record["run_id"])
+    assert {v: len(x) for v, x in values.items()} == {"full": 2, "e3-127": 2, "random": 2}  # random init per seed too
+    # each cell's interval: of the mean over its two seeds, from the two runs' prediction tables
+    bounds = {v: mean_interval("voc12_action_map", ids[v]) for v in values}
+    assert all(low <= high for low, high in bounds.values())
     mean = {v: statistics.mean(x) for v, x in values.items()}
     std = {v: statistics.stdev(x) for v, x in values.items() if len(x) > 1}
     markdown = (tmp_path / "rep" / "report.md").read_text()
     assert "## ER: question of ER" in markdown
-    assert f"| full | 40 | 24 | {shown(runs['full'])} | — | {NOT_PUBLISHED} |" in markdown
+    assert f"| full | 40 | 24 | {shown(values['full'], *bounds['full'])} | — | {NOT_PUBLISHED} |" in markdown
     delta = mean["e3-127"] - mean["full"]
     relative = f"{delta:+.2f} ({100 * delta / mean['full']:+.1f} %)"
-    assert f"| e3-127 | 10 | 24 | {shown(runs['e3-127'])} | {relative} | {NOT_PUBLISHED} |" in markdown
+    assert (
+        f"| e3-127 | 10 | 24 | {shown(values['e3-127'], *bounds['e3-127'])} | {relative} | {NOT_PUBLISHED} |"
+        in markdown
+    )
     below = mean["random"] - mean["full"]
     relative = f"{below:+.2f} ({100 * below / mean['full']:+.1f} %)"
     assert (
-        f"| random init (no pre-training) | — | 0 | {shown(runs['random'])} | {relative} | {NOT_PUBLISHED} |"
-        in markdown
+        f"| random init (no pre-training) | — | 0 | {shown(values['random'], *bounds['random'])} | {relative} | "
+        f"{NOT_PUBLISHED} |" in markdown
     )
     assert "What the seeds varied: pretrain,finetune." in markdown
 
@@ -130,6 +141,10 @@ def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, 
     assert table.loc["e3-127", "voc12_action_map_mean"] == pytest.approx(mean["e3-127"])
     assert table.loc["full", "voc12_action_map_std"] == pytest.approx(std["full"])
     assert table.loc["e3-127", "voc12_action_map_n"] == 2
+    assert (table.loc["full", "voc12_action_map_ci_low"], table.loc["full", "voc12_action_map_ci_high"]) == (
+        pytest.approx(bounds["full"])
+    )
+    assert "interval of that mean" in markdown and "averaged over seeds]" not in markdown
 
     plots = {p.name for p in (tmp_path / "rep" / "plots").iterdir()}
     assert plots == {
@@ -138,7 +153,7 @@ def test_the_report_holds_the_runs_numbers_as_mean_and_std_over_seeds(grid_run, 
     }  # no E1 variant: no E1 curve
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(plots) and 'src="plots/' not in page  # self-contained
-    assert shown(runs["e3-127"]) in page and "<h2>Findings</h2>" in page
+    assert shown(values["e3-127"], *bounds["e3-127"]) in page and "<h2>Findings</h2>" in page
 
     (report_run,) = mlflow.search_runs(
         search_all_experiments=True,
@@ -387,7 +402,7 @@ def test_a_world_grid_with_prediction_tables_gets_paired_comparisons_verdicts_an
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 400)
     units = [f"img{i:04d}" for i in range(len(labels))]
-    steps, runs, start = [], {}, T0
+    steps, runs, tables, start = [], {}, {}, T0
 
     def transfer(experiment, variant, seed, benchmark, metric, value, *, classes, images, paper=None, right=None):
         nonlocal start
@@ -396,6 +411,7 @@ def test_a_world_grid_with_prediction_tables_gets_paired_comparisons_verdicts_an
         if right is not None:  # an accuracy table right that often; the logged metric and interval are its own
             pred = np.where(rng.random(len(labels)) < right, labels, (labels + 1) % 10)
             predictions = {metric: pd.DataFrame({"unit": units, "label": labels, "pred": pred})}
+            tables[experiment, variant, seed] = predictions[metric]
             metrics = {metric: 100 * float((pred == labels).mean())}
             metrics |= {f"{metric}_ci_low": metrics[metric] - 4.0, f"{metric}_ci_high": metrics[metric] + 4.0}
         run_id = hand_run("transfer", start, metrics=metrics, predictions=predictions)
@@ -455,12 +471,16 @@ def test_a_world_grid_with_prediction_tables_gets_paired_comparisons_verdicts_an
     assert "What the seeds varied: pretrain,finetune." in markdown and "1,000 resamples" in markdown
     e4 = next(line for line in markdown.splitlines() if line.startswith("| E4 | Features"))
     assert f"{coarse['diff']:+.2f} [{coarse['low']:+.2f}, {coarse['high']:+.2f}]" in e4 and "| reproduced |" in e4
-    full = [(score["E4", "full", s], score["E4", "full", s] - 4, score["E4", "full", s] + 4) for s in (0, 1)]
-    assert f"| full | 40 | 24 | {shown(full)} | — | {NOT_PUBLISHED} |" in markdown  # the runs' intervals
+    full = [score["E4", "full", s] for s in (0, 1)]  # the interval of the mean of the two runs, not the logged ±4
+    low, high = interval_of_mean("probe_knn_top1", [tables["E4", "full", s] for s in (0, 1)])
+    assert f"| full | 40 | 24 | {shown(full, low, high)} | — | {NOT_PUBLISHED} |" in markdown
+    e4 = pd.read_csv(folder / "tables" / "E4.csv").set_index("variant")
+    assert (e4.loc["full", "probe_knn_top1_ci_low"], e4.loc["full", "probe_knn_top1_ci_high"]) == pytest.approx(
+        (low, high)
+    )
     assert (
-        f"| e1-6 | 40 | 6 | {shown([(37.0, math.nan, math.nan), (38.0, math.nan, math.nan)])} | -3.50 (-8.5 %) | "
-        "-6.3 % vs full |" in markdown
-    )  # the paper's relative effect, not its 54.6, at world scale
+        f"| e1-6 | 40 | 6 | {shown([37.0, 38.0])} | -3.50 (-8.5 %) | -6.3 % vs full |" in markdown
+    )  # two seeds without prediction tables: no interval; the paper's relative effect, not its 54.6, at world scale
     e1 = markdown.split("## E1")[1].split("Paper's finding")[0]  # the E1 table
     assert "| full | 40 | 24 | 41.00 ± 1.41 | — | reference |" in e1 and "54.6" not in e1 and "58.3" not in e1
     assert "| E4 | e3-127 | random init (no pre-training) | probe_knn_top1 | 2 |" in markdown

@@ -18,7 +18,15 @@ from imagenet_transfer.transfer.metrics import (
     top1_accuracy,
 )
 from imagenet_transfer.transfer.runner import load_predictions, make_config, run_benchmark
-from imagenet_transfer.transfer.uncertainty import KINDS, Comparison, _scorer, interval, paired, score
+from imagenet_transfer.transfer.uncertainty import (
+    KINDS,
+    Comparison,
+    _scorer,
+    interval,
+    interval_of_mean,
+    paired,
+    score,
+)
 
 
 def accuracy_table(n: int, rate: float, seed: int = 0) -> pd.DataFrame:
@@ -167,6 +175,33 @@ def test_a_seeded_interval_is_reproducible():
     low, high = interval("sun397_acc", table, level=0.5)
     wide_low, wide_high = interval("sun397_acc", table, level=0.99)
     assert wide_low < low < high < wide_high
+
+
+# -- the interval of a mean over runs -----------------------------------------------------------------------
+def test_the_interval_of_the_mean_of_one_table_is_its_interval():
+    table = evaluator_of(random_images(60, 3, seed=2), 3).predictions()
+    assert interval_of_mean("voc07_map", [table], seed=5) == interval("voc07_map", table, seed=5)
+    strata = pd.concat([accuracy_table(80, 0.5, seed=s).assign(stratum=s) for s in (1, 2)], ignore_index=True)
+    assert interval_of_mean("sun397_acc", [strata], resamples=300, level=0.9) == interval(
+        "sun397_acc", strata, resamples=300, level=0.9
+    )
+    with pytest.raises(ValueError, match="no tables"):
+        interval_of_mean("voc07_map", [])
+
+
+def test_the_mean_of_three_similar_runs_is_surer_than_one_run():
+    tables = [accuracy_table(300, 0.7, seed=s) for s in range(3)]
+    low, high = interval_of_mean("probe_knn_top1", tables)
+    alone = [interval("probe_knn_top1", t) for t in tables]
+    assert high - low < min(h - lo for lo, h in alone)
+    mean = np.mean([score("probe_knn_top1", t) for t in tables])
+    assert low < mean < high
+
+
+def test_a_seeded_interval_of_a_mean_is_reproducible():
+    tables = [multilabel_table(60, seed=s) for s in range(2)]
+    assert interval_of_mean("voc12_action_map", tables, seed=3) == interval_of_mean("voc12_action_map", tables, seed=3)
+    assert interval_of_mean("voc12_action_map", tables, seed=3) != interval_of_mean("voc12_action_map", tables, seed=4)
 
 
 # -- paired comparisons -------------------------------------------------------------------------------------

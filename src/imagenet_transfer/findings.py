@@ -1,12 +1,20 @@
 """The grid's paired comparisons and a verdict on each of the paper's six published findings.
 
-    rows = findings.comparisons(results, findings.run_predictions)  # every variant vs full, vs random init, ...
-    table = findings.verdicts(results, rows)                        # E1, E3, E4, E5, E6, E7: reproduced or not
+    load = findings.cached(findings.run_predictions)  # each run's prediction table read once
+    rows = findings.comparisons(results, load)        # every variant vs full, vs random init, ...
+    table = findings.verdicts(results, rows)          # E1, E3, E4, E5, E6, E7: reproduced or not
+    cells = findings.cell_intervals(results, load)    # the 95 % interval of each cell's mean over seeds
 
 Input: the grid's per-run results (`report.grid_results`: one row per transfer run and headline metric, with
 experiment, variant, paper_variant, seed, arch, benchmark, num_classes, images_per_class, run_id, metric, value)
-and a loader of a run's prediction table (`transfer.runner.load_predictions`, or None: no intervals). Output: two
+and a loader of a run's prediction table (`transfer.runner.load_predictions`, or None: no intervals). Output: three
 tables (pandas), nothing written, nothing drawn.
+
+Cell intervals. Per experiment, variant, arch and metric (a cell of the report's tables, random init included),
+the 95 % interval of the mean over the cell's runs (seeds): from `transfer.uncertainty.interval_of_mean` (each
+run's test units resampled on their own, 1,000 resamples, the scores averaged over the runs) where every run of
+the cell has a prediction table; else, for a cell of one run, the interval that run logged
+(`<metric>_ci_low`/`_ci_high`, the same bootstrap); else (several runs, a table missing) none.
 
 Comparisons. Per experiment, arch and headline metric, every pre-trained variant against
 - `full` (the experiment's own `full` runs, else the grid's) and `random` (random init, no pre-training),
@@ -113,6 +121,8 @@ VERDICT_COLUMNS = [
     "verdict",
     "note",
 ]
+
+INTERVAL_COLUMNS = ["experiment", "variant", "arch", "metric", "runs", "ci_low", "ci_high", "note"]
 
 Loader = Callable[[str, str], "pd.DataFrame | None"]
 
@@ -256,6 +266,18 @@ def run_predictions(run_id: str, metric: str) -> pd.DataFrame | None:
         return None
 
 
+def cached(load: Loader) -> Loader:
+    """`load` remembering what it returned for each (run_id, metric): each table is read once."""
+    cache: dict[tuple[str, str], pd.DataFrame | None] = {}
+
+    def loaded(run_id: str, metric: str) -> pd.DataFrame | None:
+        if (run_id, metric) not in cache:
+            cache[run_id, metric] = load(run_id, metric)
+        return cache[run_id, metric]
+
+    return loaded
+
+
 def _runs(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per run (the first listing of a run shared by experiments), ordered by seed."""
     frame = frame.drop_duplicates("run_id").assign(seed_n=lambda f: f["seed"].map(seed_number))
@@ -363,14 +385,8 @@ def comparisons(
     (a `full` vs random-init pair listed by several experiments) are compared once."""
     if results.empty:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    cache: dict[tuple[str, str], pd.DataFrame | None] = {}
+    load = cached(load) if load else None
     done: dict[tuple, dict] = {}
-
-    def cached(run_id: str, metric: str) -> pd.DataFrame | None:
-        if (run_id, metric) not in cache:
-            cache[run_id, metric] = load(run_id, metric) if load else None
-        return cache[run_id, metric]
-
     rows = []
     for experiment in dict.fromkeys(results["experiment"]):
         own = results[results["experiment"] == experiment]
@@ -388,9 +404,7 @@ def comparisons(
                 base = float(base_runs["value"].mean())
                 key = (metric, tuple((a["run_id"], b["run_id"]) for a, b in pairs))
                 if key not in done:
-                    done[key] = compare(
-                        metric, pairs, cached if load else None, resamples=resamples, seed=seed, level=level
-                    )
+                    done[key] = compare(metric, pairs, load, resamples=resamples, seed=seed, level=level)
                 found = done[key]
                 first = runs.iloc[0]
                 rows.append(
@@ -412,6 +426,66 @@ def comparisons(
                     }
                 )
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+# -- cell intervals ----------------------------------------------------------------------------------------
+def seed_interval(
+    metric: str,
+    runs: pd.DataFrame,
+    load: Loader | None,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict:
+    """The 95 % interval (ci_low, ci_high) of the mean of `metric` over `runs` (one row per run, ordered by seed;
+    `run_id`, and `ci_low`/`ci_high` as the run logged them) and a note saying where it comes from: the runs'
+    prediction tables (`uncertainty.interval_of_mean`) where every run has one, else the logged interval of a
+    single run, else none."""
+    from imagenet_transfer.transfer import uncertainty
+
+    if metric not in uncertainty.KINDS:
+        why = f"no bootstrap for {metric}"
+    elif load is None:
+        why = "prediction tables not read"
+    else:
+        tables = [load(run_id, metric) for run_id in runs["run_id"]]
+        lacking = [run_id for run_id, table in zip(runs["run_id"], tables) if table is None]
+        why = f"no predictions/{metric}.parquet in {len(lacking)} run(s), e.g. {lacking[0]}" if lacking else ""
+        if not lacking:
+            try:
+                low, high = uncertainty.interval_of_mean(metric, tables, resamples=resamples, seed=seed, level=level)
+                note = f"mean of {len(tables)} run(s), {resamples} resamples"
+                return {"ci_low": low, "ci_high": high, "note": note}
+            except ValueError as err:  # a malformed table: no interval from the tables
+                why = str(err)
+    logged = [runs.iloc[0].get(k) for k in ("ci_low", "ci_high")] if len(runs) == 1 else [None]
+    if not _missing(*logged):
+        return {"ci_low": float(logged[0]), "ci_high": float(logged[1]), "note": "the run's logged interval"}
+    return {"ci_low": math.nan, "ci_high": math.nan, "note": f"no interval: {why}"}
+
+
+def cell_intervals(
+    results: pd.DataFrame,
+    load: Loader | None = None,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
+    """A row per (experiment, variant, arch, metric) of `results` (random init included): its number of runs
+    (a run listed twice counts once) and the interval of their mean from `seed_interval` (see the module
+    docstring). `load(run_id, metric)` gives a run's prediction table or None; None: the logged interval of a
+    one-run cell alone."""
+    if results.empty:
+        return pd.DataFrame(columns=INTERVAL_COLUMNS)
+    rows = []
+    keys = ["experiment", "variant", "arch", "metric"]
+    for (experiment, variant, arch, metric), part in results.groupby(keys, sort=False, dropna=False):
+        runs = _runs(part)
+        found = seed_interval(metric, runs, load, resamples=resamples, seed=seed, level=level)
+        rows.append(dict(zip(keys, (experiment, variant, arch, metric))) | {"runs": len(runs)} | found)
+    return pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
 
 
 # -- verdicts ----------------------------------------------------------------------------------------------

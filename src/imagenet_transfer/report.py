@@ -12,15 +12,17 @@ Output (a folder, written whole or not at all, and the same files as artifacts o
     report.md, report.html      the findings: a verdict per published finding of the paper (`findings`: derived
                                 from paired bootstrap intervals by explicit rules, listed in the report); one
                                 table per experiment: rows = data variant, columns = benchmark metrics, cells =
-                                mean ± std over seeds and the 95 % interval where the runs logged one
-                                (`<metric>_ci_low`/`_ci_high`), Δ to the full-data baseline (and relative to it),
-                                the paper's number where PAPER.md knows it (absolute at real scale; at world and
-                                smoke scale its effect relative to its full set, as absolute numbers are not
-                                comparable) and "not published" elsewhere, and a "random init" row where the grid
-                                ran its no-pre-training baselines; the paired comparisons (every variant vs full
-                                and vs random init, with interval and significance); the plots (error bars on every
-                                curve, random init as a band); the HTML is self-contained (images embedded as base64)
-    tables/E<n>.csv             the same tables as numbers (mean, std, n, interval, delta)
+                                mean ± std over seeds and the 95 % interval of that mean (`findings.cell_intervals`:
+                                from the runs' prediction tables; else a single run's logged `<metric>_ci_low`/
+                                `_ci_high`; none for several runs without tables), Δ to the full-data baseline (and
+                                relative to it), the paper's number where PAPER.md knows it (absolute at real
+                                scale; at world and smoke scale its effect relative to its full set, as absolute
+                                numbers are not comparable) and "not published" elsewhere, and a "random init" row
+                                where the grid ran its no-pre-training baselines; the paired comparisons (every
+                                variant vs full and vs random init, with interval and significance); the plots (error
+                                bars on every curve, random init as a band); the HTML is self-contained (images
+                                embedded as base64)
+    tables/E<n>.csv             the same tables as numbers (mean, std, n, interval of the mean, delta)
     tables/comparisons.csv      the paired comparisons (`findings.comparisons`)
     tables/findings.csv         the verdicts (`findings.verdicts`)
     plots/*.png                 transfer vs images per class (and relative to full, beside the paper's relative
@@ -208,26 +210,25 @@ def trial_results() -> pd.DataFrame:
 
 
 # -- tables (pure) -----------------------------------------------------------------------------------------
-def _all_or_nan(values: pd.Series) -> float:
-    """The mean of a run's interval bounds over seeds; NaN unless every run logged one."""
-    return float(values.mean()) if len(values) and values.notna().all() else math.nan
-
-
-def experiment_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Rows = variant (and arch), per metric: mean, std (sample, over seeds), n, the 95 % interval of a run
-    (`ci_low`/`ci_high`, the bounds averaged over seeds; NaN unless every run logged one), delta to the full
-    variant and that delta in % of full's mean."""
+def experiment_table(results: pd.DataFrame, intervals: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows = variant (and arch) of one experiment's `results`, per metric: mean, std (sample, over seeds), n, the
+    95 % interval of the mean (`ci_low`/`ci_high`, from `intervals`: `findings.cell_intervals` of these results;
+    by default without prediction tables, so a single run's logged interval alone), delta to the full variant and
+    that delta in % of full's mean."""
     if results.empty:
         return pd.DataFrame()
-    if "ci_low" not in results:
-        results = results.assign(ci_low=math.nan, ci_high=math.nan)
+    if intervals is None:
+        intervals = findings.cell_intervals(results)
     multi_arch = results["arch"].nunique() > 1
     results = results.assign(row=results["variant"] + (" (" + results["arch"] + ")" if multi_arch else ""))
     order = list(dict.fromkeys(results["row"]))
     groups = results.groupby(["row", "arch", "metric"], sort=False)
-    stats = groups["value"].agg(["mean", "std", "count"])
-    stats["ci_low"], stats["ci_high"] = groups["ci_low"].agg(_all_or_nan), groups["ci_high"].agg(_all_or_nan)
-    stats = stats.reset_index()
+    stats = groups["value"].agg(["mean", "std", "count"]).reset_index()
+    variant = results.drop_duplicates("row").set_index("row")["variant"]
+    bounds = intervals.drop_duplicates(["variant", "arch", "metric"]).set_index(["variant", "arch", "metric"])
+    cells = [(variant[r], a, m) for r, a, m in zip(stats["row"], stats["arch"], stats["metric"])]
+    for side in ("ci_low", "ci_high"):
+        stats[side] = [bounds[side].get(c, math.nan) for c in cells]
     first = results.drop_duplicates("row").set_index("row")
     table = pd.DataFrame({"row": order})
     for key in ("variant", "paper_variant", "arch", "num_classes", "images_per_class"):
@@ -380,16 +381,24 @@ def finding_rows(verdicts: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 # -- plots -------------------------------------------------------------------------------------------------
-def _bars(part: pd.DataFrame, by: str) -> pd.DataFrame:
-    """Per value of `by`: the mean over runs and an error bar `low`..`high`: the runs' 95 % intervals (bounds
-    averaged over seeds) where every run logged one (`bar` "interval"), else mean ± std over seeds ("std")."""
+def _bars(part: pd.DataFrame, by: str, load=None) -> pd.DataFrame:
+    """Per value of `by`: the mean over runs and an error bar `low`..`high`: the 95 % interval of that mean
+    (`findings.seed_interval`: from the runs' prediction tables, or a single run's logged interval) where every
+    point has one (`bar` "interval"), else mean ± std over seeds ("std")."""
     if "ci_low" not in part.columns:
         part = part.assign(ci_low=math.nan, ci_high=math.nan)
     groups = part.groupby(by)
     stats = groups["value"].agg(["mean", "std"])
-    interval = bool(len(part)) and bool(part[["ci_low", "ci_high"]].notna().all().all())
+    bounds = {}
+    for key, runs in groups:
+        runs = runs.assign(_seed=runs["seed"].map(findings.seed_number)).sort_values("_seed")
+        found = findings.seed_interval(runs["metric"].iloc[0], runs, load)
+        bounds[key] = (found["ci_low"], found["ci_high"])
+    low = pd.Series({k: b[0] for k, b in bounds.items()}, dtype=float)
+    high = pd.Series({k: b[1] for k, b in bounds.items()}, dtype=float)
+    interval = bool(len(part)) and bool(low.notna().all() and high.notna().all())
     if interval:
-        stats["low"], stats["high"] = groups["ci_low"].mean(), groups["ci_high"].mean()
+        stats["low"], stats["high"] = low.reindex(stats.index), high.reindex(stats.index)
     else:
         spread = stats["std"].fillna(0.0)
         stats["low"], stats["high"] = stats["mean"] - spread, stats["mean"] + spread
@@ -397,12 +406,12 @@ def _bars(part: pd.DataFrame, by: str) -> pd.DataFrame:
     return stats.reset_index().sort_values(by)
 
 
-def _series(results: pd.DataFrame, x: str, keep) -> dict[str, pd.DataFrame]:
+def _series(results: pd.DataFrame, x: str, keep, load=None) -> dict[str, pd.DataFrame]:
     """Per metric, the points (x, mean, low, high) of a curve over the variants `keep` accepts."""
     picked = results[results["variant"].map(keep).astype(bool)].drop_duplicates(["run_id", "metric"])
     out = {}
     for metric, part in picked.groupby("metric", sort=False):
-        stats = _bars(part, x)
+        stats = _bars(part, x, load)
         if len(stats) >= 2:  # a metric measured at one point only (e.g. on `full` alone) makes no curve
             out[metric] = stats
     return out
@@ -410,7 +419,7 @@ def _series(results: pd.DataFrame, x: str, keep) -> dict[str, pd.DataFrame]:
 
 def _bar_words(*series: dict[str, pd.DataFrame]) -> str:
     kinds = {kind for s in series for stats in s.values() for kind in stats["bar"]}
-    words = {"interval": "95 % bootstrap interval over test images", "std": "± std over seeds"}
+    words = {"interval": "95 % bootstrap interval (test images; the mean over seeds)", "std": "± std over seeds"}
     return " or ".join(words[k] for k in ("interval", "std") if k in kinds)
 
 
@@ -472,16 +481,18 @@ def plot_results(
     folder: Path,
     label: str = "",
     comparisons: pd.DataFrame | None = None,
+    load=None,
 ) -> dict[str, str]:
     """PNG files in `folder` (`label`, e.g. the grid and scale, goes into the titles); returns file name -> caption.
-    Every curve has error bars (the 95 % interval where the runs logged one, else ± std over seeds), random init
-    is a band; `comparisons` (`findings.comparisons`) give the paired intervals of the E1 relative panel.
+    Every curve has error bars (the 95 % interval of the mean over seeds, from the runs' prediction tables that
+    `load` reads, else ± std over seeds), random init is a band; `comparisons` (`findings.comparisons`) give the
+    paired intervals of the E1 relative panel.
     Drawn on `matplotlib.figure.Figure` objects: no pyplot state, nothing to close."""
     from matplotlib.figure import Figure
 
     made = {}
     random_part = results[results["variant"] == RANDOM].drop_duplicates(["run_id", "metric"])
-    random = _bars(random_part, "metric").set_index("metric") if not random_part.empty else pd.DataFrame()
+    random = _bars(random_part, "metric", load).set_index("metric") if not random_part.empty else pd.DataFrame()
 
     def curve(ax, stats, x: str, label: str, **style) -> None:
         below = (stats["mean"] - stats["low"]).clip(lower=0)
@@ -517,7 +528,7 @@ def plot_results(
         fig.savefig(folder / name, dpi=110)
         made[name] = caption
 
-    per_class = _series(results, "images_per_class", lambda v: v == BASELINE or v.startswith("e1-"))
+    per_class = _series(results, "images_per_class", lambda v: v == BASELINE or v.startswith("e1-"), load)
     if per_class:
         fig = Figure(figsize=(13, 4.2))
         ax, relative = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
@@ -541,8 +552,8 @@ def plot_results(
             f"{_bar_words(per_class)}; random init: a band), and the change relative to full beside the paper's "
             "relative effect (error bars: paired 95 % intervals where the runs have prediction tables).",
         )
-    by_classes = _series(results, "num_classes", lambda v: v == BASELINE or v.startswith(("e2-", "e3-")))
-    budget = _series(results, "num_classes", lambda v: v.startswith("e5-"))
+    by_classes = _series(results, "num_classes", lambda v: v == BASELINE or v.startswith(("e2-", "e3-")), load)
+    budget = _series(results, "num_classes", lambda v: v.startswith("e5-"), load)
     if by_classes or budget:
         fig = Figure(figsize=(8.5, 4.5))
         ax = fig.subplots()
@@ -601,10 +612,11 @@ def build_report(
     questions: dict[str, str],
     skipped: list | None = None,
     comparisons: pd.DataFrame | None = None,
+    load: findings.Loader | None = None,
 ) -> None:
     """Write report.md, report.html, tables/*.csv and plots/*.png into `folder` (`skipped`: newer grid runs
     that did not finish, named in the introduction; `comparisons`: `findings.comparisons` of `results`, by
-    default without intervals)."""
+    default from `load`; `load`: a loader of the runs' prediction tables for the intervals, None: none read)."""
     (folder / "tables").mkdir(parents=True)
     (folder / "plots").mkdir()
     params = run.data.params if run is not None else {}
@@ -612,9 +624,9 @@ def build_report(
     absolute = profile == "real"  # only a real-scale grid's numbers stand beside the paper's
     label = f" ({params.get('grid_name', '')}, {profile})" if run is not None else ""
     if comparisons is None:
-        comparisons = findings.comparisons(results)
+        comparisons = findings.comparisons(results, load)
     verdicts = findings.verdicts(results, comparisons)
-    plots = plot_results(results, trials, folder / "plots", label, comparisons)
+    plots = plot_results(results, trials, folder / "plots", label, comparisons, load)
     seeds = results["seed"].map(findings.seed_number).nunique() if not results.empty else 0
     title = "imagenet-transfer report"
     intro = []
@@ -634,9 +646,10 @@ def build_report(
     )
     intro += [
         "Cells: mean ± std over seeds (sample std; a single seed shows the value alone), then [the 95 % interval "
-        "over test images of a run, bounds averaged over seeds] where the runs logged one; Δ: difference to the "
-        f"`{BASELINE}` variant's mean, same backbone (in % of it in brackets). {paper}; “{NOT_PUBLISHED}” where "
-        "none is known.",
+        "of that mean]: a percentile bootstrap over the test images, each seed's run resampled on its own and the "
+        "scores averaged over the seeds (a single run: the interval it logged); no interval where a run of a "
+        f"several-seed cell has no prediction table. Δ: difference to the `{BASELINE}` variant's mean, same "
+        f"backbone (in % of it in brackets). {paper}; “{NOT_PUBLISHED}” where none is known.",
         PROCEDURE,
     ]
     md = [f"# {title}", "", *(line for text in intro for line in (text, ""))]
@@ -660,7 +673,7 @@ def build_report(
     )
     for exp_id in dict.fromkeys(results["experiment"]) if not results.empty else []:
         part = experiment_results(results, exp_id)
-        table = experiment_table(part)
+        table = experiment_table(part, findings.cell_intervals(part, load))
         metrics = list(dict.fromkeys(part["metric"]))
         table.to_csv(folder / "tables" / f"{exp_id}.csv", index=False)
         heading = f"{exp_id}: {questions.get(exp_id, '')}".rstrip(": ")
@@ -737,9 +750,10 @@ def write_report(out: str | Path | None = None, *, grid_run_id: str | None = Non
         tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the report folder
     except OSError as err:
         raise UserError(f"--out {out} cannot be written ({err.strerror}); expected a writable folder") from None
-    comparisons = findings.comparisons(results, findings.run_predictions)
+    load = findings.cached(findings.run_predictions)  # each table read once, for comparisons and cells
+    comparisons = findings.comparisons(results, load)
     try:
-        build_report(tmp, run, results, trials, questions, skipped, comparisons)
+        build_report(tmp, run, results, trials, questions, skipped, comparisons, load)
         tags = {"grid_run_id": run.info.run_id}
         with tracking.start_run("report", params={"out": str(out), **tags}, tags=tags, run_name="report"):
             mlflow.log_artifacts(str(tmp))

@@ -3,6 +3,7 @@ percentile-bootstrap interval, and paired bootstrap comparisons of two backbones
 
     score("voc07_map", table)                          # the metric as the benchmark logs it (%)
     low, high = interval("voc07_map", table)           # 95 % percentile bootstrap over the test units
+    low, high = interval_of_mean("voc07_map", [t0, t1])  # of the mean score over runs (one table per seed)
     c = paired("voc07_map", [(a0, b0), (a1, b1)])      # backbone a vs b, one pair of runs per seed
     c.diff, c.low, c.high, c.significant               # mean of score(a) - score(b), its interval, 0 outside?
 
@@ -95,6 +96,24 @@ def interval(
     scorer = _scorer(metric, table)
     values = _resampled([scorer], np.random.default_rng(seed), resamples)[0]
     return _percentiles(values, level)
+
+
+def interval_of_mean(
+    metric: str, tables: list[pd.DataFrame], *, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval (low, high) at `level` of the metric's mean over `tables` (one run each, a
+    seed say). Each resample draws units for each table on its own (the runs are independent), scores each
+    table on its draw and averages the scores over the tables; the interval is the percentile interval of these
+    averages. The tables take their draws from one generator in turn, so one table gives exactly
+    `interval(metric, table, ...)`. A resample where any table's metric is undefined is left out; (NaN, NaN) if
+    all are. ValueError when no table is given."""
+    _check(resamples, level)
+    if not tables:
+        raise ValueError(f"interval_of_mean {metric}: no tables given; expected at least one")
+    scorers = [_scorer(metric, table) for table in tables]
+    rng = np.random.default_rng(seed)
+    totals = sum(_resampled([scorer], rng, resamples)[0] for scorer in scorers)
+    return _percentiles(totals / len(tables), level)
 
 
 def paired(
@@ -347,4 +366,4 @@ def _nanmean(values: np.ndarray) -> np.ndarray:
         return np.nanmean(values, axis=1)
 
 
-__all__ = ["KINDS", "Comparison", "interval", "paired", "score"]
+__all__ = ["KINDS", "Comparison", "interval", "interval_of_mean", "paired", "score"]
