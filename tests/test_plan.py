@@ -2,7 +2,8 @@
 against PAPER.md's recipe and protocols, with an estimate of its cost; a step that cannot run is named, exit 2.
 And what `--seeds N` varies (on the tiny world's smoke plan): seed s pre-trains and fine-tunes with s, its random-init
 baseline draws its weights with s, the subsets stay those of seed 0 unless `--vary-subset`, and seed 0's steps keep
-the keys of a one-seed grid."""
+the keys of a one-seed grid. And an experiment's benchmarks chosen per scale: each scale plans its own list (its
+baselines too), and one list for every scale keys the same steps as that list named at each scale."""
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from imagenet_transfer.grid_steps import plan_steps
 from imagenet_transfer.transfer.common import resolve_backbone
 from imagenet_transfer.transfer.voc07_det import Config as DetectionConfig
 
+SCALES = ("world", "smoke", "real")  # the profiles of a grid
 DATA = {"voc07_det": "/data/VOCdevkit", "voc12_action": "/data/VOCdevkit", "sun397": "/data/sun397"}
 
 
@@ -202,3 +204,51 @@ def test_the_cli_plans_a_grid_with_varied_subsets(tiny_world, capsys):
     assert "paper at scale smoke: 17 steps" in capsys.readouterr().out
     assert cli(*args, "--vary-subset") == 0
     assert "paper at scale smoke: 20 steps" in capsys.readouterr().out  # a subset per preset and seed
+
+
+# -- benchmarks per scale -------------------------------------------------------------------------------------------
+def one_experiment(path, benchmarks, variants=("full",)):
+    """Write at `path` configs/paper.yaml's scales with one experiment, EP, running `benchmarks` on `variants` at
+    every scale."""
+    grid = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    grid["name"] = "per-scale"
+    grid["experiments"] = {
+        "EP": {
+            "question": "which benchmarks?",
+            "benchmarks": benchmarks,
+            "variants": {scale: list(variants) for scale in grid["scales"]},
+        }
+    }
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_an_experiment_can_choose_its_benchmarks_per_scale(ilsvrc, tiny_world, tmp_path):
+    chosen = {"world": ["voc12_action"], "smoke": {"voc12_action": {"epochs": 3}}, "real": ["voc07_det"]}
+    grid = load_grid(one_experiment(tmp_path / "grid.yaml", chosen))
+    assert grid.experiments["EP"].benchmarks == {
+        "world": {"voc12_action": {}},
+        "smoke": {"voc12_action": {"epochs": 3}},
+        "real": {"voc07_det": {}},
+    }
+    real = make_plan(grid, scale="real", source=str(ilsvrc), data=DATA)
+    smoke = make_plan(grid, smoke=True, world=tiny_world)
+    for plan, names in ((real, ["voc07_det"]), (smoke, ["voc12_action"])):
+        assert plan.units and plan.baselines  # the random-init baselines run the experiment's benchmarks at the scale
+        assert all(list(step.benchmarks) == names for step in (*plan.units, *plan.baselines))
+    assert real.units[0].benchmarks["voc07_det"] == DetectionConfig.real(data=DATA["voc07_det"])
+    assert smoke.units[0].benchmarks["voc12_action"].epochs == 3  # the experiment's overrides at the scale apply
+
+
+def test_a_benchmark_list_means_every_scale_with_the_keys_of_the_same_list_per_scale(tiny_world, tmp_path):
+    listed = load_grid(one_experiment(tmp_path / "listed.yaml", ["voc12_action", "probe"], variants=("full", "e1-6")))
+    mapped = load_grid(
+        one_experiment(
+            tmp_path / "mapped.yaml", {scale: ["voc12_action", "probe"] for scale in SCALES}, variants=("full", "e1-6")
+        )
+    )
+    per_scale = {scale: {"voc12_action": {}, "probe": {}} for scale in SCALES}
+    assert listed.experiments["EP"].benchmarks == mapped.experiments["EP"].benchmarks == per_scale
+    plans = [make_plan(grid, smoke=True, world=tiny_world, seeds=2) for grid in (listed, mapped)]
+    assert keys(plans[0], 0) == keys(plans[1], 0) and keys(plans[0], 1) == keys(plans[1], 1)
+    assert len(keys(plans[0])) == 2 + 2 * (1 + 2) + 2  # 2 subsets, 2 pre-trainings with 2 benchmarks, 2 baselines

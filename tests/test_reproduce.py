@@ -72,10 +72,12 @@ def test_the_shipped_grid_validates_and_expands_at_every_scale(tiny_world):
 
     grid = load_grid(PAPER)
     assert list(grid.experiments) == [f"E{i}" for i in range(1, 8)]
-    for exp in grid.experiments.values():
-        assert exp.benchmarks and set(exp.benchmarks) <= set(BENCHMARKS)
-    assert all("voc07_det" in grid.experiments[e].benchmarks for e in ("E1", "E3", "E6"))  # the paper's main metric
-    assert list(grid.experiments["E4"].benchmarks) == ["probe"]
+    for exp in grid.experiments.values():  # one list of benchmarks for every scale
+        assert exp.benchmarks["world"] == exp.benchmarks["smoke"] == exp.benchmarks["real"]
+        assert exp.benchmarks["real"] and set(exp.benchmarks["real"]) <= set(BENCHMARKS)
+    main = ("E1", "E3", "E6")  # the paper's main metric
+    assert all("voc07_det" in grid.experiments[e].benchmarks["real"] for e in main)
+    assert list(grid.experiments["E4"].benchmarks["real"]) == ["probe"]
     size = SIZES["default"]
     for scale, smoke in (("world", False), ("world", True), ("real", False)):
         profile, entries = expand(grid, scale=scale, smoke=smoke, seeds=2)
@@ -180,6 +182,16 @@ def test_an_interrupted_grid_resumes_where_it_stopped(tiny_world, tmp_path, one_
         ({"EX": ({"sun397": {"partitions": [1, 1]}}, ["full"])}, "partitions = (1, 1): expected distinct partition"),
         ({"EX": (["voc12_action"], ["e5-budget-99999-classes-10"])}, "train images in each, and only 0 of"),
         ({"EX": ({"voc12_action": {"seed": 3}}, ["full"])}, "seed is set per step by the grid"),
+        (
+            {"EX": ({"world": ["voc12_action"], "smoke": ["voc12_action"]}, ["full"])},
+            "EX, benchmarks: no benchmarks for scale 'real'",
+        ),
+        ({"EX": ({scale: ["probe"] for scale in ("world", "smoke", "real", "tiny")}, ["full"])}, "unknown key(s) tiny"),
+        ({"EX": ({"world": ["probe"], "smoke": ["voc99"], "real": ["probe"]}, ["full"])}, "unknown benchmark 'voc99'"),
+        (
+            {"EX": ({"world": ["probe"], "smoke": {"voc12_action": {"epochz": 3}}, "real": ["probe"]}, ["full"])},
+            "unknown config key(s) epochz",
+        ),
     ],
 )
 def test_bad_grids_exit_2_naming_the_entry_and_leave_nothing_running(

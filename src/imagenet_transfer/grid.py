@@ -9,6 +9,12 @@ per scale profile as subset presets, optionally its own architectures). Output: 
 Every unknown key, preset, benchmark, config field or architecture raises a UserError naming the file, the entry
 and the valid choices, as does a field the grid sets per step (a pre-training's `seed`, subset, arch...; a
 benchmark's `seed`); nothing is run or built here.
+
+An experiment's `benchmarks` is either one list of names (or mapping name -> config overrides) used at every scale
+profile, or a mapping profile -> such a list that gives each profile its own, e.g. `{world: [voc12_action], smoke:
+[voc12_action], real: [voc07_det]}`; a profile missing from that mapping raises a UserError naming the experiment
+and the profile. A benchmark's config is the benchmark's defaults at the scale, then
+`scales.<profile>.benchmarks.<name>`, then the experiment's overrides.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ class Variant:
 class Experiment:
     id: str
     question: str
-    benchmarks: dict[str, dict[str, Any]]  # name -> config overrides
+    benchmarks: dict[str, dict[str, dict[str, Any]]]  # scale profile (world, smoke, real) -> name -> config overrides
     variants: dict[str, tuple[Variant, ...]]  # scale profile (world, smoke, real) -> variants
     archs: tuple[str, ...] | None = None  # None: the scale's
 
@@ -121,6 +127,28 @@ def load_grid(path: str | Path) -> Grid:
             out[name] = dict(overrides)
         return out
 
+    def per_scale(where: str, value: Any, profiles: tuple[str, ...]) -> dict[str, dict[str, dict[str, Any]]]:
+        """An experiment's benchmarks at each of `profiles`: one list (or name -> overrides) for all of them, or a
+        mapping profile -> such a list, which must name every profile."""
+        shared = not (isinstance(value, dict) and set(value) & {*SCALES, "smoke"})
+        if shared:
+            value = dict.fromkeys(profiles, value)
+        else:
+            keys(f"{where}, benchmarks", value, profiles)
+        out = {}
+        for profile in profiles:
+            if profile not in value:
+                fail(
+                    f"{where}, benchmarks",
+                    f"no benchmarks for scale {profile!r}; expected a list for each of {', '.join(profiles)} "
+                    "(or one list for every scale)",
+                )
+            here = where if shared else f"{where}, benchmarks.{profile}"
+            out[profile] = benchmarks(here, value[profile])
+            if not out[profile]:
+                fail(here, "benchmarks: expected at least one")
+        return out
+
     top = keys("top level", data, GRID_KEYS)
     seeds = top.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
@@ -156,9 +184,6 @@ def load_grid(path: str | Path) -> Grid:
     for exp_id, entry in keys("experiments", top.get("experiments") or {}, tuple(top.get("experiments") or {})).items():
         where = f"experiment {exp_id}"
         entry = keys(where, entry, EXPERIMENT_KEYS)
-        chosen = benchmarks(where, entry.get("benchmarks"))
-        if not chosen:
-            fail(where, "benchmarks: expected at least one")
         variants = {}
         for profile in scales:
             listed = (entry.get("variants") or {}).get(profile)
@@ -189,7 +214,7 @@ def load_grid(path: str | Path) -> Grid:
         experiments[str(exp_id)] = Experiment(
             str(exp_id),
             str(entry.get("question", "")),
-            chosen,
+            per_scale(where, entry.get("benchmarks"), tuple(p for p in ("world", "smoke", "real") if p in variants)),
             variants,
             archs(where, entry["archs"]) if "archs" in entry else None,
         )

@@ -7,10 +7,10 @@
 Input: a `Grid` (`grid.load_grid`), the scale (world, or real with a source and `--data NAME=PATH` paths), smoke,
 seeds, whether the subsets vary with the seed, and the experiments to run. Output: a `Plan`: one `Unit` per
 (experiment, variant, arch, seed), holding its subset (built in memory, so that a variant that does not fit the
-source fails before anything runs), its resolved `PretrainConfig` and its benchmark configs; and, where the scale
-sets `baselines: true`, one `Baseline` per (experiment, arch, seed): its benchmarks on the architecture randomly
-initialised (`random:ARCH@RES[:SEED]`, variant `random`). At world scale the world is generated (or the one given
-is checked) first.
+source fails before anything runs), its resolved `PretrainConfig` and the configs of the benchmarks its experiment
+lists for the profile; and, where the scale sets `baselines: true`, one `Baseline` per (experiment, arch, seed):
+the same benchmarks on the architecture randomly initialised (`random:ARCH@RES[:SEED]`, variant `random`). At
+world scale the world is generated (or the one given is checked) first.
 
 Seeds. Seed s pre-trains with seed s, and every benchmark of its unit fine-tunes with seed s (the benchmark
 config's `seed`); the baseline of seed s draws its random weights with seed s (`random:ARCH@RES:s`; seed 0 has no
@@ -69,7 +69,7 @@ class Unit:
     subset: SubsetPlan
     pretrain: Any  # PretrainConfig (subset filled in when the subset folder exists)
     pretrain_key: str
-    benchmarks: dict[str, Any]  # name -> benchmark Config, its `seed` the unit's
+    benchmarks: dict[str, Any]  # name -> benchmark Config (its experiment's at the profile), its `seed` the unit's
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Baseline:
     arch: str
     seed: int
     backbone: str  # random:ARCH@RES[:SEED] (`random_backbone`), RES the resolution the grid pre-trains this arch at
-    benchmarks: dict[str, Any]  # name -> benchmark Config, the experiment's, its `seed` the baseline's
+    benchmarks: dict[str, Any]  # name -> benchmark Config, the experiment's at the profile, its `seed` the baseline's
 
     @property
     def resolution(self) -> int:
@@ -232,8 +232,8 @@ def make_plan(
     for exp_id in dict.fromkeys(e.experiment for e in entries):
         experiment = grid.experiments[exp_id]
         configs[exp_id] = {}
-        for name in experiment.benchmarks:
-            overrides = {**settings["benchmarks"].get(name, {}), **experiment.benchmarks[name]}
+        for name, own in experiment.benchmarks[profile].items():
+            overrides = {**settings["benchmarks"].get(name, {}), **own}
             config = make_config(name, quick=smoke or bool(settings.get("quick")), real=profile == "real")
             target = paths.get(name) or (
                 str(Path(world_root) / "imagenet") if name == "probe" and world_root else world_root
