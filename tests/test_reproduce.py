@@ -72,11 +72,12 @@ def test_the_shipped_grid_validates_and_expands_at_every_scale(tiny_world):
 
     grid = load_grid(PAPER)
     assert list(grid.experiments) == [f"E{i}" for i in range(1, 8)]
-    for exp in grid.experiments.values():  # one list of benchmarks for every scale
-        assert exp.benchmarks["world"] == exp.benchmarks["smoke"] == exp.benchmarks["real"]
+    for exp in grid.experiments.values():  # the smoke scale exercises what the real scale runs
+        assert exp.benchmarks["smoke"] == exp.benchmarks["real"]
         assert exp.benchmarks["real"] and set(exp.benchmarks["real"]) <= set(BENCHMARKS)
-    main = ("E1", "E3", "E6")  # the paper's main metric
+    main = ("E1", "E3", "E6")  # the paper's main metric at real scale; the world cannot train a detector
     assert all("voc07_det" in grid.experiments[e].benchmarks["real"] for e in main)
+    assert not any("voc07_det" in exp.benchmarks["world"] for exp in grid.experiments.values())
     assert list(grid.experiments["E4"].benchmarks["real"]) == ["probe"]
     size = SIZES["default"]
     for scale, smoke in (("world", False), ("world", True), ("real", False)):
