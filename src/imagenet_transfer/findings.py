@@ -438,12 +438,13 @@ def seed_interval(
     seed: int = 0,
     level: float = LEVEL,
 ) -> dict:
-    """The 95 % interval (ci_low, ci_high) of the mean of `metric` over `runs` (one row per run, ordered by seed;
-    `run_id`, and `ci_low`/`ci_high` as the run logged them) and a note saying where it comes from: the runs'
-    prediction tables (`uncertainty.interval_of_mean`) where every run has one, else the logged interval of a
-    single run, else none."""
+    """The 95 % interval (ci_low, ci_high) of the mean of `metric` over `runs` (`seed`, `run_id`, and `ci_low`/
+    `ci_high` as the run logged them; a run listed twice counts once) and a note saying where it comes from: the
+    runs' prediction tables (`uncertainty.interval_of_mean`, in seed order) where every run has one, else the
+    logged interval of a single run, else none."""
     from imagenet_transfer.transfer import uncertainty
 
+    runs = _runs(runs)  # one row per run, by seed: the order interval_of_mean draws in
     if metric not in uncertainty.KINDS:
         why = f"no bootstrap for {metric}"
     elif load is None:

@@ -391,7 +391,6 @@ def _bars(part: pd.DataFrame, by: str, load=None) -> pd.DataFrame:
     stats = groups["value"].agg(["mean", "std"])
     bounds = {}
     for key, runs in groups:
-        runs = runs.assign(_seed=runs["seed"].map(findings.seed_number)).sort_values("_seed")
         found = findings.seed_interval(runs["metric"].iloc[0], runs, load)
         bounds[key] = (found["ci_low"], found["ci_high"])
     low = pd.Series({k: b[0] for k, b in bounds.items()}, dtype=float)
